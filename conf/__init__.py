@@ -1,0 +1,1 @@
+"""Packaged Hydra configs of lightning_echo (installed as lightning_echo.conf)."""

@@ -1,0 +1,3 @@
+from lightning_echo.cli import main
+
+main()

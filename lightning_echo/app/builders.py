@@ -1,0 +1,155 @@
+"""Build the run's objects from its config; errors name the config key that caused them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
+
+from lightning_echo.callbacks.progress import TrainingProgress
+from lightning_echo.data.array_datamodule import ArrayDataModule
+from lightning_echo.data.spec import DataSpec
+from lightning_echo.errors import ConfigError, IncompatibleDataError
+from lightning_echo.validation import positive_float
+
+
+def _instantiate(node: DictConfig, prefix: str, **runtime_kwargs: Any) -> Any:
+    """Build ``node``'s ``_target_``; errors of our own are reported with the config prefix.
+
+    ``runtime_kwargs`` (objects such as a DataSpec) are passed straight to the constructor,
+    never through OmegaConf, so they keep their types.
+    """
+    try:
+        factory = instantiate(node, _partial_=True)
+    except Exception as error:  # Hydra wraps import and argument errors in InstantiationException
+        raise ConfigError(prefix.rstrip("."), node.get("_target_"), _one_line(str(error.__cause__ or error))) from None
+    try:
+        return factory(**runtime_kwargs)
+    except ConfigError as error:
+        raise error.with_prefix(prefix) from None
+    except TypeError as error:
+        raise ConfigError(prefix.rstrip("."), node.get("_target_"), f"bad arguments: {error}") from None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.strip().splitlines()[:2])
+
+
+def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
+    """The ``data`` group's LightningDataModule (constructed, not yet loaded)."""
+    return _instantiate(cfg.data, "data.")
+
+
+def build_optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimizer]:
+    """A function ``params -> Optimizer`` from the ``optimizer`` group, checked on a dummy parameter."""
+    positive_float("optimizer.lr", cfg.optimizer.get("lr"))
+    try:
+        factory = instantiate(cfg.optimizer)
+    except Exception as error:
+        raise ConfigError("optimizer", cfg.optimizer.get("_target_"), _one_line(str(error.__cause__ or error))) from None
+    try:
+        factory([torch.nn.Parameter(torch.zeros(1))])
+    except ValueError as error:  # torch's own argument checks, e.g. "Invalid momentum value: -1"
+        raise ConfigError("optimizer", cfg.optimizer.get("_target_"), str(error)) from None
+    return factory
+
+
+def build_model(cfg: DictConfig, spec: DataSpec) -> pl.LightningModule:
+    """The ``model`` group's LightningModule for data of shape ``spec``."""
+    try:
+        return _instantiate(cfg.model, "model.", spec=spec, optimizer=build_optimizer_factory(cfg))
+    except IncompatibleDataError as error:
+        model_name = cfg.model.get("_target_", "?").rsplit(".", 1)[-1]
+        raise IncompatibleDataError(f"model {model_name} does not fit data {spec.name}: {error}") from None
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The algorithm's callbacks plus the progress metrics every run logs."""
+    callbacks: list[pl.Callback] = [TrainingProgress()]
+    for name, node in (cfg.algorithm.get("callbacks") or {}).items():
+        callbacks.append(_instantiate(node, f"algorithm.callbacks.{name}."))
+    return callbacks
+
+
+def wandb_has_credentials() -> bool:
+    """True when a wandb API key is configured (environment or ~/.netrc); never touches the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc_path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc_path.is_file():
+        import netrc
+
+        try:
+            hosts = netrc.netrc(str(netrc_path)).hosts
+        except (netrc.NetrcParseError, OSError):
+            return False
+        base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        host = base_url.split("://", 1)[-1].split("/", 1)[0]
+        return host in hosts
+    return False
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    """Loggers of the ``logger`` group, all writing under ``output_dir``."""
+    loggers: list[Logger] = []
+    for name, node in (cfg.get("logger") or {}).items():
+        node = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(node, dict)
+        extra: dict[str, Any] = {"save_dir": str(output_dir)}
+        if node.get("offline") == "auto":
+            node["offline"] = not wandb_has_credentials()
+        loggers.append(_instantiate(OmegaConf.create(node), f"logger.{name}.", **extra))
+    return loggers
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer`` group as keyword arguments, checked for values Lightning would accept silently."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(kwargs, dict)
+    kwargs.pop("_target_", None)
+    max_steps, max_epochs = kwargs.get("max_steps", -1), kwargs.get("max_epochs")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or (max_steps < 1 and max_steps != -1):
+        raise ConfigError("trainer.max_steps", max_steps, "must be a positive integer, or -1 for no step limit")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or (max_epochs < 1 and max_epochs != -1)):
+        raise ConfigError("trainer.max_epochs", max_epochs, "must be a positive integer, or -1/null for no epoch limit")
+    if max_steps == -1 and max_epochs in (None, -1) and kwargs.get("max_time") is None:
+        raise ConfigError("trainer.max_steps", max_steps, "set trainer.max_steps or trainer.max_epochs, else training never stops")
+    every = kwargs.get("log_every_n_steps", 50)
+    if not isinstance(every, int) or every < 1:
+        raise ConfigError("trainer.log_every_n_steps", every, "must be a positive integer")
+    return kwargs
+
+
+def build_trainer(
+    cfg: DictConfig,
+    output_dir: Optional[Path],
+    callbacks: Optional[list[pl.Callback]] = None,
+    loggers: Optional[list[Logger]] = None,
+) -> pl.Trainer:
+    """A Lightning Trainer from the ``trainer`` group with the given callbacks and loggers."""
+    kwargs = trainer_kwargs(cfg)
+    try:
+        return pl.Trainer(
+            **kwargs,
+            callbacks=callbacks or [],
+            logger=loggers if loggers else False,
+            default_root_dir=str(output_dir) if output_dir is not None else None,
+        )
+    except TypeError as error:
+        raise ConfigError("trainer", "...", f"bad Trainer argument: {error}") from None
+    except Exception as error:
+        if type(error).__name__ == "MisconfigurationException":
+            first_line = str(error).strip().splitlines()[0]
+            raise ConfigError("trainer", _short(kwargs), first_line) from None
+        raise
+
+
+def _short(kwargs: dict[str, Any]) -> str:
+    keys = ("accelerator", "devices", "strategy", "precision")
+    return ", ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)

@@ -1,0 +1,119 @@
+"""One training run from a composed config: build, validate-before, fit, summarise."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_echo.app.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from lightning_echo.callbacks.progress import TrainingProgress
+
+
+@dataclass
+class RunSummary:
+    """What a run reports when it ends (also written to ``summary.json`` in its output dir)."""
+
+    algorithm: str
+    data: str
+    model: str
+    seed: int
+    optimizer_steps: int
+    fresh_samples: int
+    elapsed_s: float
+    initial_val_loss: Optional[float]
+    final_val_loss: Optional[float]
+    final_train_loss: Optional[float]
+    output_dir: str
+
+    def describe(self) -> str:
+        """One line for the terminal."""
+
+        def fmt(value: Optional[float]) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+
+        return (
+            f"{self.algorithm} | {self.data} | {self.model} | seed {self.seed}: "
+            f"val/loss {fmt(self.initial_val_loss)} -> {fmt(self.final_val_loss)} "
+            f"after {self.optimizer_steps} steps, {self.fresh_samples} fresh samples, {self.elapsed_s:.1f} s"
+        )
+
+
+def run_training(cfg: DictConfig, output_dir: Path) -> RunSummary:
+    """Train as ``cfg`` says, writing logs and ``summary.json`` into ``output_dir``."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule.spec)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg, output_dir)
+    for logger in loggers:
+        logger.log_hyperparams(flat_run_config(cfg))
+    trainer = build_trainer(cfg, output_dir, callbacks, loggers)
+
+    try:
+        initial_val_loss = final_val_loss = None
+        if cfg.get("validate_before_training", True):
+            initial_val_loss = _validation_loss(trainer, model, datamodule)
+        trainer.fit(model, datamodule=datamodule)
+        final_val_loss = _validation_loss(trainer, model, datamodule)
+    except BaseException:
+        finish_wandb(exit_code=1)
+        raise
+    finish_wandb(exit_code=0)
+    progress = next(c for c in callbacks if isinstance(c, TrainingProgress))
+    summary = RunSummary(
+        algorithm=str(cfg.algorithm.name),
+        data=datamodule.spec.name,
+        model=type(model).__name__,
+        seed=int(cfg.seed),
+        optimizer_steps=int(trainer.global_step),
+        fresh_samples=progress.fresh_samples,
+        elapsed_s=progress.elapsed_s,
+        initial_val_loss=initial_val_loss,
+        final_val_loss=final_val_loss,
+        final_train_loss=_metric(trainer.callback_metrics, "train/loss"),
+        output_dir=str(output_dir),
+    )
+    if trainer.is_global_zero:
+        (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Finish the process's wandb run, if any, with ``exit_code`` (a no-op without wandb runs)."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def _validation_loss(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> Optional[float]:
+    results = trainer.validate(model, datamodule=datamodule, verbose=False)
+    return _metric(results[0] if results else {}, "val/loss")
+
+
+def flat_run_config(cfg: DictConfig) -> dict[str, object]:
+    """The settings people group and filter runs by, as flat keys (logged as hyperparameters)."""
+    return {
+        "algorithm": cfg.algorithm.name,
+        "data": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
+        "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
+        "optimizer": str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
+        "lr": cfg.optimizer.get("lr"),
+        "batch_size": cfg.data.get("batch_size"),
+        "loader": cfg.loader.get("name"),
+        "seed": cfg.seed,
+        "max_steps": cfg.trainer.get("max_steps"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _metric(metrics: dict, key: str) -> Optional[float]:
+    value = metrics.get(key)
+    return None if value is None else float(value)

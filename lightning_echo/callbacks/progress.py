@@ -1,0 +1,91 @@
+"""Progress metrics every run logs, for any LightningModule: samples, steps, wall-clock time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities.data import extract_batch_size
+
+
+class TrainingProgress(pl.Callback):
+    """Logs ``progress/fresh_samples``, ``progress/optimizer_steps`` and ``time/elapsed_s``.
+
+    ``time/elapsed_s`` is wall-clock training time since the start of ``fit`` (after setup),
+    not counting validation passes, so runs that validate at different moments compare fairly. Fresh samples count each training example the first time the
+    loop sees it in a batch; a batch marked as an echo (``batch_is_echo(batch)`` from the echo
+    stage) adds optimizer steps but no fresh samples.
+
+    Example::
+
+        trainer = Trainer(callbacks=[TrainingProgress()], logger=CSVLogger("logs"))
+    """
+
+    def __init__(self) -> None:
+        self.fresh_samples = 0
+        self.fresh_batches = 0
+        self._start: Optional[float] = None
+        self._validation_start: Optional[float] = None
+        self._excluded_s = 0.0
+        self._elapsed_before_resume = 0.0
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of training so far, without validation (summed over resumed segments)."""
+        if self._start is None:
+            return self._elapsed_before_resume
+        now = time.perf_counter()
+        in_validation = now - self._validation_start if self._validation_start is not None else 0.0
+        return self._elapsed_before_resume + (now - self._start) - self._excluded_s - in_validation
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._excluded_s = 0.0
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validation_start is not None:
+            self._excluded_s += time.perf_counter() - self._validation_start
+            self._validation_start = None
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not _is_echo(batch):
+            self.fresh_batches += 1
+            self.fresh_samples += extract_batch_size(batch)
+        if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.is_last_batch:
+            metrics = {
+                "progress/fresh_samples": self.fresh_samples,
+                "progress/fresh_batches": self.fresh_batches,
+                "progress/optimizer_steps": trainer.global_step,
+                "time/elapsed_s": self.elapsed_s,
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            self._elapsed_before_resume = self.elapsed_s
+            self._start = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fresh_samples": self.fresh_samples,
+            "fresh_batches": self.fresh_batches,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.fresh_samples = int(state_dict["fresh_samples"])
+        self.fresh_batches = int(state_dict["fresh_batches"])
+        self._elapsed_before_resume = float(state_dict["elapsed_s"])
+
+
+def _is_echo(batch: Any) -> bool:
+    # The echo stage (lightning_echo.echo) marks repeated batches; plain batches carry no mark.
+    return bool(getattr(batch, "is_echo", False))
