@@ -58,11 +58,12 @@ def make_least_squares(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares problem ``b = A x* + noise * e`` with Gaussian ``x*`` and ``e``.
 
-    Rows of ``A`` are scaled by ``1/sqrt(n_features)`` so that ``b`` has unit-order entries.
+    ``A`` has unit-scale rows (Hessian of the objective close to the identity for
+    ``condition_number=1``) and ``x*`` has variance ``1/n_features``, so ``b`` is unit-order.
     """
     generator = torch.Generator().manual_seed(generator_seed)
-    a = conditioned_features(n_examples, n_features, condition_number, generator) / n_features**0.5
-    x_star = torch.randn(n_features, generator=generator)
+    a = conditioned_features(n_examples, n_features, condition_number, generator)
+    x_star = torch.randn(n_features, generator=generator) / n_features**0.5
     b = a @ x_star + noise * torch.randn(n_examples, generator=generator)
     return a.float(), b.float()
 

@@ -1,0 +1,43 @@
+"""Shared fixtures: every test writes runs under its own tmp_path, never the working directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIGHTNING_ECHO_OUTPUT", str(tmp_path / "le_outputs"))
+    monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE", "offline"))
+    monkeypatch.delenv("LIGHTNING_ECHO_DATA", raising=False)
+
+
+def quiet_trainer_overrides() -> list[str]:
+    """Overrides that keep a CLI run small and quiet."""
+    return ["trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+
+
+def console_script() -> str:
+    """Path of the installed ``lightning-echo`` script next to this Python."""
+    script = Path(sys.executable).with_name("lightning-echo")
+    found = str(script) if script.exists() else shutil.which("lightning-echo")
+    assert found, "the lightning-echo console script is not installed"
+    return found
+
+
+def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the installed console script in a subprocess and return the completed process."""
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run(
+        [console_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
