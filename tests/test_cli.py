@@ -144,3 +144,25 @@ def test_wandb_run_is_finished_with_failure_code_when_the_job_fails(tmp_path) ->
     runs = find_offline_runs(tmp_path / "le_outputs")
     assert len(runs) == 1
     assert read_offline_run(runs[0]).exit_code == 1
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.rglob("*")}
+
+
+def test_training_writes_nothing_into_the_data_directory(capsys, tmp_path) -> None:
+    import torch
+
+    from lightning_echo.data.idx import write_idx
+
+    mnist = tmp_path / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        write_idx(mnist / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=generator, dtype=torch.uint8))
+        write_idx(mnist / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=generator, dtype=torch.uint8))
+    before = _snapshot(tmp_path / "data")
+    main(["data=mnist", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false", "model=cnn",
+          "trainer.max_steps=3", *quiet_trainer_overrides()])
+    assert "outputs: " in capsys.readouterr().out
+    assert _snapshot(tmp_path / "data") == before
