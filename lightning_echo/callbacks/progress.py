@@ -12,10 +12,10 @@ from pytorch_lightning.utilities.data import extract_batch_size
 class TrainingProgress(pl.Callback):
     """Logs ``progress/fresh_samples``, ``progress/optimizer_steps`` and ``time/elapsed_s``.
 
+    Fresh samples count each training example the first time the loop trains on it: with
+    ``DataEchoing`` among the callbacks, echoed batches add optimizer steps but no fresh samples.
     ``time/elapsed_s`` is wall-clock training time since the start of ``fit`` (after setup),
-    not counting validation passes, so runs that validate at different moments compare fairly. Fresh samples count each training example the first time the
-    loop sees it in a batch; a batch marked as an echo (``batch_is_echo(batch)`` from the echo
-    stage) adds optimizer steps but no fresh samples.
+    not counting validation passes, so runs that validate at different moments compare fairly.
 
     Example::
 
@@ -55,9 +55,12 @@ class TrainingProgress(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not _is_echo(batch):
+        fresh = _fresh_samples_from_echo_stage(trainer)
+        if fresh is None:
+            fresh = extract_batch_size(batch)
+        if fresh:
             self.fresh_batches += 1
-            self.fresh_samples += extract_batch_size(batch)
+            self.fresh_samples += fresh
         if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.is_last_batch:
             metrics = {
                 "progress/fresh_samples": self.fresh_samples,
@@ -86,6 +89,10 @@ class TrainingProgress(pl.Callback):
         self._elapsed_before_resume = float(state_dict["elapsed_s"])
 
 
-def _is_echo(batch: Any) -> bool:
-    # The echo stage (lightning_echo.echo) marks repeated batches; plain batches carry no mark.
-    return bool(getattr(batch, "is_echo", False))
+def _fresh_samples_from_echo_stage(trainer: pl.Trainer) -> Optional[int]:
+    # A callback that repeats batches (DataEchoing) says how many examples of this batch are new.
+    for callback in trainer.callbacks:
+        fresh = getattr(callback, "current_fresh_samples", None)
+        if fresh is not None:
+            return int(fresh)
+    return None

@@ -1,0 +1,1 @@
+"""Pure functions and small value types shared by every layer (torch only, no Lightning)."""

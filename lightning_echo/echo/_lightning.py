@@ -1,0 +1,77 @@
+"""The few places where echoing reaches into Lightning internals (checked against Lightning 2.2-2.6).
+
+Lightning 2.x has no public hook to wrap the train loader or to skip a host-to-device copy, so:
+- the fit loop's train data source is wrapped, so the echo stage is installed whenever Lightning
+  (re)loads the train loader, and a plain ``DataLoader`` still gets Lightning's own preparation
+  (``DistributedSampler`` under DDP, worker checks) before it is wrapped;
+- ``strategy.batch_to_device`` is wrapped on the instance while fitting, so an echoed batch reuses
+  the device copy of its fresh batch.
+Each function returns an undo callable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import RunningStage, TrainerFn
+
+Undo = Callable[[], None]
+
+
+class _WrappedSource:
+    """Stands in for Lightning's ``_DataLoaderSource``, wrapping what it returns."""
+
+    def __init__(self, original: Any, wrap: Callable[[Any], Any]) -> None:
+        self.original = original
+        self.wrap = wrap
+
+    def dataloader(self) -> Any:
+        return self.wrap(self.original.dataloader())
+
+    def is_defined(self) -> bool:
+        return self.original.is_defined()
+
+    def is_module(self) -> bool:
+        return self.original.is_module()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+def wrap_train_source(trainer: "pl.Trainer", wrap: Callable[[Any], Any]) -> Undo:
+    """Make every train loader Lightning requests pass through ``wrap``."""
+    fit_loop = trainer.fit_loop
+    original = fit_loop._data_source
+    fit_loop._data_source = _WrappedSource(original, wrap)
+    fit_loop._combined_loader = None  # force setup_data to request (and so wrap) the loader
+
+    def undo() -> None:
+        fit_loop._data_source = original
+
+    return undo
+
+
+def prepare_train_dataloader(trainer: "pl.Trainer", dataloader: Any) -> Any:
+    """What Lightning does to a train ``DataLoader`` it is given (samplers, strategy hooks)."""
+    from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader
+
+    return _process_dataloader(trainer, TrainerFn.FITTING, RunningStage.TRAINING, dataloader)
+
+
+def wrap_batch_to_device(trainer: "pl.Trainer", wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
+    """Replace ``trainer.strategy.batch_to_device`` by ``wrapper(original)`` on the instance."""
+    strategy = trainer.strategy
+    original = strategy.batch_to_device
+    strategy.batch_to_device = wrapper(original)  # type: ignore[method-assign]
+
+    def undo() -> None:
+        if "batch_to_device" in vars(strategy):
+            del strategy.batch_to_device  # back to the class's method
+
+    return undo
+
+
+def is_training(trainer: "pl.Trainer") -> bool:
+    """True inside the fit loop's training part (not validation or sanity checking)."""
+    return trainer.state.stage == RunningStage.TRAINING

@@ -1,0 +1,104 @@
+"""The train loader ``DataEchoing`` installs: an echo stage over the user's loader."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
+
+from torchdata.nodes import BaseNode, Loader
+
+from lightning_echo.data.background import StepTimeMeter
+from lightning_echo.echo.node import BatchEcho, EchoInfo, ExampleEcho
+
+EchoNode = Union[BatchEcho, ExampleEcho]
+
+
+class EchoLoader:
+    """Iterable over an echo node graph, with what the training loop needs around it.
+
+    - ``served`` gets the :class:`EchoInfo` of every batch handed out, in order (the callback
+      consumes it batch by batch, whatever Lightning prefetched);
+    - ``wait_s`` is the time spent waiting for fresh batches;
+    - ``state_dict`` accounts for Lightning's one-batch prefetch when the loader has no length
+      (Lightning then holds one batch it has not trained on yet);
+    - the step time between batches is recorded in ``meter`` (for ``slowdown`` throttles).
+    """
+
+    def __init__(
+        self,
+        root: BaseNode,
+        echo: EchoNode,
+        length: Optional[int] = None,
+        meter: Optional[StepTimeMeter] = None,
+        reuse_device_copy: bool = True,
+        closers: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        self.echo = echo
+        self.length = length
+        self.meter = meter
+        self.reuse_device_copy = reuse_device_copy
+        self.served: deque[EchoInfo] = deque()
+        self.wait_s = 0.0
+        self._loader = Loader(root)
+        self._closers = list(closers)
+        self._state_before_last: Optional[Dict[str, Any]] = None
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = iter(self._loader)
+        self.served.clear()
+        meter = self.meter
+        if meter is not None:
+            meter.pause()
+        while True:
+            if meter is not None:
+                meter.on_request()
+            snapshot = self._loader.state_dict() if self.length is None else None
+            started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self._state_before_last = None
+                if meter is not None:
+                    meter.pause()
+                return
+            info = self.echo.last_info
+            assert info is not None
+            if not info.is_echo:
+                self.wait_s += time.perf_counter() - started
+            if info.same_as_previous and not self.reuse_device_copy:
+                info = replace(info, same_as_previous=False)
+            self._state_before_last = snapshot
+            self.served.append(info)
+            if meter is not None:
+                meter.on_return()
+            yield batch
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("the number of echoed batches is not known in advance")
+        return self.length
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.length is None and self._state_before_last is not None:
+            return self._state_before_last
+        return self._loader.state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._loader.load_state_dict(state_dict)
+
+    def close(self) -> None:
+        """Stop every background thread under this loader."""
+        for close in self._closers:
+            close()
+
+    @property
+    def _iterator(self) -> None:
+        return None
+
+    @_iterator.setter
+    def _iterator(self, value: Any) -> None:
+        # Lightning resets `loader._iterator = None` when fit ends or fails: stop our threads then.
+        if value is None:
+            self.close()

@@ -1,0 +1,272 @@
+"""Echo stages (torchdata nodes): serve each fresh batch, or each example, several times.
+
+:class:`BatchEcho` repeats whole batches: a fixed or non-integer factor, or ``"auto"`` (repeat
+only while the next fresh batch is not ready, up to ``max_factor``). :class:`ExampleEcho` repeats
+examples and mixes them through a shuffle buffer before re-batching (Choi et al.'s example
+echoing). Both expose ``last_info``, an :class:`EchoInfo` for the item ``next()`` just returned,
+and stop at an optional budget of fresh batches / samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torchdata.nodes import BaseNode
+
+from lightning_echo.core.batches import batch_size_of, select_rows
+from lightning_echo.core.echo_factor import AUTO, EchoFactor, adaptive_should_echo, check_echo_factor, draw_repeats
+from lightning_echo.data.background import find_ready_probe
+from lightning_echo.errors import ConfigError
+from lightning_echo.validation import non_negative_int, positive_int
+
+Agree = Callable[[bool], bool]
+
+
+@dataclass(frozen=True)
+class EchoInfo:
+    """What one served item is.
+
+    ``fresh_index`` numbers the fresh batch it comes from (for example echoing: the newest one
+    that contributed), ``repeat`` is 0 the first time a batch is served and counts echoes after,
+    ``fresh_samples`` are the examples seen for the first time, ``same_as_previous`` says the
+    item is the very same batch as the previous one (so its device copy can be reused).
+    """
+
+    fresh_index: int
+    repeat: int
+    samples: int
+    fresh_samples: int
+    same_as_previous: bool
+
+    @property
+    def is_echo(self) -> bool:
+        """True when the item brings no fresh example."""
+        return self.fresh_samples == 0
+
+
+class _Budget:
+    """Stop fetching after ``max_fresh_batches`` batches or ``max_fresh_samples`` examples."""
+
+    def __init__(self, max_fresh_batches: Optional[int], max_fresh_samples: Optional[int]) -> None:
+        self.max_batches = positive_int("max_fresh_batches", max_fresh_batches) if max_fresh_batches is not None else None
+        self.max_samples = positive_int("max_fresh_samples", max_fresh_samples) if max_fresh_samples is not None else None
+        self.batches = 0
+        self.samples = 0
+
+    def exhausted(self) -> bool:
+        return (self.max_batches is not None and self.batches >= self.max_batches) or (
+            self.max_samples is not None and self.samples >= self.max_samples
+        )
+
+    def add(self, samples: int) -> None:
+        self.batches += 1
+        self.samples += samples
+
+    def state(self) -> Dict[str, int]:
+        return {"fresh_batches": self.batches, "fresh_samples": self.samples}
+
+    def load(self, state: Dict[str, Any]) -> None:
+        self.batches, self.samples = int(state["fresh_batches"]), int(state["fresh_samples"])
+
+
+class BatchEcho(BaseNode):
+    """Serve every fresh batch of ``source`` ``factor`` times (batch echoing).
+
+    - ``factor`` a number >= 1: ``floor(factor)`` times plus once more with probability
+      ``factor - floor(factor)``; the draw for fresh batch ``i`` depends only on ``(seed, i)``.
+    - ``factor="auto"``: serve again while the next fresh batch is not ready (``ready()`` of the
+      nearest background stage below), never more than ``max_factor`` times in all. ``agree``
+      combines the "fresh batch ready" flag across processes (DDP) so every rank decides alike.
+
+    The state holds the source's state from *before* the current fresh batch, so a pipeline
+    restored in the middle of an echo group fetches that batch again and finishes its group.
+    """
+
+    def __init__(
+        self,
+        source: BaseNode,
+        factor: EchoFactor = 2,
+        max_factor: int = 4,
+        seed: int = 0,
+        agree: Optional[Agree] = None,
+        max_fresh_batches: Optional[int] = None,
+        max_fresh_samples: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.factor = check_echo_factor(factor, max_factor)
+        self.max_factor = max_factor
+        self.seed = non_negative_int("seed", seed)
+        self.agree = agree
+        self.budget = _Budget(max_fresh_batches, max_fresh_samples)
+        self._ready = find_ready_probe(source) if self.factor == AUTO else None
+        if self.factor == AUTO and self._ready is None:
+            raise ConfigError("factor", AUTO, "needs a background stage below the echo (BackgroundQueue or Throttle)")
+        self._current: Any = None
+        self._served = 0
+        self._repeats = 0
+        self._source_state_before: Optional[Dict[str, Any]] = None
+        self.budget_exhausted = False
+        self.last_info: Optional[EchoInfo] = None
+
+    def _draw_repeats(self, fresh_index: int) -> int:
+        if self.factor == AUTO:
+            return self.max_factor
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + fresh_index)
+        return draw_repeats(float(self.factor), generator)
+
+    def _should_echo(self) -> bool:
+        if self._current is None or self._served >= self._repeats:
+            return False
+        if self.factor != AUTO:
+            return True
+        assert self._ready is not None
+        fresh_ready = bool(self._ready())
+        if self.agree is not None:
+            fresh_ready = self.agree(fresh_ready)
+        return adaptive_should_echo(self._served, self.max_factor, fresh_ready)
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
+        super().reset(initial_state)
+        self._current, self._served, self._repeats = None, 0, 0
+        self.last_info = None
+        if initial_state is None:
+            self.source.reset(None)
+            self._source_state_before = None
+            return
+        self.budget.load(initial_state)
+        self.source.reset(initial_state["source"])
+        served, repeats = int(initial_state["served"]), int(initial_state["repeats"])
+        if served > 0:
+            # Resume inside an echo group: fetch its fresh batch again, without counting it twice.
+            self._source_state_before = initial_state["source"]
+            self._current = next(self.source)
+            self._served, self._repeats = served, repeats
+        self.budget_exhausted = False
+
+    def next(self) -> Any:
+        fresh_index = self.budget.batches - 1
+        if self._should_echo():
+            self._served += 1
+            size = batch_size_of(self._current)
+            self.last_info = EchoInfo(fresh_index, self._served - 1, size, 0, True)
+            return self._current
+        if self.budget.exhausted():
+            self.budget_exhausted = True
+            self._current = None
+            raise StopIteration
+        self._source_state_before = self.source.state_dict()
+        try:
+            batch = next(self.source)
+        except StopIteration:
+            self._current = None
+            raise
+        size = batch_size_of(batch)
+        self.budget.add(size)
+        self._current, self._served = batch, 1
+        self._repeats = self._draw_repeats(self.budget.batches - 1)
+        self.last_info = EchoInfo(self.budget.batches - 1, 0, size, size, False)
+        return batch
+
+    def get_state(self) -> Dict[str, Any]:
+        in_group = self._current is not None
+        state = {
+            "source": self._source_state_before if in_group else self.source.state_dict(),
+            "served": self._served if in_group else 0,
+            "repeats": self._repeats if in_group else 0,
+        }
+        state.update(self.budget.state())  # includes the current batch, which a restore re-fetches uncounted
+        return state
+
+
+class ExampleEcho(BaseNode):
+    """Repeat each example ``factor`` times, mix through a shuffle buffer, re-batch (example echoing).
+
+    Each example of a fresh batch is queued ``floor(factor)`` times plus once more with
+    probability ``factor - floor(factor)``. Output batches of ``batch_size`` (default: the size
+    of the first fresh batch) are drawn at random from a buffer kept at ``shuffle_buffer``
+    entries while fresh data lasts, then drained. Batches are tuples, lists or dicts of tensors
+    (or one tensor) whose first dimension indexes examples.
+
+    Restoring a saved state resumes from the source position of that state; the examples that
+    were waiting in the buffer at that moment are not replayed.
+    """
+
+    def __init__(
+        self,
+        source: BaseNode,
+        factor: float = 2.0,
+        shuffle_buffer: int = 1024,
+        batch_size: Optional[int] = None,
+        seed: int = 0,
+        max_fresh_batches: Optional[int] = None,
+        max_fresh_samples: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if factor == AUTO:
+            raise ConfigError("factor", factor, "example echoing takes a number >= 1; 'auto' works with kind=batch")
+        self.source = source
+        self.factor = float(check_echo_factor(factor, 1))
+        self.shuffle_buffer = positive_int("shuffle_buffer", shuffle_buffer)
+        self.batch_size = positive_int("batch_size", batch_size) if batch_size is not None else None
+        self.seed = non_negative_int("seed", seed)
+        self.budget = _Budget(max_fresh_batches, max_fresh_samples)
+        self._generator = torch.Generator()
+        self._entries: list[tuple[Any, int, bool]] = []  # (fresh batch, row, first serve?)
+        self._source_done = False
+        self._served_batches = 0
+        self.budget_exhausted = False
+        self.last_info: Optional[EchoInfo] = None
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
+        super().reset(initial_state)
+        self._entries, self._source_done = [], False
+        if initial_state is not None:
+            self.budget.load(initial_state)
+            self._served_batches = int(initial_state["served_batches"])
+            self.source.reset(initial_state["source"])
+        else:
+            self.source.reset(None)
+        self._generator.manual_seed(self.seed * 1_000_003 + self._served_batches)
+
+    def _fill(self) -> None:
+        while not self._source_done and len(self._entries) < self.shuffle_buffer:
+            if self.budget.exhausted():
+                self.budget_exhausted = True
+                self._source_done = True
+                return
+            try:
+                batch = next(self.source)
+            except StopIteration:
+                self._source_done = True
+                return
+            size = batch_size_of(batch)
+            if self.batch_size is None:
+                self.batch_size = size
+            self.budget.add(size)
+            for row in range(size):
+                repeats = draw_repeats(self.factor, self._generator)
+                self._entries += [(batch, row, copy == 0) for copy in range(repeats)]
+
+    def next(self) -> Any:
+        self._fill()
+        if not self._entries:
+            raise StopIteration
+        assert self.batch_size is not None
+        take = min(self.batch_size, len(self._entries))
+        picks = torch.randperm(len(self._entries), generator=self._generator)[:take].tolist()
+        chosen = [self._entries[i] for i in picks]
+        for i in sorted(picks, reverse=True):
+            self._entries[i] = self._entries[-1]
+            self._entries.pop()
+        fresh = sum(1 for _, _, first in chosen if first)
+        self._served_batches += 1
+        self.last_info = EchoInfo(self.budget.batches - 1, 0 if fresh else 1, take, fresh, False)
+        return select_rows([(batch, row) for batch, row, _ in chosen])
+
+    def get_state(self) -> Dict[str, Any]:
+        state = {"source": self.source.state_dict(), "served_batches": self._served_batches}
+        state.update(self.budget.state())
+        return state
