@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import Logger
 
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.data.array_datamodule import ArrayDataModule
+from lightning_echo.data.background import ThrottleSpec
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError, IncompatibleDataError
 from lightning_echo.validation import positive_float
@@ -42,8 +43,29 @@ def _one_line(message: str) -> str:
 
 
 def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
-    """The ``data`` group's LightningDataModule (constructed, not yet loaded)."""
-    return _instantiate(cfg.data, "data.")
+    """The ``data`` group's LightningDataModule (constructed, not yet loaded), throttled per ``loader``."""
+    datamodule = _instantiate(cfg.data, "data.")
+    datamodule.throttle = build_throttle(cfg)
+    return datamodule
+
+
+def build_throttle(cfg: DictConfig) -> Optional[ThrottleSpec]:
+    """The ``loader`` group as a ThrottleSpec (None for ``loader=none``)."""
+    loader = cfg.get("loader") or {}
+    if loader.get("name", "none") == "none":
+        return None
+    seconds_per_batch = loader.get("seconds_per_batch")
+    try:
+        return ThrottleSpec(
+            seconds_per_batch=seconds_per_batch,
+            slowdown=loader.get("slowdown") if seconds_per_batch is None else None,
+            jitter=loader.get("jitter"),
+            jitter_param=loader.get("jitter_param"),
+            seed=int(cfg.get("seed", 0)),
+            queue_size=loader.get("queue_size", 2),
+        )
+    except ConfigError as error:
+        raise error.with_prefix("loader.") from None
 
 
 def build_optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimizer]:
@@ -73,7 +95,9 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The algorithm's callbacks plus the progress metrics every run logs."""
     callbacks: list[pl.Callback] = [TrainingProgress()]
     for name, node in (cfg.algorithm.get("callbacks") or {}).items():
-        callbacks.append(_instantiate(node, f"algorithm.callbacks.{name}."))
+        # Settings the user sets as e.g. `echo.factor` are reported under that name.
+        prefix = f"{name}." if name in cfg else f"algorithm.callbacks.{name}."
+        callbacks.append(_instantiate(node, prefix))
     return callbacks
 
 

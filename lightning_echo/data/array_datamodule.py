@@ -6,12 +6,13 @@ import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_echo.data.background import ThrottleSpec
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.validation import non_negative_int, positive_int
 
@@ -83,6 +84,8 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
             positive_int("max_val_examples", max_val_examples) if max_val_examples is not None else None
         )
         self._splits: Optional[ArraySplits] = None
+        # Set to simulate a slow loader: train_dataloader() then returns a throttled DataPipeline.
+        self.throttle: Optional[ThrottleSpec] = None
 
     @property
     @abc.abstractmethod
@@ -126,7 +129,21 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
         """Map-style validation dataset of ``(x, y)`` pairs."""
         return TensorDataset(self.splits.x_val, self.splits.y_val)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> Any:
+        if self.throttle is not None:
+            from lightning_echo.data.pipeline import throttled_loader
+
+            spec = self.throttle
+            return throttled_loader(
+                self.train_dataset,
+                self.batch_size,
+                seed=self.seed,
+                seconds_per_batch=spec.seconds_per_batch,
+                slowdown=spec.slowdown,
+                jitter=spec.jitter,
+                jitter_param=spec.jitter_param,
+                queue_size=spec.queue_size,
+            )
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_dataset,
