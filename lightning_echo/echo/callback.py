@@ -33,7 +33,8 @@ class DataEchoing(pl.Callback):
     Args:
         factor: times each fresh batch is served: a number >= 1 (non-integer: ``floor`` times
             plus once more with probability of the fraction), or ``"auto"``: echo only while
-            the next fresh batch is not ready, up to ``max_factor`` times in all.
+            the next fresh batch is not ready, up to ``max_factor`` times in all. Under DDP the
+            ranks agree every step: a fresh batch is taken when every rank has one ready.
         kind: ``"batch"`` repeats whole batches (reusing their device copy); ``"example"``
             repeats examples and re-batches them through a ``shuffle_buffer``.
         placement: for loaders built by :mod:`lightning_echo.data` with an augmentation,
@@ -168,8 +169,10 @@ class DataEchoing(pl.Callback):
             )
         agree = None
         if self.factor == AUTO and trainer.world_size > 1:
+            # Every step all-reduces, so a rank that takes a fresh batch before the others have
+            # one only waits for them: take fresh batches when all ranks have one ready.
             strategy = trainer.strategy
-            agree = lambda ready: strategy.reduce_boolean_decision(ready, all=False)  # noqa: E731 - any rank ready
+            agree = lambda ready: strategy.reduce_boolean_decision(ready, all=True)  # noqa: E731
         return BatchEcho(
             source, self.factor, self.max_factor, self.seed, agree, self.max_fresh_batches, self.max_fresh_samples
         )
