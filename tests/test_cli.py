@@ -40,6 +40,11 @@ def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["model=logreg,mlp"], "a sweep needs multirun: add -m"),
         (["modle=mlp"], "Could not override 'modle'"),
         (["data=mnist"], "mnist: missing train-images-idx3-ubyte(.gz)"),
+        (["algorithm=echo", "echo.factor=0.5"], "echo.factor=0.5 is not allowed: must be a number >= 1 or 'auto'"),
+        (["algorithm=echo", "echo.kind=bag"], "echo.kind='bag' is not allowed: must be one of batch, example"),
+        (["algorithm=echo", "echo.factor=auto", "echo.max_factor=0"], "echo.max_factor=0 is not allowed"),
+        (["loader=throttle", "loader.slowdown=-1"], "loader.slowdown=-1 is not allowed: must be a finite number > 0"),
+        (["loader=throttle", "loader.jitter=gamma"], "loader.jitter='gamma' is not allowed"),
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, tmp_path, args, expected) -> None:
@@ -166,3 +171,18 @@ def test_training_writes_nothing_into_the_data_directory(capsys, tmp_path) -> No
           "trainer.max_steps=3", *quiet_trainer_overrides()])
     assert "outputs: " in capsys.readouterr().out
     assert _snapshot(tmp_path / "data") == before
+
+
+def test_echo_job_with_throttled_loader(capsys, tmp_path) -> None:
+    main(["algorithm=echo", "echo.factor=4", "loader=throttle", "loader.slowdown=4", "trainer.max_steps=40",
+          *quiet_trainer_overrides()])
+    run_dir = next((tmp_path / "le_outputs" / "runs").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algorithm"] == "echo" and summary["optimizer_steps"] == 40
+    assert summary["fresh_samples"] == 10 * 64  # 40 steps, each fresh batch of 64 served 4 times
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "echo/effective_factor" in header and "echo/data_wait_s" in header
+    import yaml
+
+    hparams = yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())
+    assert hparams["echo_factor"] == 4 and hparams["slowdown"] == 4 and hparams["loader"] == "throttle"

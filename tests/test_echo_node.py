@@ -363,3 +363,22 @@ def test_select_rows_keeps_the_structure() -> None:
 
     with pytest.raises(TypeError):
         select_rows([("text", 0)])
+
+
+def test_auto_echo_above_augment_without_background_stage_is_refused() -> None:
+    from torchdata.nodes import IterableWrapper
+
+    from lightning_echo.data.nodes import Augment
+
+    source = Augment(IterableWrapper([torch.zeros(2, 3)] * 3), lambda batch, generator: batch)
+    with pytest.raises(ConfigError, match="^factor='auto'"):
+        BatchEcho(source, factor="auto")
+
+
+def test_example_echo_small_buffer_still_gives_full_batches() -> None:
+    from torchdata.nodes import IterableWrapper
+
+    batches = [torch.arange(4 * i, 4 * i + 4) for i in range(8)]
+    node = ExampleEcho(IterableWrapper(batches), factor=1.5, shuffle_buffer=1, seed=0)
+    sizes = [len(batch) for batch in node]
+    assert all(size == 4 for size in sizes[:-1]) and 1 <= sizes[-1] <= 4

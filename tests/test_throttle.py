@@ -712,3 +712,14 @@ def test_wait_s_and_items_delivered_are_counted() -> None:
     assert pipeline.queue_node.items_delivered == 4
     assert pipeline.wait_s >= 0.0
     assert throttled_loader(_dataset(8), 2).wait_s == 0.0
+
+
+def test_sharded_dataloader_length_with_drop_last(monkeypatch) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_echo.data import pipeline
+
+    monkeypatch.setattr(pipeline, "distributed_rank_and_size", lambda: (0, 2))
+    for n, batch_size, drop_last in [(6, 4, True), (6, 4, False), (21, 4, True), (21, 4, False)]:
+        loader = pipeline.throttle(DataLoader(TensorDataset(torch.arange(n)), batch_size=batch_size, drop_last=drop_last))
+        assert len(loader) == len(list(loader)), (n, batch_size, drop_last)

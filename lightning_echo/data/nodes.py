@@ -165,10 +165,6 @@ class Augment(BaseNode):
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE: self.source.state_dict(), self.COUNT: self._count}
 
-    def ready(self) -> bool:
-        probe = getattr(self.source, "ready", None)
-        return bool(probe()) if callable(probe) else True
-
 
 class ShardedIterable:
     """Every ``world_size``-th item of ``iterable`` starting at ``rank`` (ranks see equal counts).

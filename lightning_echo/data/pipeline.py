@@ -201,7 +201,13 @@ class _ShardOnIter:
         except TypeError:
             return None
         _, size = distributed_rank_and_size()
-        return math.ceil(total / size) if isinstance(self.loader, DataLoader) else total // size
+        if size == 1:
+            return total
+        loader = self.loader
+        if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset) and loader.batch_size:
+            per_rank = math.ceil(len(loader.dataset) / size)  # type: ignore[arg-type]
+            return per_rank // loader.batch_size if loader.drop_last else math.ceil(per_rank / loader.batch_size)
+        return total // size
 
 
 def _with_distributed_sampler(loader: DataLoader, rank: int, size: int, epoch: int) -> DataLoader:

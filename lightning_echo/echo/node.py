@@ -232,7 +232,8 @@ class ExampleEcho(BaseNode):
         self._generator.manual_seed(self.seed * 1_000_003 + self._served_batches)
 
     def _fill(self) -> None:
-        while not self._source_done and len(self._entries) < self.shuffle_buffer:
+        # Keep at least a whole output batch buffered, so short batches only come at the end.
+        while not self._source_done and len(self._entries) < max(self.shuffle_buffer, self.batch_size or 0):
             if self.budget.exhausted():
                 self.budget_exhausted = True
                 self._source_done = True
