@@ -1,6 +1,8 @@
 """Benchmark 3: wall-clock time to reach the optimum's neighbourhood, echo against sync.
 
-Logistic regression on the synthetic classification data, loader throttled to ``slowdown=4``.
+Logistic regression on the synthetic classification data (131072 examples, 32 features, 4
+classes, condition number 1000), loader throttled to ``slowdown=4``; each run gets the same
+budget of fresh batches.
 The optimum of the training loss is computed first by a long full-batch L-BFGS run. For each
 batch size and method (synchronous SGD; DataEchoing(factor=4)) a constant step size is chosen
 from a small grid (the fastest to the target wins, as in Agarwal et al. Section 5); the time to
@@ -26,8 +28,17 @@ from lightning_echo.data.pipeline import throttled_loader
 from lightning_echo.echo import DataEchoing
 from lightning_echo.models import LogisticRegression
 
-GRIDS = {16: [0.05, 0.1, 0.2, 0.4], 1024: [0.5, 1.0, 2.0, 4.0]}
-STEPS = {16: 4000, 1024: 1200}
+# Step-size grids per (batch size, method), bracketing the best constant step of each (found by
+# a wider search first): in the noise-dominated regime the best echoed step is about 1/K of
+# the synchronous one, in the curvature-dominated regime about the same (Agarwal et al. Sec. 5).
+GRIDS = {
+    (512, "sync"): [4.0, 8.0, 16.0],
+    (512, "echo K=4"): [1.0, 2.0, 4.0],
+    (8192, "sync"): [8.0, 16.0, 24.0],
+    (8192, "echo K=4"): [8.0, 16.0, 24.0],
+}
+FRESH_BATCH_BUDGET = {512: 2600, 8192: 900}
+ECHO_FACTOR = 4
 
 
 def full_loss(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
@@ -57,31 +68,40 @@ def main() -> None:
     parser.add_argument("--slowdown", type=float, default=4.0)
     parser.add_argument("--target", type=float, default=0.01, help="relative gap to the optimum")
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--verbose", action="store_true", help="print every run of the step-size grid")
     args = parser.parse_args()
     quiet()
-    data = SyntheticDataModule(n_examples=16384, n_features=32, n_classes=4, noise=1.0, condition_number=10.0,
-                               val_fraction=0.0, batch_size=16)
+    data = SyntheticDataModule(n_examples=131072, n_features=32, n_classes=4, noise=0.5, condition_number=1000.0,
+                               val_fraction=0.0, batch_size=512)
     x, y = data.splits.x_train, data.splits.y_train
     best_loss = optimum(x, y, 4)
     target = best_loss * (1 + args.target)
     print(f"optimum training loss {best_loss:.5f}; target {target:.5f} (within {args.target:.0%}); loader slowdown={args.slowdown:g}")
     curves = {}
     rows = []
-    for batch_size, grid in GRIDS.items():
+    for batch_size in sorted(FRESH_BATCH_BUDGET):
         times = {}
         for method in ("sync", "echo K=4"):
-            best = (math.inf, None, None)
+            grid = GRIDS[(batch_size, method)]
+            best: tuple = (math.inf, None, None, None)
+            lowest_final = math.inf
             for lr in grid:
                 torch.manual_seed(0)
                 loader = throttled_loader(data.train_dataset, batch_size, seed=0, slowdown=args.slowdown)
                 model = LogisticRegression(data.spec, partial(torch.optim.SGD, lr=lr))
-                callbacks = [DataEchoing(factor=4)] if method != "sync" else []
-                result = timed_fit(model, loader, STEPS[batch_size], callbacks, snapshot_every=10)
+                echoed = method != "sync"
+                callbacks = [DataEchoing(factor=ECHO_FACTOR)] if echoed else []
+                max_steps = FRESH_BATCH_BUDGET[batch_size] * (ECHO_FACTOR if echoed else 1)
+                result = timed_fit(model, loader, max_steps, callbacks, snapshot_every=5 * (ECHO_FACTOR if echoed else 1))
                 curve = [(t, steps, fresh, full_loss(state, x, y)) for t, steps, fresh, state in result.snapshots]
                 reached = next((row for row in curve if row[3] <= target), None)
                 seconds = reached[0] if reached else math.inf
-                if seconds < best[0]:
+                if args.verbose:
+                    gap = (curve[-1][3] - best_loss) / best_loss
+                    print(f"  batch {batch_size} {method} lr {lr}: {seconds:.2f} s to target, final gap {gap:.2%}, {result.elapsed_s:.1f} s run")
+                if seconds < best[0] or (best[1] is None and curve[-1][3] < lowest_final):
                     best = (seconds, lr, curve, reached)
+                lowest_final = min(lowest_final, curve[-1][3])
             times[method] = best
             curves[(batch_size, method)] = best[2]
             seconds, lr, _, reached = best

@@ -313,3 +313,37 @@ def test_placement_before_augmentation_needs_a_lightning_echo_pipeline() -> None
     trainer = make_trainer([DataEchoing(factor=2, placement="before_augmentation")], max_steps=2)
     with pytest.raises(ConfigError, match="^placement='before_augmentation'"):
         trainer.fit(BoringModel(), DataLoader(RandomDataset(32, 64), batch_size=8))
+
+
+def test_an_echo_loader_as_validation_loader_is_refused() -> None:
+    from torchdata.nodes import IterableWrapper
+
+    from lightning_echo.echo import BatchEcho, EchoLoader
+
+    node = BatchEcho(IterableWrapper(DataLoader(RandomDataset(32, 16), batch_size=8)), factor=2)
+    trainer = make_trainer([DataEchoing(factor=2)], max_steps=2)
+    with pytest.raises(ConfigError, match="^val_dataloaders=.*train loader only"):
+        trainer.fit(BoringModel(), DataLoader(RandomDataset(32, 64), batch_size=8), val_dataloaders=EchoLoader(node, node))
+
+
+def test_manual_optimization_trains_on_every_echo() -> None:
+    class Manual(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.calls = 0
+
+        def training_step(self, batch, batch_idx):
+            self.calls += 1
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            loss = self.step(batch)
+            self.manual_backward(loss)
+            optimizer.step()
+            return loss
+
+    model = Manual()
+    echo = DataEchoing(factor=3)
+    trainer = make_trainer([echo], max_epochs=1, limit_val_batches=0)
+    trainer.fit(model, DataLoader(RandomDataset(32, 64), batch_size=8))
+    assert model.calls == 24 and trainer.global_step == 24 and echo.fresh_batches == 8
