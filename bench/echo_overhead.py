@@ -66,8 +66,7 @@ def main() -> None:
 
 def stage_cost(data: SyntheticDataModule, rounds: int = 15) -> None:
     """Per-batch cost of the echo stage alone: iterate the loaders without training, alternating."""
-    from torchdata.nodes import IterableWrapper
-
+    from lightning_echo.data.nodes import IterableNode
     from lightning_echo.echo import BatchEcho, EchoLoader
 
     def per_batch_us(make) -> float:
@@ -78,7 +77,7 @@ def stage_cost(data: SyntheticDataModule, rounds: int = 15) -> None:
 
     def echo_loader() -> EchoLoader:
         inner = DataLoader(data.train_dataset, batch_size=256, shuffle=True)
-        node = BatchEcho(IterableWrapper(inner), factor=1)
+        node = BatchEcho(IterableNode(inner), factor=1)
         return EchoLoader(node, node, length=len(inner))
 
     plain, echoed = [], []

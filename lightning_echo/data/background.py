@@ -264,7 +264,7 @@ class Throttle(BackgroundQueue):
 
     Example::
 
-        node = Throttle(IterableWrapper(batches), ThrottleSpec(seconds_per_batch=0.05))
+        node = Throttle(IterableNode(batches), ThrottleSpec(seconds_per_batch=0.05))
     """
 
     def __init__(self, source: BaseNode, spec: ThrottleSpec, meter: Optional[StepTimeMeter] = None) -> None:

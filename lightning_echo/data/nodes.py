@@ -166,6 +166,49 @@ class Augment(BaseNode):
         return {self.SOURCE: self.source.state_dict(), self.COUNT: self._count}
 
 
+class IterableNode(BaseNode):
+    """Any iterable as a node; its state is the iterable's own when it has one, else a count.
+
+    Like ``torchdata.nodes.IterableWrapper``, but it decides once whether the iterable is
+    stateful: that protocol check is slow, and echo stages read the state every fresh batch.
+    A non-stateful iterable is restored by re-iterating and skipping the items already seen.
+    """
+
+    COUNT, ITERABLE = "count", "iterable"
+
+    def __init__(self, iterable: Iterable) -> None:
+        super().__init__()
+        self.iterable = iterable
+        self._stateful = callable(getattr(iterable, "state_dict", None)) and callable(
+            getattr(iterable, "load_state_dict", None)
+        )
+        self._iterator: Optional[Any] = None
+        self._count = 0
+
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
+        super().reset(initial_state)
+        self._count = 0
+        if initial_state is not None and self._stateful:
+            self.iterable.load_state_dict(initial_state[self.ITERABLE])  # type: ignore[attr-defined]
+        self._iterator = iter(self.iterable)
+        if initial_state is not None:
+            self._count = int(initial_state[self.COUNT])
+            if not self._stateful:
+                for _ in range(self._count):
+                    next(self._iterator)
+
+    def next(self) -> Any:
+        item = next(self._iterator)  # type: ignore[arg-type]
+        self._count += 1
+        return item
+
+    def get_state(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {self.COUNT: self._count}
+        if self._stateful:
+            state[self.ITERABLE] = self.iterable.state_dict()  # type: ignore[attr-defined]
+        return state
+
+
 class ShardedIterable:
     """Every ``world_size``-th item of ``iterable`` starting at ``rank`` (ranks see equal counts).
 

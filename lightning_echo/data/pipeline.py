@@ -15,10 +15,18 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
-from torchdata.nodes import BaseNode, IterableWrapper, Loader
+from torchdata.nodes import BaseNode, Loader
 
 from lightning_echo.data.background import BackgroundQueue, StepTimeMeter, Throttle, ThrottleSpec
-from lightning_echo.data.nodes import Augment, IndexBatches, MapNode, ShardedIterable, distributed_rank_and_size, fetch_batch
+from lightning_echo.data.nodes import (
+    Augment,
+    IndexBatches,
+    IterableNode,
+    MapNode,
+    ShardedIterable,
+    distributed_rank_and_size,
+    fetch_batch,
+)
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import one_of
 
@@ -172,7 +180,7 @@ def throttle(
     """
     spec = _spec(seconds_per_batch, slowdown, jitter, jitter_param, seed, queue_size)
     sharded = _ShardOnIter(loader)
-    return DataPipeline(IterableWrapper(sharded), length=sharded.length, throttle=spec)
+    return DataPipeline(IterableNode(sharded), length=sharded.length, throttle=spec)
 
 
 class _ShardOnIter:

@@ -7,10 +7,11 @@ from typing import Any, Callable, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
-from torchdata.nodes import BaseNode, IterableWrapper
+from torchdata.nodes import BaseNode
 
 from lightning_echo.core.echo_factor import AUTO, EchoFactor, check_echo_factor, is_integer_factor
 from lightning_echo.data.background import BackgroundQueue
+from lightning_echo.data.nodes import IterableNode
 from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline
 from lightning_echo.echo import _lightning
 from lightning_echo.echo.loader import EchoLoader
@@ -152,7 +153,7 @@ class DataEchoing(pl.Callback):
             if isinstance(loader, DataLoader):
                 loader = _lightning.prepare_train_dataloader(trainer, loader)
             inner_length = _length_or_none(loader)
-            node: BaseNode = IterableWrapper(loader)
+            node: BaseNode = IterableNode(loader)
             if self.factor == AUTO:
                 node = BackgroundQueue(node)
                 closers.append(node.close)
@@ -206,7 +207,7 @@ class DataEchoing(pl.Callback):
             self.fresh_batches += int(info.repeat == 0)
         elif self._loader is not None:
             self.fresh_batches = self._loader.echo.budget.batches
-        if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.is_last_batch:
+        if self.steps % trainer.log_every_n_steps == 0:
             pl_module.log("fresh", float(self.fresh_batches), prog_bar=True, logger=False, on_step=True, on_epoch=False)
             pl_module.log("echoed", float(self.echoed_steps), prog_bar=True, logger=False, on_step=True, on_epoch=False)
             metrics = {

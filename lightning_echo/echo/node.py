@@ -114,6 +114,8 @@ class BatchEcho(BaseNode):
     def _draw_repeats(self, fresh_index: int) -> int:
         if self.factor == AUTO:
             return self.max_factor
+        if float(self.factor).is_integer():
+            return int(self.factor)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + fresh_index)
         return draw_repeats(float(self.factor), generator)
 
