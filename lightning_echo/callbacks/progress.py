@@ -25,6 +25,7 @@ class TrainingProgress(pl.Callback):
     def __init__(self) -> None:
         self.fresh_samples = 0
         self.fresh_batches = 0
+        self._echo_stage: Optional[pl.Callback] = None
         self._start: Optional[float] = None
         self._validation_start: Optional[float] = None
         self._excluded_s = 0.0
@@ -40,6 +41,8 @@ class TrainingProgress(pl.Callback):
         return self._elapsed_before_resume + (now - self._start) - self._excluded_s - in_validation
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A callback that repeats batches (DataEchoing) says how many examples of each batch are new.
+        self._echo_stage = next((c for c in trainer.callbacks if hasattr(c, "current_fresh_samples")), None)
         self._start = time.perf_counter()
         self._excluded_s = 0.0
 
@@ -55,7 +58,7 @@ class TrainingProgress(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        fresh = _fresh_samples_from_echo_stage(trainer)
+        fresh = getattr(self._echo_stage, "current_fresh_samples", None)
         if fresh is None:
             fresh = extract_batch_size(batch)
         if fresh:
@@ -88,11 +91,3 @@ class TrainingProgress(pl.Callback):
         self.fresh_batches = int(state_dict["fresh_batches"])
         self._elapsed_before_resume = float(state_dict["elapsed_s"])
 
-
-def _fresh_samples_from_echo_stage(trainer: pl.Trainer) -> Optional[int]:
-    # A callback that repeats batches (DataEchoing) says how many examples of this batch are new.
-    for callback in trainer.callbacks:
-        fresh = getattr(callback, "current_fresh_samples", None)
-        if fresh is not None:
-            return int(fresh)
-    return None
