@@ -194,6 +194,14 @@ class DataEchoing(pl.Callback):
         return batch_to_device
 
     # -- accounting ------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        # Echoed optimizers (lightning_echo.echo.optim) need to know where each echo group starts.
+        if self.kind == "batch" and self._current is not None and self._current.repeat == 0:
+            for optimizer in trainer.optimizers:
+                start = getattr(optimizer, "start_fresh_batch", None)
+                if start is not None:
+                    start()
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

@@ -1,0 +1,239 @@
+"""Echoed optimizers (Agarwal et al. 2020): SGD with theory-backed step sizes, proximal, Nesterov.
+
+Each optimizer needs to know where a fresh batch starts: ``DataEchoing`` calls
+``start_fresh_batch()`` on every optimizer that has it; in a hand-written loop, call it yourself
+before the first step on each new batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch.optim import Optimizer
+
+from lightning_echo.core.echoed_updates import (
+    inverse_k_step_size,
+    next_nesterov_lambda,
+    nesterov_momentum,
+    nesterov_step_,
+    prox_gradient_,
+    theory_gd_step_size,
+    theory_prox_parameters,
+)
+from lightning_echo.errors import ConfigError
+from lightning_echo.validation import non_negative_float, one_of, positive_float
+
+STEP_RULES = ("constant", "theory", "inverse_k")
+Closure = Optional[Callable[[], torch.Tensor]]
+
+
+def _run_closure(closure: Closure) -> Optional[torch.Tensor]:
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+class EchoedSGD(Optimizer):
+    """Gradient descent inside each echo group, with a named step-size rule.
+
+    - ``rule="constant"``: ``lr`` as given;
+    - ``rule="inverse_k"``: ``lr / echo_factor``;
+    - ``rule="theory"``: Theorem 7, ``min(1/beta, rho/(K D) sqrt(B/T))`` from ``beta``, ``rho``,
+      ``distance``, ``echo_factor``, ``batch_size``, ``fresh_batches``; with ``lr`` given too, it
+      must not exceed ``1/beta``.
+    Every setting may differ per parameter group.
+
+    Example::
+
+        optimizer = EchoedSGD(model.parameters(), lr=0.5, rule="inverse_k", echo_factor=4)
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: Optional[float] = None,
+        rule: str = "constant",
+        echo_factor: float = 1.0,
+        beta: Optional[float] = None,
+        rho: Optional[float] = None,
+        distance: Optional[float] = None,
+        batch_size: Optional[int] = None,
+        fresh_batches: Optional[int] = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, rule=rule, echo_factor=echo_factor, beta=beta, rho=rho, distance=distance,
+            batch_size=batch_size, fresh_batches=fresh_batches,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            group["effective_lr"] = self._step_size(group)
+
+    @staticmethod
+    def _step_size(group: dict[str, Any]) -> float:
+        rule = one_of("rule", group["rule"], STEP_RULES)
+        if rule == "constant":
+            return positive_float("lr", group["lr"])
+        if rule == "inverse_k":
+            return inverse_k_step_size(group["lr"], group["echo_factor"])
+        missing = [k for k in ("beta", "rho", "distance", "batch_size", "fresh_batches") if group[k] is None]
+        if missing:
+            raise ConfigError(missing[0], None, "rule='theory' needs beta, rho, distance, batch_size and fresh_batches")
+        if group["lr"] is not None and group["lr"] > 1.0 / group["beta"]:
+            raise ConfigError("lr", group["lr"], f"must be at most 1/beta = {1.0 / group['beta']:.6g} for rule='theory'")
+        return theory_gd_step_size(
+            group["beta"], group["rho"], group["distance"], int(group["echo_factor"]), group["batch_size"], group["fresh_batches"]
+        )
+
+    def start_fresh_batch(self) -> None:
+        """Nothing to reset for plain gradient descent (kept for a uniform interface)."""
+
+    @torch.no_grad()
+    def step(self, closure: Closure = None) -> Optional[torch.Tensor]:
+        loss = _run_closure(closure)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.add_(param.grad, alpha=-group["effective_lr"])
+        return loss
+
+
+class EchoedProx:
+    """Adds the proximal term ``gamma (w - w_pivot)`` to every gradient before ``optimizer`` steps.
+
+    At each new fresh batch the pivot becomes the average of the previous group's inner
+    iterates (the points where gradients were taken), as in Agarwal et al.'s echoed proximal
+    gradient descent; groups may have different sizes (adaptive echoing). ``gamma`` is
+    constant, or Theorem 10's ``(rho/D) sqrt(T/B)`` via :meth:`from_theory`. With
+    ``gamma=0`` it is exactly the wrapped optimizer. Per-group ``gamma`` comes from a
+    ``"gamma"`` entry in the wrapped optimizer's parameter groups.
+
+    Example::
+
+        optimizer = EchoedProx(torch.optim.SGD(model.parameters(), lr=0.1), gamma=0.05)
+    """
+
+    def __init__(self, optimizer: Optimizer, gamma: float = 0.0) -> None:
+        self.optimizer = optimizer
+        non_negative_float("gamma", gamma)
+        for group in optimizer.param_groups:
+            non_negative_float("gamma", group.setdefault("gamma", gamma))
+        self._pivots = [[p.detach().clone() for p in g["params"]] for g in optimizer.param_groups]
+        self._sums = [[torch.zeros_like(p) for p in g["params"]] for g in optimizer.param_groups]
+        self._count = 0
+
+    @classmethod
+    def from_theory(
+        cls, params: Iterable[Any], beta: float, rho: float, distance: float, batch_size: int, fresh_batches: int
+    ) -> "EchoedProx":
+        """Theorem 10: SGD with ``eta = 1/(beta + gamma)`` and ``gamma = (rho/D) sqrt(T/B)``."""
+        gamma, eta = theory_prox_parameters(beta, rho, distance, batch_size, fresh_batches)
+        return cls(torch.optim.SGD(params, lr=eta), gamma=gamma)
+
+    # Behave like the wrapped optimizer for Lightning and schedulers.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def pivots(self) -> list[list[torch.Tensor]]:
+        """The current centres of the proximal term, per parameter group."""
+        return self._pivots
+
+    def start_fresh_batch(self) -> None:
+        """Move the pivot to the average of the iterates of the group that just ended."""
+        if self._count == 0:
+            return
+        for pivots, sums in zip(self._pivots, self._sums):
+            for pivot, total in zip(pivots, sums):
+                pivot.copy_(total / self._count)
+                total.zero_()
+        self._count = 0
+
+    @torch.no_grad()
+    def step(self, closure: Closure = None) -> Optional[torch.Tensor]:
+        loss = _run_closure(closure)
+        for group, pivots, sums in zip(self.optimizer.param_groups, self._pivots, self._sums):
+            params = [p for p in group["params"]]
+            for param, total in zip(params, sums):
+                total.add_(param)
+            with_grad = [(p, pv) for p, pv in zip(params, pivots) if p.grad is not None]
+            prox_gradient_([p.grad for p, _ in with_grad], [p for p, _ in with_grad], [pv for _, pv in with_grad], group["gamma"])
+        self._count += 1
+        self.optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "pivots": [[p.clone() for p in g] for g in self._pivots],
+            "sums": [[s.clone() for s in g] for g in self._sums],
+            "count": self._count,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        for mine, saved in zip(self._pivots + self._sums, state_dict["pivots"] + state_dict["sums"]):
+            for tensor, value in zip(mine, saved):
+                tensor.copy_(value)
+        self._count = int(state_dict["count"])
+
+
+class EchoedNesterov(Optimizer):
+    """Nesterov's accelerated gradient with the state ``(d, lambda)`` carried across batches.
+
+    The model's parameters hold the look-ahead point ``w + d`` (where the next gradient is
+    taken); the iterate ``w`` itself, Algorithm 2's output, is in :meth:`iterates`.
+    ``lambda_{j+1}^2 - lambda_{j+1} = lambda_j^2`` and ``gamma_{j+1} = (lambda_j - 1)/lambda_{j+1}``.
+
+    Example::
+
+        optimizer = EchoedNesterov(model.parameters(), lr=0.1)
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, initial_lambda: float = 1.0) -> None:
+        positive_float("lr", lr)
+        if not initial_lambda >= 1:
+            raise ConfigError("initial_lambda", initial_lambda, "must be >= 1")
+        super().__init__(params, dict(lr=lr, initial_lambda=initial_lambda))
+        for group in self.param_groups:
+            group["lambda"] = float(group["initial_lambda"])
+            for param in group["params"]:
+                state = self.state[param]
+                state["iterate"] = param.detach().clone()
+                state["momentum"] = torch.zeros_like(param)
+
+    def start_fresh_batch(self) -> None:
+        """``d`` and ``lambda`` carry over between batches: nothing to do."""
+
+    def iterates(self) -> list[torch.Tensor]:
+        """The iterates ``w`` (the parameters hold ``w + d``)."""
+        return [self.state[p]["iterate"] for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure: Closure = None) -> Optional[torch.Tensor]:
+        loss = _run_closure(closure)
+        for group in self.param_groups:
+            lam = group["lambda"]
+            lam_next = next_nesterov_lambda(lam)
+            momentum = nesterov_momentum(lam, lam_next)
+            params = [p for p in group["params"] if p.grad is not None]
+            iterates = [self.state[p]["iterate"] for p in params]
+            momenta = [self.state[p]["momentum"] for p in params]
+            nesterov_step_(iterates, momenta, [p.grad for p in params], group["lr"], momentum)
+            for param, w, d in zip(params, iterates, momenta):
+                param.copy_(w + d)
+            group["lambda"] = lam_next
+        return loss
