@@ -237,3 +237,57 @@ def test_echoing_needs_fewer_fresh_batches_at_large_batch_size(make_optimizer) -
     once = _fresh_batches_to_target(make_optimizer, 1, target=1e-4)
     four = _fresh_batches_to_target(make_optimizer, 4, target=1e-4)
     assert four < once < math.inf
+
+
+def test_smoothness_estimate_matches_the_top_eigenvalue() -> None:
+    from lightning_echo import estimate_smoothness
+
+    param = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    beta = estimate_smoothness(lambda: 0.5 * param @ A @ param - B @ param, [param], iterations=100, tolerance=1e-10)
+    assert beta == pytest.approx(torch.linalg.eigvalsh(A).max().item(), rel=1e-6)
+    # Logistic regression: bounded by the largest eigenvalue of X^T X / (4 n) for two classes.
+    torch.manual_seed(0)
+    x = torch.randn(256, 5, dtype=torch.float64)
+    y = (x[:, 0] > 0).double()
+    w = torch.nn.Parameter(torch.zeros(5, dtype=torch.float64))
+    loss = lambda: torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y)  # noqa: E731
+    bound = torch.linalg.eigvalsh(x.T @ x / (4 * len(x))).max().item()
+    assert estimate_smoothness(loss, [w], iterations=200, tolerance=1e-10) == pytest.approx(bound, rel=1e-3)
+
+
+def test_iterate_averaging_keeps_the_mean_of_group_starts_and_swaps_for_validation() -> None:
+    from lightning_echo import EchoIterateAveraging
+
+    starts: list[torch.Tensor] = []
+    validated_with: list[torch.Tensor] = []
+
+    class Linear(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(3))
+
+        def on_train_batch_start(self, batch, batch_idx):
+            if echo._current is not None and echo._current.repeat == 0:
+                starts.append(self.w.detach().clone())
+
+        def training_step(self, batch, batch_idx):
+            (xb,) = batch
+            return ((xb @ self.w - 1.0) ** 2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            validated_with.append(self.w.detach().clone())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    echo = DataEchoing(factor=3)
+    averaging = EchoIterateAveraging()
+    data = DataLoader(TensorDataset(torch.randn(40, 3, generator=torch.Generator().manual_seed(1))), batch_size=8)
+    model = Linear()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, callbacks=[echo, averaging], logger=False, num_sanity_val_steps=0,
+                         limit_val_batches=1, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data, val_dataloaders=DataLoader(TensorDataset(torch.zeros(4, 3)), batch_size=4))
+    assert averaging.count == 5 == len(starts)
+    expected = torch.stack(starts).mean(dim=0)
+    torch.testing.assert_close(validated_with[-1], expected)  # validation saw the average
+    assert not torch.equal(model.w.detach(), expected)  # training weights were put back

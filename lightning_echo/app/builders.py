@@ -70,13 +70,16 @@ def build_throttle(cfg: DictConfig) -> Optional[ThrottleSpec]:
 
 def build_optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimizer]:
     """A function ``params -> Optimizer`` from the ``optimizer`` group, checked on a dummy parameter."""
-    positive_float("optimizer.lr", cfg.optimizer.get("lr"))
+    if cfg.optimizer.get("lr") is not None or cfg.optimizer.get("rule", "constant") != "theory":
+        positive_float("optimizer.lr", cfg.optimizer.get("lr"))
     try:
         factory = instantiate(cfg.optimizer)
     except Exception as error:
         raise ConfigError("optimizer", cfg.optimizer.get("_target_"), _one_line(str(error.__cause__ or error))) from None
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
+    except ConfigError as error:
+        raise error.with_prefix("optimizer.") from None
     except ValueError as error:  # torch's own argument checks, e.g. "Invalid momentum value: -1"
         raise ConfigError("optimizer", cfg.optimizer.get("_target_"), str(error)) from None
     return factory

@@ -100,6 +100,7 @@ def _validation_loss(trainer: pl.Trainer, model: pl.LightningModule, datamodule:
 
 def flat_run_config(cfg: DictConfig) -> dict[str, object]:
     """The settings people group and filter runs by, as flat keys (logged as hyperparameters)."""
+    echoing = "echo" in (cfg.algorithm.get("callbacks") or {})
     return {
         "algorithm": cfg.algorithm.name,
         "data": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
@@ -109,8 +110,8 @@ def flat_run_config(cfg: DictConfig) -> dict[str, object]:
         "batch_size": cfg.data.get("batch_size"),
         "loader": cfg.loader.get("name"),
         "slowdown": cfg.loader.get("slowdown") if cfg.loader.get("name") == "throttle" else None,
-        "echo_factor": cfg.echo.factor if cfg.algorithm.name == "echo" else 1,
-        "echo_kind": cfg.echo.kind if cfg.algorithm.name == "echo" else None,
+        "echo_factor": cfg.echo.factor if echoing else 1,
+        "echo_kind": cfg.echo.kind if echoing else None,
         "seed": cfg.seed,
         "max_steps": cfg.trainer.get("max_steps"),
         "config": OmegaConf.to_container(cfg, resolve=True),

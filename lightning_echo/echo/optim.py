@@ -75,6 +75,8 @@ class EchoedSGD(Optimizer):
         rule = one_of("rule", group["rule"], STEP_RULES)
         if rule == "constant":
             return positive_float("lr", group["lr"])
+        if not isinstance(group["echo_factor"], (int, float)) or isinstance(group["echo_factor"], bool):
+            raise ConfigError("echo_factor", group["echo_factor"], f"rule={rule!r} needs a numeric echo factor (use max_factor for 'auto')")
         if rule == "inverse_k":
             return inverse_k_step_size(group["lr"], group["echo_factor"])
         missing = [k for k in ("beta", "rho", "distance", "batch_size", "fresh_batches") if group[k] is None]
@@ -122,6 +124,11 @@ class EchoedProx:
         self._pivots = [[p.detach().clone() for p in g["params"]] for g in optimizer.param_groups]
         self._sums = [[torch.zeros_like(p) for p in g["params"]] for g in optimizer.param_groups]
         self._count = 0
+
+    @classmethod
+    def with_sgd(cls, params: Iterable[Any], lr: float, gamma: float = 0.0, momentum: float = 0.0) -> "EchoedProx":
+        """Proximal echoing around plain SGD (what ``algorithm=echo_prox`` builds)."""
+        return cls(torch.optim.SGD(params, lr=positive_float("lr", lr), momentum=momentum), gamma=gamma)
 
     @classmethod
     def from_theory(

@@ -1,0 +1,71 @@
+"""``EchoIterateAveraging``: Algorithm 1's output, the average of the iterates at group starts."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+
+
+class EchoIterateAveraging(pl.Callback):
+    """Keep the running average of the parameters at the start of each fresh batch.
+
+    Agarwal et al.'s guarantees for echoed SGD and prox hold for the average iterate
+    ``(1/T) sum_t w_t``. This callback maintains it without disturbing training: the average is
+    swapped into the model for validation (and swapped back afterwards) when
+    ``use_for_validation`` is set, and is saved in checkpoints. Needs ``DataEchoing`` among the
+    callbacks (it tells where fresh batches start); without it, every step starts a group.
+
+    Example::
+
+        trainer = Trainer(callbacks=[DataEchoing(factor=4), EchoIterateAveraging()])
+    """
+
+    def __init__(self, use_for_validation: bool = True) -> None:
+        self.use_for_validation = use_for_validation
+        self.average: Optional[list[torch.Tensor]] = None
+        self.count = 0
+        self._backup: Optional[list[torch.Tensor]] = None
+        self._echo: Optional[pl.Callback] = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._echo = next((c for c in trainer.callbacks if type(c).__name__ == "DataEchoing"), None)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        info = getattr(self._echo, "_current", None)
+        if info is not None and info.repeat != 0:
+            return
+        params = [p.detach() for p in pl_module.parameters()]
+        if self.average is None:
+            self.average = [p.clone() for p in params]
+            self.count = 1
+            return
+        self.count += 1
+        for mean, value in zip(self.average, params):
+            mean.add_(value - mean, alpha=1.0 / self.count)
+
+    def _swap(self, pl_module: pl.LightningModule) -> None:
+        assert self.average is not None
+        with torch.no_grad():
+            for param, mean in zip(pl_module.parameters(), self.average):
+                saved = param.detach().clone()
+                param.copy_(mean)
+                mean.copy_(saved)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.use_for_validation and self.average is not None and not trainer.sanity_checking:
+            self._swap(pl_module)  # the model now holds the average; `average` holds the live weights
+            self._backup = self.average
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._backup is not None:
+            self._swap(pl_module)
+            self._backup = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self.average, "count": self.count}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.average = state_dict["average"]
+        self.count = int(state_dict["count"])
