@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,7 +25,7 @@ PROG = "lightning-echo"
 log = logging.getLogger(PROG)
 
 
-def _error_exit(error: Exception) -> "NoReturn":  # type: ignore[name-defined]
+def _error_exit(error: Exception) -> NoReturn:
     print(f"{PROG}: error: {error}", file=sys.stderr)
     sys.exit(2)
 
