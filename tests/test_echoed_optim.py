@@ -291,3 +291,36 @@ def test_iterate_averaging_keeps_the_mean_of_group_starts_and_swaps_for_validati
     expected = torch.stack(starts).mean(dim=0)
     torch.testing.assert_close(validated_with[-1], expected)  # validation saw the average
     assert not torch.equal(model.w.detach(), expected)  # training weights were put back
+
+
+def test_nesterov_validation_sees_the_iterate_and_training_resumes_at_the_lookahead() -> None:
+    from lightning_echo.echo import EvaluateAtIterates
+
+    seen: dict[str, torch.Tensor] = {}
+
+    class Quadratic(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+        def training_step(self, batch, batch_idx):
+            return 0.5 * self.w @ A @ self.w - B @ self.w
+
+        def validation_step(self, batch, batch_idx):
+            seen["validated"] = self.w.detach().clone()
+            seen["iterate"] = self.trainer.optimizers[0].iterates()[0].clone()
+
+        def configure_optimizers(self):
+            return EchoedNesterov(self.parameters(), lr=0.2)
+
+    model = Quadratic()
+    data = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=1)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, callbacks=[DataEchoing(factor=2), EvaluateAtIterates()],
+                         logger=False, num_sanity_val_steps=0, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(model, data, val_dataloaders=DataLoader(TensorDataset(torch.zeros(1, 1)), batch_size=1))
+    optimizer = trainer.optimizers[0]
+    w, d = optimizer.iterates()[0], optimizer.state[model.w]["momentum"]
+    torch.testing.assert_close(seen["validated"], w)  # validation ran at the iterate w ...
+    torch.testing.assert_close(model.w.detach(), w + d)  # ... and training holds w + d again
+    assert not torch.equal(seen["validated"], model.w.detach())

@@ -1,6 +1,6 @@
 """Data echoing (Choi et al. 2019; Agarwal et al. 2020): nodes, loader, callbacks, echoed optimizers."""
 
-from lightning_echo.echo.averaging import EchoIterateAveraging
+from lightning_echo.echo.averaging import EchoIterateAveraging, EvaluateAtIterates
 from lightning_echo.echo.callback import DataEchoing
 from lightning_echo.echo.loader import EchoLoader
 from lightning_echo.echo.node import BatchEcho, EchoInfo, ExampleEcho
@@ -11,6 +11,7 @@ __all__ = [
     "DataEchoing",
     "EchoInfo",
     "EchoIterateAveraging",
+    "EvaluateAtIterates",
     "EchoLoader",
     "EchoedNesterov",
     "EchoedProx",

@@ -69,3 +69,31 @@ class EchoIterateAveraging(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.average = state_dict["average"]
         self.count = int(state_dict["count"])
+
+
+class EvaluateAtIterates(pl.Callback):
+    """Validate at Algorithm 2's output ``w`` rather than at Nesterov's look-ahead point ``w + d``.
+
+    ``EchoedNesterov`` keeps the model's parameters at ``w + d`` (where gradients are taken);
+    this callback swaps the iterates in for every validation and back afterwards, for each
+    optimizer that has ``swap_parameters_and_iterates``.
+
+    Example::
+
+        trainer = Trainer(callbacks=[DataEchoing(factor=4), EvaluateAtIterates()])
+    """
+
+    def __init__(self) -> None:
+        self._swapped: list[Any] = []
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._swapped = [o for o in trainer.optimizers if hasattr(o, "swap_parameters_and_iterates")]
+        for optimizer in self._swapped:
+            optimizer.swap_parameters_and_iterates()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for optimizer in self._swapped:
+            optimizer.swap_parameters_and_iterates()
+        self._swapped = []

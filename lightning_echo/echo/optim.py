@@ -230,6 +230,16 @@ class EchoedNesterov(Optimizer):
         return [self.state[p]["iterate"] for g in self.param_groups for p in g["params"]]
 
     @torch.no_grad()
+    def swap_parameters_and_iterates(self) -> None:
+        """Exchange the parameters' values (``w + d``) with the iterates ``w``; call twice to undo."""
+        for group in self.param_groups:
+            for param in group["params"]:
+                iterate = self.state[param]["iterate"]
+                held = param.detach().clone()
+                param.copy_(iterate)
+                iterate.copy_(held)
+
+    @torch.no_grad()
     def step(self, closure: Closure = None) -> Optional[torch.Tensor]:
         loss = _run_closure(closure)
         for group in self.param_groups:
