@@ -1,4 +1,5 @@
 """Lightning callbacks of lightning_echo."""
 from lightning_echo.callbacks.progress import TrainingProgress
+from lightning_echo.callbacks.target import TargetLoss
 
-__all__ = ["TrainingProgress"]
+__all__ = ["TargetLoss", "TrainingProgress"]

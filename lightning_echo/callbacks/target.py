@@ -1,0 +1,194 @@
+"""Time to target: the first optimizer step (and fresh sample) at which the full training loss
+comes within a relative gap of its optimum (Agarwal et al. 2020, Section 5)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from lightning_echo.core.optimum import logistic_regression_optimum
+from lightning_echo.errors import ConfigError
+from lightning_echo.validation import positive_float, positive_int
+
+RESULT_FILE = "target.json"
+
+
+class TargetLoss(pl.Callback):
+    """Evaluates the full training objective every ``every_n_steps`` optimizer steps.
+
+    Records the first step at which ``loss <= optimum * (1 + relative_gap)`` as ``reached_step``
+    and the fresh samples seen by then as ``reached_fresh_samples`` (from a ``DataEchoing``
+    callback when there is one, else steps x batch size). ``optimum`` is computed at fit start
+    for logistic and linear regression when not given. The result is written to
+    ``<default_root_dir>/target.json`` when training ends.
+
+    Example::
+
+        trainer = pl.Trainer(callbacks=[DataEchoing(factor=4), TargetLoss(stop_at_target=True)])
+    """
+
+    def __init__(
+        self,
+        optimum: Optional[float] = None,
+        relative_gap: float = 0.01,
+        every_n_steps: int = 10,
+        stop_at_target: bool = False,
+        chunk_size: int = 65536,
+        divergence_factor: Optional[float] = 10.0,
+    ) -> None:
+        if optimum is not None and (isinstance(optimum, bool) or not isinstance(optimum, (int, float)) or not math.isfinite(optimum)):
+            raise ConfigError("optimum", optimum, "must be a finite number, or null to compute it at fit start")
+        self.optimum: Optional[float] = float(optimum) if optimum is not None else None
+        self.relative_gap = positive_float("relative_gap", relative_gap)
+        self.every_n_steps = positive_int("every_n_steps", every_n_steps)
+        if not isinstance(stop_at_target, bool):
+            raise ConfigError("stop_at_target", stop_at_target, "must be true or false")
+        self.stop_at_target = stop_at_target
+        self.chunk_size = positive_int("chunk_size", chunk_size)
+        if divergence_factor is not None and positive_float("divergence_factor", divergence_factor) <= 1:
+            raise ConfigError("divergence_factor", divergence_factor, "must be > 1, or null to never stop a diverging run")
+        self.divergence_factor = divergence_factor
+        self.reached_step: Optional[int] = None
+        self.reached_fresh_samples: Optional[int] = None
+        self.reached_loss: Optional[float] = None
+        self.initial_loss: Optional[float] = None
+        self.last_loss: Optional[float] = None
+        self.diverged = False
+
+    @property
+    def target(self) -> Optional[float]:
+        """The loss to reach: ``optimum * (1 + relative_gap)``."""
+        return None if self.optimum is None else self.optimum * (1.0 + self.relative_gap)
+
+    # -- Lightning hooks --------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        x, y = self._training_tensors(trainer)
+        if self.optimum is None:
+            self.optimum = convex_optimum(pl_module, x, y)
+        self.initial_loss = full_loss(pl_module, x, y, self.chunk_size)
+        self.last_loss = self.initial_loss
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps != 0:
+            return
+        loss = full_loss(pl_module, *self._training_tensors(trainer), self.chunk_size)
+        self.last_loss = loss
+        pl_module.log("train/full_loss", loss, on_step=True, on_epoch=False)
+        if self.reached_step is None and self.target is not None and loss <= self.target:
+            self.reached_step = step
+            self.reached_fresh_samples = self._fresh_samples(trainer, step)
+            self.reached_loss = loss
+            if self.stop_at_target:
+                trainer.should_stop = True
+        if self.divergence_factor is not None and self._diverging(loss):
+            self.diverged = True
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.default_root_dir:
+            path = Path(trainer.default_root_dir) / RESULT_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.result(trainer), indent=2) + "\n")
+
+    # -- results ----------------------------------------------------------------------------
+    def result(self, trainer: pl.Trainer) -> dict[str, Any]:
+        """What ``target.json`` holds."""
+        return {
+            "optimum": self.optimum,
+            "relative_gap": self.relative_gap,
+            "target": self.target,
+            "reached": self.reached_step is not None,
+            "reached_step": self.reached_step,
+            "reached_fresh_samples": self.reached_fresh_samples,
+            "reached_loss": self.reached_loss,
+            "initial_loss": self.initial_loss,
+            "last_loss": self.last_loss,
+            "diverged": self.diverged,
+            "final_step": int(trainer.global_step),
+            "final_fresh_samples": self._fresh_samples(trainer, int(trainer.global_step)),
+            "every_n_steps": self.every_n_steps,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimum": self.optimum,
+            "reached_step": self.reached_step,
+            "reached_fresh_samples": self.reached_fresh_samples,
+            "reached_loss": self.reached_loss,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimum = state_dict.get("optimum", self.optimum)
+        self.reached_step = state_dict.get("reached_step")
+        self.reached_fresh_samples = state_dict.get("reached_fresh_samples")
+        self.reached_loss = state_dict.get("reached_loss")
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _diverging(self, loss: float) -> bool:
+        assert self.divergence_factor is not None and self.initial_loss is not None
+        return not math.isfinite(loss) or loss > self.divergence_factor * max(self.initial_loss, 1e-12)
+
+    @staticmethod
+    def _training_tensors(trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        splits = getattr(getattr(trainer, "datamodule", None), "splits", None)
+        if splits is None:
+            raise ConfigError("datamodule", type(getattr(trainer, "datamodule", None)).__name__,
+                              "TargetLoss needs a datamodule with in-memory splits (an ArrayDataModule)")
+        return splits.x_train, splits.y_train
+
+    @staticmethod
+    def _fresh_samples(trainer: pl.Trainer, step: int) -> int:
+        echo = _data_echoing(trainer)
+        if echo is not None:
+            return int(echo.fresh_samples)
+        return int(step * trainer.datamodule.batch_size)
+
+
+def _data_echoing(trainer: pl.Trainer) -> Optional[pl.Callback]:
+    from lightning_echo.echo.callback import DataEchoing
+
+    return next((c for c in trainer.callbacks if isinstance(c, DataEchoing)), None)
+
+
+def full_loss(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 65536) -> float:
+    """``module.loss(module(x), y)`` over all of ``x`` (a mean), evaluated in chunks without gradients."""
+    was_training = module.training
+    module.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), chunk_size):
+                xs = x[start : start + chunk_size].to(module.device)
+                ys = y[start : start + chunk_size].to(module.device)
+                total += float(module.loss(module(xs), ys).item()) * len(xs)
+    finally:
+        module.train(was_training)
+    return total / len(x)
+
+
+def convex_optimum(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Minimum of the training loss of a logistic or linear regression module (float64 solve)."""
+    from lightning_echo.data.synthetic import least_squares_optimum
+    from lightning_echo.models import LinearRegression, LogisticRegression
+
+    linear = _single_linear(module)
+    if isinstance(module, LogisticRegression) and linear is not None:
+        return logistic_regression_optimum(x.cpu(), y.cpu(), linear.out_features, bias=linear.bias is not None)[2]
+    if isinstance(module, LinearRegression) and linear is not None:
+        a = x.reshape(len(x), -1).cpu()
+        if linear.bias is not None:
+            a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+        return least_squares_optimum(a, y.cpu())[1]
+    raise ConfigError("optimum", None, f"cannot compute it for {type(module).__name__}; give the optimal training loss")
+
+
+def _single_linear(module: nn.Module) -> Optional[nn.Linear]:
+    layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    return layers[0] if len(layers) == 1 else None
