@@ -18,6 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchdata.nodes import BaseNode, Loader
 
 from lightning_echo.data.background import BackgroundQueue, StepTimeMeter, Throttle, ThrottleSpec
+from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.data.nodes import (
     Augment,
     IndexBatches,
@@ -34,7 +35,7 @@ PLACEMENTS = ("after_augmentation", "before_augmentation")
 AugmentFn = Callable[[Any, torch.Generator], Any]
 
 
-class DataPipeline:
+class DataPipeline(StopsAtLightningTeardown):
     """A train loader made of torchdata nodes: ``source -> [augment] -> [throttle]``.
 
     Iterating yields batches; ``wait_s`` is the time the consumer spent waiting for the
@@ -115,17 +116,6 @@ class DataPipeline:
         """Stop the background thread (iterating again restarts it)."""
         if self.queue_node is not None:
             self.queue_node.close()
-
-    @property
-    def _iterator(self) -> None:
-        return None
-
-    @_iterator.setter
-    def _iterator(self, value: Any) -> None:
-        # Lightning resets `loader._iterator = None` on every train loader when fit ends or fails
-        # (CombinedLoader.reset); we use that moment to stop the background thread.
-        if value is None:
-            self.close()
 
 
 def throttled_loader(

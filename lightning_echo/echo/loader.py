@@ -10,12 +10,13 @@ from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
 from torchdata.nodes import BaseNode, Loader
 
 from lightning_echo.data.background import StepTimeMeter
+from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.echo.node import BatchEcho, EchoInfo, ExampleEcho
 
 EchoNode = Union[BatchEcho, ExampleEcho]
 
 
-class EchoLoader:
+class EchoLoader(StopsAtLightningTeardown):
     """Iterable over an echo node graph, with what the training loop needs around it.
 
     - ``served`` gets the :class:`EchoInfo` of every batch handed out, in order (the callback
@@ -92,13 +93,3 @@ class EchoLoader:
         """Stop every background thread under this loader."""
         for close in self._closers:
             close()
-
-    @property
-    def _iterator(self) -> None:
-        return None
-
-    @_iterator.setter
-    def _iterator(self, value: Any) -> None:
-        # Lightning resets `loader._iterator = None` when fit ends or fails: stop our threads then.
-        if value is None:
-            self.close()
