@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lightning_echo.app.builders import build_callbacks, build_datamodule, build_model, build_trainer
 from lightning_echo.app.config import GROUPS, compose_config, group_options, hydra_context
-from lightning_echo.errors import ConfigError, LightningEchoError
+from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int
 
 
@@ -107,5 +107,3 @@ def _one_line(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return "; ".join(lines[:2]) if lines else message
 
-
-__all__ = ["preflight", "validate_config", "LightningEchoError"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -40,25 +39,7 @@ class CIFAR10DataModule(FileDataModule):
     folder = "cifar10"
     required_files = tuple(f"{BATCHES_DIR}/{name}" for name in (*CIFAR10_TRAIN_BATCHES, CIFAR10_TEST_BATCH))
     suffixes = ("",)
-
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        download: bool = False,
-        verify_checksums: bool = True,
-        url: str = CIFAR10_URL,
-        batch_size: int = 64,
-        val_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        max_train_examples: Optional[int] = None,
-        max_val_examples: Optional[int] = None,
-    ) -> None:
-        super().__init__(
-            root, download, verify_checksums, url,
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
-            max_train_examples=max_train_examples, max_val_examples=max_val_examples,
-        )  # fmt: skip
+    default_url = CIFAR10_URL
 
     @property
     def spec(self) -> DataSpec:

@@ -55,6 +55,7 @@ class CovtypeDataModule(FileDataModule):
     folder = "covtype"
     required_files = (COVTYPE_FILE,)
     suffixes = ("", ".bz2", ".gz")
+    default_url = COVTYPE_URL
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class CovtypeDataModule(FileDataModule):
         download: bool = False,
         verify_checksums: bool = True,
         val_fraction: float = 0.1,
-        url: str = COVTYPE_URL,
+        url: Optional[str] = None,
         batch_size: int = 64,
         val_batch_size: Optional[int] = None,
         num_workers: int = 0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import ClassVar, Optional
 
 from lightning_echo.data.array_datamodule import ArrayDataModule, data_dir_candidates, download_dir
 from lightning_echo.data.files import find_file, missing_files_error
@@ -26,11 +26,23 @@ class FileDataModule(ArrayDataModule):
     suffixes: ClassVar[tuple[str, ...]] = ("", ".gz")
     extra_dirs: ClassVar[tuple[Path, ...]] = ()
     missing_hint: ClassVar[str] = ""
+    default_url: ClassVar[str] = ""  # where download=True fetches from unless `url` is given
 
     def __init__(
-        self, root: Optional[str], download: bool, verify_checksums: bool, url: str, **array_kwargs: Any
+        self,
+        root: Optional[str] = None,
+        download: bool = False,
+        verify_checksums: bool = True,
+        url: Optional[str] = None,
+        batch_size: int = 64,
+        val_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        max_train_examples: Optional[int] = None,
+        max_val_examples: Optional[int] = None,
     ) -> None:
-        super().__init__(**array_kwargs)
+        super().__init__(batch_size, val_batch_size, num_workers, seed, max_train_examples, max_val_examples)
+        url = self.default_url if url is None else url
         for key, value in (("download", download), ("verify_checksums", verify_checksums)):
             if not isinstance(value, bool):
                 raise ConfigError(key, value, "must be true or false")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 
@@ -126,25 +126,7 @@ class MNISTDataModule(IdxImageDataModule):
     dataset_name = "mnist"
     folder = "mnist"
     sha256 = MNIST_SHA256
-
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        download: bool = False,
-        verify_checksums: bool = True,
-        url: str = MNIST_URL,
-        batch_size: int = 64,
-        val_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        max_train_examples: Optional[int] = None,
-        max_val_examples: Optional[int] = None,
-    ) -> None:
-        super().__init__(
-            root, download, verify_checksums, url,
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
-            max_train_examples=max_train_examples, max_val_examples=max_val_examples,
-        )  # fmt: skip
+    default_url = MNIST_URL
 
 
 class FashionMNISTDataModule(IdxImageDataModule):
@@ -158,22 +140,4 @@ class FashionMNISTDataModule(IdxImageDataModule):
     sha256 = FASHION_MNIST_SHA256
     extra_dirs = (FASHION_MNIST_DEBIAN_DIR,)
     missing_hint = " (on Debian/Ubuntu: apt-get install dataset-fashion-mnist)"
-
-    def __init__(
-        self,
-        root: Optional[str] = None,
-        download: bool = False,
-        verify_checksums: bool = True,
-        url: str = FASHION_MNIST_URL,
-        batch_size: int = 64,
-        val_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        max_train_examples: Optional[int] = None,
-        max_val_examples: Optional[int] = None,
-    ) -> None:
-        super().__init__(
-            root, download, verify_checksums, url,
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, seed=seed,
-            max_train_examples=max_train_examples, max_val_examples=max_val_examples,
-        )  # fmt: skip
+    default_url = FASHION_MNIST_URL

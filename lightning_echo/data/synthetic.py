@@ -88,6 +88,26 @@ def split_train_val(
     return ArraySplits(x[train_idx], y[train_idx], x[val_idx], y[val_idx])
 
 
+def _set_problem(
+    module: ArrayDataModule,
+    n_examples: int,
+    n_features: int,
+    noise: float,
+    condition_number: float,
+    val_fraction: float,
+    generator_seed: int,
+) -> None:
+    """Check and store the settings both generated problems share."""
+    module.n_examples = positive_int("n_examples", n_examples)
+    module.n_features = positive_int("n_features", n_features)
+    module.noise = non_negative_float("noise", noise)
+    module.condition_number = positive_float("condition_number", condition_number)
+    if condition_number < 1:
+        raise ConfigError("condition_number", condition_number, "must be >= 1")
+    module.val_fraction = fraction("val_fraction", val_fraction)
+    module.generator_seed = non_negative_int("generator_seed", generator_seed)
+
+
 class SyntheticDataModule(ArrayDataModule):
     """The embedded default dataset: a generated classification problem (nothing to download).
 
@@ -113,17 +133,10 @@ class SyntheticDataModule(ArrayDataModule):
         max_val_examples: Optional[int] = None,
     ) -> None:
         super().__init__(batch_size, val_batch_size, num_workers, seed, max_train_examples, max_val_examples)
-        self.n_examples = positive_int("n_examples", n_examples)
-        self.n_features = positive_int("n_features", n_features)
         self.n_classes = positive_int("n_classes", n_classes)
         if n_classes < 2:
             raise ConfigError("n_classes", n_classes, "must be at least 2")
-        self.noise = non_negative_float("noise", noise)
-        self.condition_number = positive_float("condition_number", condition_number)
-        if condition_number < 1:
-            raise ConfigError("condition_number", condition_number, "must be >= 1")
-        self.val_fraction = fraction("val_fraction", val_fraction)
-        self.generator_seed = non_negative_int("generator_seed", generator_seed)
+        _set_problem(self, n_examples, n_features, noise, condition_number, val_fraction, generator_seed)
 
     @property
     def spec(self) -> DataSpec:
@@ -155,14 +168,7 @@ class LeastSquaresDataModule(ArrayDataModule):
         max_val_examples: Optional[int] = None,
     ) -> None:
         super().__init__(batch_size, val_batch_size, num_workers, seed, max_train_examples, max_val_examples)
-        self.n_examples = positive_int("n_examples", n_examples)
-        self.n_features = positive_int("n_features", n_features)
-        self.noise = non_negative_float("noise", noise)
-        self.condition_number = positive_float("condition_number", condition_number)
-        if condition_number < 1:
-            raise ConfigError("condition_number", condition_number, "must be >= 1")
-        self.val_fraction = fraction("val_fraction", val_fraction)
-        self.generator_seed = non_negative_int("generator_seed", generator_seed)
+        _set_problem(self, n_examples, n_features, noise, condition_number, val_fraction, generator_seed)
 
     @property
     def spec(self) -> DataSpec:
