@@ -27,7 +27,7 @@ import yaml
 FACTORS = (1, 2, 4, 8, 16)
 # Per-run caps, so a step size that never reaches the target does not run for long.
 CAPS = {"synthetic": {"trainer.max_steps": 6000, "echo.max_fresh_samples": 40000},
-        "mnist": {"trainer.max_steps": 20000, "echo.max_fresh_samples": 200000}}
+        "mnist": {"trainer.max_steps": 30000, "echo.max_fresh_samples": 4000000}}
 ALGORITHMS = {"sgd": "echo_sgd", "prox": "echo_prox", "nesterov": "echo_nesterov"}
 # Base step sizes per batch size. Echoed SGD tries each base step size both as is and divided by K
 # (optimizer.rule=inverse_k), so the grid covers the noise-dominated regime, where the best step
@@ -36,9 +36,14 @@ GRIDS = {
     "synthetic": {"default": {64: (0.12, 0.25), 1024: (1.0, 2.0, 4.0)},
                   "full": {16: (0.015, 0.03, 0.06, 0.12, 0.25), 128: (0.12, 0.25, 0.5, 1.0, 2.0),
                            1024: (0.5, 1.0, 2.0, 4.0, 8.0)}},
-    "mnist": {"default": {32: (0.03, 0.1, 0.3), 1024: (0.3, 1.0, 3.0)},
-              "full": {32: (0.01, 0.03, 0.1, 0.3), 256: (0.1, 0.3, 1.0, 3.0), 2048: (0.3, 1.0, 3.0, 10.0)}},
+    "mnist": {"default": {256: (0.1, 0.3), 4096: (0.5, 1.0, 2.0)},
+              "full": {64: (0.03, 0.1, 0.3), 256: (0.1, 0.3, 1.0), 1024: (0.3, 1.0, 2.0), 4096: (0.5, 1.0, 2.0, 4.0)}},
 }
+# The other methods' extra grid axis. Prox: the strength gamma of the pull to the pivot. Nesterov:
+# smaller step sizes, since accelerated gradient with a constant step accumulates the batches'
+# noise (Theorem 13's step size falls like 1/K^2).
+METHOD_SWEEPS = {"sgd": ["optimizer.rule=constant,inverse_k"], "prox": ["optimizer.gamma=0.01,0.1,1"], "nesterov": []}
+NESTEROV_LR_SCALES = (1.0, 1 / 8, 1 / 64)
 
 
 @dataclass
@@ -61,15 +66,15 @@ def effective_lr(cfg: dict) -> float:
 
 
 def launch(dataset: str, method: str, batch_size: int, lrs: tuple[float, ...], out: Path, data_root: Optional[str]) -> None:
-    """One Hydra multirun over K x step size for one batch size and method."""
+    """One Hydra multirun over K x step size (x the method's own axis) for one batch size and method."""
+    if method == "nesterov":
+        lrs = tuple(sorted({lr * scale for lr in lrs for scale in NESTEROV_LR_SCALES}))
     command = [
         "lightning-echo", "-m", f"experiment=agarwal_{dataset}", f"algorithm={ALGORITHMS[method]}",
         f"data.batch_size={batch_size}", "echo.factor=" + ",".join(map(str, FACTORS)),
         "optimizer.lr=" + ",".join(f"{lr:g}" for lr in lrs), f"paths.output_root={out}",
         "hydra.sweep.dir=" + str(out / f"{method}_B{batch_size}"), "trainer.accelerator=cpu",
-    ] + [f"{key}={value}" for key, value in CAPS[dataset].items()]
-    if method == "sgd":
-        command.append("optimizer.rule=constant,inverse_k")
+    ] + [f"{key}={value}" for key, value in CAPS[dataset].items()] + METHOD_SWEEPS[method]
     if data_root is not None:
         command.append(f"data.root={data_root}")
     print("$ " + " ".join(command), flush=True)

@@ -3,8 +3,10 @@ comes within a relative gap of its optimum (Agarwal et al. 2020, Section 5)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from lightning_echo.core.optimum import logistic_regression_optimum
+from lightning_echo.echo.averaging import parameters_at_iterates
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import positive_float, positive_int
 
@@ -24,7 +27,10 @@ class TargetLoss(pl.Callback):
 
     Records the first step at which ``loss <= optimum * (1 + relative_gap)`` as ``reached_step``
     and the fresh samples seen by then as ``reached_fresh_samples`` (from a ``DataEchoing``
-    callback when there is one, else steps x batch size). ``optimum`` is computed at fit start
+    callback when there is one, else steps x batch size). With ``at_iterates`` the loss is taken
+    at the optimizer's iterates ``w`` where it keeps them apart from the parameters
+    (``EchoedNesterov``'s Algorithm 2 output), not at the look-ahead point. With ``cache_dir``
+    a computed optimum is kept there, keyed by the data and the model, for the next run. ``optimum`` is computed at fit start
     for logistic and linear regression when not given. The result is written to
     ``<default_root_dir>/target.json`` when training ends.
 
@@ -41,6 +47,8 @@ class TargetLoss(pl.Callback):
         stop_at_target: bool = False,
         chunk_size: int = 65536,
         divergence_factor: Optional[float] = 10.0,
+        at_iterates: bool = True,
+        cache_dir: Optional[str] = None,
     ) -> None:
         if optimum is not None and (isinstance(optimum, bool) or not isinstance(optimum, (int, float)) or not math.isfinite(optimum)):
             raise ConfigError("optimum", optimum, "must be a finite number, or null to compute it at fit start")
@@ -54,6 +62,10 @@ class TargetLoss(pl.Callback):
         if divergence_factor is not None and positive_float("divergence_factor", divergence_factor) <= 1:
             raise ConfigError("divergence_factor", divergence_factor, "must be > 1, or null to never stop a diverging run")
         self.divergence_factor = divergence_factor
+        if not isinstance(at_iterates, bool):
+            raise ConfigError("at_iterates", at_iterates, "must be true or false")
+        self.at_iterates = at_iterates
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.reached_step: Optional[int] = None
         self.reached_fresh_samples: Optional[int] = None
         self.reached_loss: Optional[float] = None
@@ -70,7 +82,7 @@ class TargetLoss(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x, y = self._training_tensors(trainer)
         if self.optimum is None:
-            self.optimum = convex_optimum(pl_module, x, y)
+            self.optimum = cached_convex_optimum(pl_module, x, y, self.cache_dir)
         self.initial_loss = full_loss(pl_module, x, y, self.chunk_size)
         self.last_loss = self.initial_loss
 
@@ -78,7 +90,8 @@ class TargetLoss(pl.Callback):
         step = trainer.global_step
         if step % self.every_n_steps != 0:
             return
-        loss = full_loss(pl_module, *self._training_tensors(trainer), self.chunk_size)
+        with parameters_at_iterates(trainer.optimizers if self.at_iterates else ()):
+            loss = full_loss(pl_module, *self._training_tensors(trainer), self.chunk_size)
         self.last_loss = loss
         pl_module.log("train/full_loss", loss, on_step=True, on_epoch=False)
         if self.reached_step is None and self.target is not None and loss <= self.target:
@@ -158,7 +171,8 @@ def _data_echoing(trainer: pl.Trainer) -> Optional[pl.Callback]:
 
 
 def full_loss(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 65536) -> float:
-    """``module.loss(module(x), y)`` over all of ``x`` (a mean), evaluated in chunks without gradients."""
+    """The training objective on all of ``x``: the mean of ``module.loss(module(x), y)``, evaluated
+    in chunks without gradients, plus ``module.penalty()`` when the module has a regulariser."""
     was_training = module.training
     module.eval()
     total = 0.0
@@ -168,9 +182,10 @@ def full_loss(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, chun
                 xs = x[start : start + chunk_size].to(module.device)
                 ys = y[start : start + chunk_size].to(module.device)
                 total += float(module.loss(module(xs), ys).item()) * len(xs)
+            penalty = float(module.penalty().item()) if hasattr(module, "penalty") else 0.0
     finally:
         module.train(was_training)
-    return total / len(x)
+    return total / len(x) + penalty
 
 
 def convex_optimum(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -180,13 +195,36 @@ def convex_optimum(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor)
 
     linear = _single_linear(module)
     if isinstance(module, LogisticRegression) and linear is not None:
-        return logistic_regression_optimum(x.cpu(), y.cpu(), linear.out_features, bias=linear.bias is not None)[2]
+        return logistic_regression_optimum(x.cpu(), y.cpu(), linear.out_features,
+                                          bias=linear.bias is not None, l2=module.l2)[2]
     if isinstance(module, LinearRegression) and linear is not None:
         a = x.reshape(len(x), -1).cpu()
         if linear.bias is not None:
             a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
         return least_squares_optimum(a, y.cpu())[1]
     raise ConfigError("optimum", None, f"cannot compute it for {type(module).__name__}; give the optimal training loss")
+
+
+def cached_convex_optimum(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor,
+                          cache_dir: Optional[Path]) -> float:
+    """:func:`convex_optimum`, read from or written to ``cache_dir`` when one is given."""
+    if cache_dir is None:
+        return convex_optimum(module, x, y)
+    digest = hashlib.sha256()
+    for tensor in (x, y):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    linear = _single_linear(module)
+    digest.update(repr((type(module).__name__, tuple(x.shape), linear is not None and linear.bias is not None,
+                        getattr(module, "l2", 0.0))).encode())
+    path = cache_dir / f"optimum-{digest.hexdigest()[:32]}.json"
+    if path.is_file():
+        return float(json.loads(path.read_text())["optimum"])
+    value = convex_optimum(module, x, y)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial_path = path.with_suffix(f".{os.getpid()}.tmp")
+    partial_path.write_text(json.dumps({"optimum": value, "model": type(module).__name__}) + "\n")
+    partial_path.replace(path)  # atomic: concurrent runs never read half a file
+    return value
 
 
 def _single_linear(module: nn.Module) -> Optional[nn.Linear]:

@@ -13,10 +13,12 @@ def logistic_regression_optimum(
     y: torch.Tensor,
     num_classes: int,
     bias: bool = True,
+    l2: float = 0.0,
     max_iter: int = 2000,
     restarts: int = 5,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-    """Minimiser ``(weight, bias)`` and minimum of the mean cross-entropy of ``x @ weight.T + bias``.
+    """Minimiser ``(weight, bias)`` and minimum of the mean cross-entropy of ``x @ weight.T + bias``
+    plus ``l2/2 * ||weight||^2``.
 
     Full-batch L-BFGS with a strong-Wolfe line search in float64; ``weight`` has the shape of
     ``nn.Linear(num_features, num_classes).weight``. ``restarts`` reruns L-BFGS from its own
@@ -39,6 +41,8 @@ def logistic_regression_optimum(
     def objective() -> torch.Tensor:
         solver.zero_grad()
         loss = F.cross_entropy(x64 @ weight.T + offset, y)
+        if l2:
+            loss = loss + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
+
+
+@contextmanager
+def parameters_at_iterates(optimizers: Iterable[Any]) -> Iterator[None]:
+    """Within the block, the model's parameters hold the iterates ``w`` of every optimizer that
+    keeps them apart from the parameters (``EchoedNesterov``); restored afterwards."""
+    swapped = [o for o in optimizers if hasattr(o, "swap_parameters_and_iterates")]
+    for optimizer in swapped:
+        optimizer.swap_parameters_and_iterates()
+    try:
+        yield
+    finally:
+        for optimizer in swapped:
+            optimizer.swap_parameters_and_iterates()
 
 
 class EchoIterateAveraging(pl.Callback):
@@ -84,16 +99,15 @@ class EvaluateAtIterates(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self._swapped: list[Any] = []
+        self._at_iterates: Optional[Any] = None
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        self._swapped = [o for o in trainer.optimizers if hasattr(o, "swap_parameters_and_iterates")]
-        for optimizer in self._swapped:
-            optimizer.swap_parameters_and_iterates()
+        self._at_iterates = parameters_at_iterates(trainer.optimizers)
+        self._at_iterates.__enter__()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for optimizer in self._swapped:
-            optimizer.swap_parameters_and_iterates()
-        self._swapped = []
+        if self._at_iterates is not None:
+            self._at_iterates.__exit__(None, None, None)
+            self._at_iterates = None

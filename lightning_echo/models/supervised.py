@@ -43,9 +43,17 @@ class SupervisedModule(pl.LightningModule):
             return 0.5 * F.mse_loss(output.squeeze(-1), y.to(output.dtype))
         return F.cross_entropy(output, y)
 
+    def penalty(self) -> torch.Tensor:
+        """Regulariser added to the training objective (none here; see ``LogisticRegression.l2``)."""
+        return torch.zeros((), device=self.device)
+
+    def objective(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What training minimises: ``loss + penalty``."""
+        return self.loss(output, y) + self.penalty()
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss(self(x), y)
+        loss = self.objective(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
