@@ -1,8 +1,10 @@
 """The ``lightning-echo`` command: Hydra app for training runs and sweeps.
 
-    lightning-echo                                 # default job on the embedded synthetic data
-    lightning-echo data=mnist data.root=~/data model=cnn trainer.max_steps=500
-    lightning-echo -m model=logreg,mlp seed=0,1    # 4 jobs, each in its own output directory
+    lightning-echo                                 # default job: synchronous vs echoed training
+                                                   # on throttled synthetic data, table + report
+    lightning-echo experiment=mnist_logreg data.root=~/data   # one run of a preset
+    lightning-echo -m algorithm=sync,echo echo.factor=2,4 seed=0,1   # a sweep, then its report
+    lightning-echo report DIR [DIR ...]            # HTML/PNG comparison report of finished runs
     lightning-echo --help                          # Hydra's help: groups and options
 """
 
@@ -16,9 +18,10 @@ from typing import NoReturn, Optional, Sequence
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.app.config import CONFIG_NAME, CONFIG_PATH, VERSION_BASE
+from lightning_echo.app.sweep import LEDGER, JobOutcome
 from lightning_echo.errors import LightningEchoError
 
 PROG = "lightning-echo"
@@ -36,22 +39,64 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        summary = run_training(cfg, output_dir)
-    except LightningEchoError as error:
-        if not multirun:
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            summary = run_training(cfg, output_dir, group=output_dir.name)
+        except LightningEchoError as error:
             _error_exit(error)
-        log.error("job %s failed: %s", hydra_cfg.job.num, error)
-        raise
-    print(summary.describe())
-    print(f"outputs: {output_dir}")
+        print(summary.describe())
+        print(f"outputs: {output_dir}")
+        return summary.final_val_loss
+    # A multirun: every job shares the sweep's group id; a failing job is recorded and the
+    # sweep goes on, so one failure does not hide the other jobs' results.
+    sweep_dir = Path(hydra_cfg.sweep.dir)
+    overrides = hydra_cfg.job.override_dirname
+    LEDGER.sweep_dir = sweep_dir
+    LEDGER.report_settings = OmegaConf.to_container(cfg.get("report") or {}, resolve=True)
+    try:
+        summary = run_training(cfg, output_dir, group=sweep_dir.name, name=overrides or None)
+    except Exception as error:  # noqa: BLE001 - reported per job and in the sweep summary
+        outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, "failed", _one_line(error))
+        LEDGER.record(outcome)
+        print(outcome.status_line(), flush=True)
+        return None
+    outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, "completed", summary.describe())
+    LEDGER.record(outcome)
+    print(outcome.status_line(), flush=True)
     return summary.final_val_loss
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _finish_sweep() -> int:
+    """After a multirun: the per-sweep summary, the comparison report; the exit status."""
+    if not LEDGER.outcomes:
+        return 0
+    settings = LEDGER.report_settings
+    if settings.get("after_sweep", True) and LEDGER.sweep_dir is not None:
+        from lightning_echo.report.build import report_after_sweep
+
+        report_after_sweep(LEDGER.sweep_dir, settings)
+    for line in LEDGER.summary_lines():
+        print(line)
+    return 1 if LEDGER.failed else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``lightning-echo`` console script and ``python -m lightning_echo``."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["report"]:
+        from lightning_echo.report.cli import report_main
+
+        status = report_main(args[1:])
+        if status:
+            sys.exit(status)
+        return
+    LEDGER.outcomes.clear()
+    LEDGER.sweep_dir = None
     from hydra._internal.utils import get_args_parser
 
     parsed = get_args_parser().parse_args(args)
@@ -65,6 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             _error_exit(error)
     sys.argv = [PROG] + args
     _hydra_job()
+    status = _finish_sweep()
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,11 @@ def quiet_trainer_overrides() -> list[str]:
     return ["trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
 
 
+def single_run_overrides() -> list[str]:
+    """One plain run (not the default sync-vs-echo comparison), small and quiet."""
+    return ["experiment=single", *quiet_trainer_overrides()]
+
+
 def console_script() -> str:
     """Path of the installed ``lightning-echo`` script next to this Python."""
     script = Path(sys.executable).with_name("lightning-echo")

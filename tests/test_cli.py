@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import quiet_trainer_overrides, run_cli
+from conftest import run_cli, single_run_overrides
 from lightning_echo.app.wandb_offline import find_offline_runs, read_offline_run
 from lightning_echo.cli import main
 
@@ -48,7 +48,7 @@ def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, tmp_path, args, expected) -> None:
-    err = _main_error(capsys, args + quiet_trainer_overrides())
+    err = _main_error(capsys, args + single_run_overrides())
     assert err.startswith("lightning-echo: error: ")
     assert expected in err
     assert not (tmp_path / "le_outputs").exists(), "nothing may be written before the input is checked"
@@ -62,7 +62,7 @@ def test_missing_dataset_names_where_it_looked(capsys, tmp_path) -> None:
 
 
 def test_default_job_in_process_lowers_loss(capsys, tmp_path) -> None:
-    main(["trainer.max_steps=60", *quiet_trainer_overrides()])
+    main(["trainer.max_steps=60", *single_run_overrides()])
     out = capsys.readouterr().out
     run_dirs = list((tmp_path / "le_outputs" / "runs").iterdir())
     assert len(run_dirs) == 1
@@ -80,7 +80,7 @@ def test_default_job_in_process_lowers_loss(capsys, tmp_path) -> None:
 def test_console_script_default_run_from_unrelated_directory(tmp_path) -> None:
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    result = run_cli(["trainer.max_steps=40", *quiet_trainer_overrides()], cwd=workdir)
+    result = run_cli(["trainer.max_steps=40", *single_run_overrides()], cwd=workdir)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val/loss" in result.stdout and "outputs: " in result.stdout
     assert list(workdir.iterdir()) == [], "the run wrote into the current directory"
@@ -88,7 +88,7 @@ def test_console_script_default_run_from_unrelated_directory(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_console_script_bad_input_exits_2_with_one_line(tmp_path) -> None:
-    result = run_cli(["data.batch_size=0"], cwd=tmp_path)
+    result = run_cli(["data.batch_size=0"], cwd=tmp_path)  # the default comparison is checked too
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "lightning-echo: error: data.batch_size=0 is not allowed: must be a positive integer"
@@ -100,7 +100,7 @@ def test_multirun_of_two_jobs_through_console_script(tmp_path) -> None:
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     result = run_cli(
-        ["-m", "model=logreg,mlp", "trainer.max_steps=15", "validate_before_training=false", *quiet_trainer_overrides()],
+        ["-m", "model=logreg,mlp", "trainer.max_steps=15", "validate_before_training=false", *single_run_overrides()],
         cwd=workdir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,7 +118,7 @@ def test_multirun_of_two_jobs_through_console_script(tmp_path) -> None:
 @pytest.mark.slow
 def test_wandb_offline_run_is_written_and_finished(tmp_path) -> None:
     result = run_cli(
-        ["logger=wandb", "trainer.max_steps=10", "logger.wandb.group=g1", *quiet_trainer_overrides()],
+        ["logger=wandb", "trainer.max_steps=10", "logger.wandb.group=g1", *single_run_overrides()],
         cwd=tmp_path,
         env_extra={"WANDB_API_KEY": "", "NETRC": str(tmp_path / "no_netrc"), "WANDB_MODE": ""},
     )
@@ -140,7 +140,7 @@ def test_wandb_run_is_finished_with_failure_code_when_the_job_fails(tmp_path) ->
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (mnist / name).write_bytes(b"not an idx file")
     result = run_cli(
-        ["logger=wandb", "data=mnist", f"data.root={tmp_path / 'data'}", *quiet_trainer_overrides()],
+        ["logger=wandb", "data=mnist", f"data.root={tmp_path / 'data'}", *single_run_overrides()],
         cwd=tmp_path,
         env_extra={"WANDB_API_KEY": "", "NETRC": str(tmp_path / "no_netrc"), "WANDB_MODE": ""},
     )
@@ -168,14 +168,14 @@ def test_training_writes_nothing_into_the_data_directory(capsys, tmp_path) -> No
         write_idx(mnist / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=generator, dtype=torch.uint8))
     before = _snapshot(tmp_path / "data")
     main(["data=mnist", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false", "model=cnn",
-          "trainer.max_steps=3", *quiet_trainer_overrides()])
+          "trainer.max_steps=3", *single_run_overrides()])
     assert "outputs: " in capsys.readouterr().out
     assert _snapshot(tmp_path / "data") == before
 
 
 def test_echo_job_with_throttled_loader(capsys, tmp_path) -> None:
     main(["algorithm=echo", "echo.factor=4", "loader=throttle", "loader.slowdown=4", "trainer.max_steps=40",
-          *quiet_trainer_overrides()])
+          *single_run_overrides()])
     run_dir = next((tmp_path / "le_outputs" / "runs").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["algorithm"] == "echo" and summary["optimizer_steps"] == 40

@@ -96,7 +96,7 @@ def build_model(cfg: DictConfig, spec: DataSpec) -> pl.LightningModule:
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """The algorithm's callbacks plus the progress metrics every run logs."""
-    callbacks: list[pl.Callback] = [TrainingProgress()]
+    callbacks: list[pl.Callback] = [TrainingProgress(max_fresh_samples=(cfg.get("budget") or {}).get("fresh_samples"))]
     for name, node in (cfg.algorithm.get("callbacks") or {}).items():
         # Settings the user sets as e.g. `echo.factor` are reported under that name.
         prefix = f"{name}." if name in cfg else f"algorithm.callbacks.{name}."
@@ -122,16 +122,21 @@ def wandb_has_credentials() -> bool:
     return False
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
-    """Loggers of the ``logger`` group, all writing under ``output_dir``."""
+def build_loggers(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
+                  name: Optional[str] = None) -> list[Logger]:
+    """Loggers of the ``logger`` group, all writing under ``output_dir``; a wandb logger without
+    its own ``group``/``name`` gets the sweep's ``group`` and the run's ``name``."""
     loggers: list[Logger] = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for key, node in (cfg.get("logger") or {}).items():
         node = OmegaConf.to_container(node, resolve=True)
         assert isinstance(node, dict)
         extra: dict[str, Any] = {"save_dir": str(output_dir)}
         if node.get("offline") == "auto":
             node["offline"] = not wandb_has_credentials()
-        loggers.append(_instantiate(OmegaConf.create(node), f"logger.{name}.", **extra))
+        if str(node.get("_target_", "")).endswith("WandbLogger"):
+            node["group"] = node.get("group") or group
+            node["name"] = node.get("name") or name
+        loggers.append(_instantiate(OmegaConf.create(node), f"logger.{key}.", **extra))
     return loggers
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +31,7 @@ class RunSummary:
     final_val_loss: Optional[float]
     final_train_loss: Optional[float]
     output_dir: str
+    status: str = "completed"
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -43,26 +46,39 @@ class RunSummary:
         )
 
 
-def run_training(cfg: DictConfig, output_dir: Path) -> RunSummary:
-    """Train as ``cfg`` says, writing logs and ``summary.json`` into ``output_dir``."""
+RUN_FILE = "run.json"
+
+
+def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None, name: Optional[str] = None) -> RunSummary:
+    """Train as ``cfg`` says, writing logs, ``run.json`` and ``summary.json`` into ``output_dir``.
+
+    ``group`` is the id shared by the runs of one sweep (wandb group, ``group`` config key) and
+    ``name`` the run's label in it. ``run.json`` says ``running`` until the run ends, then
+    ``completed`` or ``failed`` (with the error): a run killed half-way stays ``running``.
+    """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(cfg)
-    model = build_model(cfg, datamodule.spec)
-    callbacks = build_callbacks(cfg)
-    loggers = build_loggers(cfg, output_dir)
-    for logger in loggers:
-        logger.log_hyperparams(flat_run_config(cfg))
-    trainer = build_trainer(cfg, output_dir, callbacks, loggers)
-
+    group = group or output_dir.name
+    flat = flat_run_config(cfg, group)
+    record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]),
+                           config={k: v for k, v in flat.items() if k != "config"})
+    record.write(status="running")
     try:
+        datamodule = build_datamodule(cfg)
+        model = build_model(cfg, datamodule.spec)
+        callbacks = build_callbacks(cfg)
+        loggers = build_loggers(cfg, output_dir, group=group, name=name)
+        for logger in loggers:
+            logger.log_hyperparams(flat)
+        trainer = build_trainer(cfg, output_dir, callbacks, loggers)
         initial_val_loss = final_val_loss = None
         if cfg.get("validate_before_training", True):
             initial_val_loss = _validation_loss(trainer, model, datamodule)
         trainer.fit(model, datamodule=datamodule)
         final_val_loss = _validation_loss(trainer, model, datamodule)
-    except BaseException:
+    except BaseException as error:
         finish_wandb(exit_code=1)
+        record.write(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         raise
     finish_wandb(exit_code=0)
     progress = next(c for c in callbacks if isinstance(c, TrainingProgress))
@@ -81,7 +97,26 @@ def run_training(cfg: DictConfig, output_dir: Path) -> RunSummary:
     )
     if trainer.is_global_zero:
         (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        record.write(status="completed")
     return summary
+
+
+@dataclass
+class RunRecordFile:
+    """``run.json``: the run's group, label, flat config and status, rewritten as it changes."""
+
+    path: Path
+    group: str
+    name: str
+    config: dict[str, Any]
+
+    def write(self, status: str, error: Optional[str] = None, traceback: Optional[str] = None) -> None:
+        """Record ``status`` (running, completed, failed) atomically."""
+        content = {"status": status, "group": self.group, "name": self.name, "config": self.config,
+                   "error": error, "traceback": traceback, "updated_at": time.time()}
+        partial = self.path.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(content, indent=2, default=str) + "\n")
+        partial.replace(self.path)
 
 
 def finish_wandb(exit_code: int) -> None:
@@ -98,10 +133,12 @@ def _validation_loss(trainer: pl.Trainer, model: pl.LightningModule, datamodule:
     return _metric(results[0] if results else {}, "val/loss")
 
 
-def flat_run_config(cfg: DictConfig) -> dict[str, object]:
-    """The settings people group and filter runs by, as flat keys (logged as hyperparameters)."""
+def flat_run_config(cfg: DictConfig, group: Optional[str] = None) -> dict[str, object]:
+    """The settings people group and filter runs by, as flat keys (logged as hyperparameters),
+    plus the whole resolved config under ``config``."""
     echoing = "echo" in (cfg.algorithm.get("callbacks") or {})
     return {
+        "group": group,
         "algorithm": cfg.algorithm.name,
         "data": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
         "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],

@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_echo.app.builders import build_callbacks, build_datamodule, build_model, build_trainer
-from lightning_echo.app.config import GROUPS, compose_config, group_options, hydra_context
+from hydra import compose
+
+from lightning_echo.app.config import CONFIG_NAME, GROUPS, compose_config, group_options, hydra_context
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int
 
@@ -58,6 +60,20 @@ def expand_jobs(overrides: Sequence[Override], multirun: bool) -> list[list[str]
     return [list(job) for batch in batches for job in batch]
 
 
+def configured_sweep(overrides: Sequence[Override]) -> tuple[bool, list[str]]:
+    """Whether the config itself asks for a multirun (``hydra.mode``, as the default comparison
+    does) and the sweep parameters it sets (``hydra.sweeper.params``)."""
+    fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+    try:
+        with hydra_context():
+            cfg = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError("overrides", " ".join(fixed), _one_line(str(error))) from None
+    mode = str(OmegaConf.select(cfg, "hydra.mode", default=None) or "")
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    return mode.endswith("MULTIRUN"), [f"{key}={value}" for key, value in params.items()]
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Build every object of the run from ``cfg`` without training; raise on the first problem."""
     try:
@@ -78,7 +94,12 @@ def preflight(overrides: Sequence[str], multirun: bool) -> int:
     parsed = parse_overrides([o for o in overrides])
     with hydra_context():
         check_group_choices(parsed)
-        jobs = expand_jobs(parsed, multirun)
+        config_multirun, params = configured_sweep(parsed)
+        if config_multirun:
+            # Hydra puts the config's sweep parameters first; the command line wins per key.
+            parsed = parse_overrides(params) + parsed
+            check_group_choices(parsed)
+        jobs = expand_jobs(parsed, multirun or config_multirun)
         for job in jobs:
             job = [o for o in job if not o.lstrip("+~").startswith("hydra")]
             try:

@@ -1,0 +1,51 @@
+"""PNG figures of a comparison: the metric against wall-clock time, fresh samples and optimizer
+steps, one line (mean over seeds) and band (min to max) per configuration, the target dashed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning_echo.report.aggregate import AXES, Comparison
+
+FIGURE_FILES = {axis: f"{axis_name}.png" for axis, axis_name in
+                (("time", "loss_vs_time"), ("fresh_samples", "loss_vs_fresh_samples"), ("steps", "loss_vs_steps"))}
+
+
+def write_figures(comparison: Comparison, directory: Path) -> dict[str, Path]:
+    """One PNG per x-axis in ``directory``; returns axis -> path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, (_, axis_label) in AXES.items():
+        figure, ax = plt.subplots(figsize=(6.4, 4.0))
+        for index, configuration in enumerate(comparison.configurations):
+            data = configuration.bands.get(axis)
+            if data is None or not data.x:
+                continue
+            color = colors[index % len(colors)]
+            runs = len(configuration.runs)
+            incomplete = sum(run.status != "completed" for run in configuration.runs)
+            label = f"{configuration.label} ({runs} run{'s' if runs != 1 else ''}"
+            label += f", {incomplete} incomplete)" if incomplete else ")"
+            ax.plot(data.x, data.mean, color=color, label=label, linewidth=1.6)
+            if runs > 1:
+                ax.fill_between(data.x, data.low, data.high, color=color, alpha=0.2, linewidth=0)
+        if comparison.target is not None:
+            ax.axhline(comparison.target, color="0.3", linestyle="--", linewidth=1, label=f"target {comparison.target:.4g}")
+        ax.set_xlabel(axis_label)
+        ax.set_ylabel(comparison.metric)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{comparison.metric} against {axis_label.split(' [')[0]} (mean, min-max over seeds)", fontsize=9)
+        figure.tight_layout()
+        path = directory / FIGURE_FILES[axis]
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths[axis] = path
+    return paths

@@ -1,0 +1,63 @@
+"""The speed-up table of a comparison, as rows of strings (for the terminal, markdown and HTML)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lightning_echo.report.aggregate import Comparison, Configuration
+
+HEADER = ("configuration", "runs", "time to target [s]", "fresh samples to target", "optimizer steps to target",
+          "final " + "{metric}", "speed-up")
+
+
+def header(comparison: Comparison) -> list[str]:
+    return [h.format(metric=comparison.metric) for h in HEADER]
+
+
+def rows(comparison: Comparison) -> list[list[str]]:
+    """One row per configuration; "not reached (0/3)" when no run got to the target."""
+    return [_row(c) for c in comparison.configurations]
+
+
+def _row(configuration: Configuration) -> list[str]:
+    total = len(configuration.runs)
+    reached = len(configuration.reached)
+    incomplete = [run.status for run in configuration.runs if run.status != "completed"]
+    runs = str(total) + (f" ({len(incomplete)} {'/'.join(sorted(set(incomplete)))})" if incomplete else "")
+    suffix = f" ({reached}/{total} reached)" if 0 < reached < total else ""
+    if reached == 0:
+        time = fresh = steps = f"not reached (0/{total})"
+    else:
+        time = f"{configuration.mean_to_target('elapsed_s'):.1f}{suffix}"
+        fresh = f"{configuration.mean_to_target('fresh_samples'):.0f}"
+        steps = f"{configuration.mean_to_target('step'):.0f}"
+    final = _mean_std(configuration.final_mean, configuration.final_std, total)
+    if configuration.is_sync and configuration.baseline == configuration.label:
+        speedup = "1.00 (baseline)"
+    elif configuration.speedup is not None:
+        speedup = f"{configuration.speedup:.2f}x"
+    else:
+        speedup = "-"
+    return [configuration.label, runs, time, fresh, steps, final, speedup]
+
+
+def _mean_std(mean: Optional[float], std: Optional[float], count: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" if count < 2 or std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def as_text(comparison: Comparison) -> str:
+    """A fixed-width table for the terminal."""
+    table = [header(comparison)] + rows(comparison)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def as_markdown(comparison: Comparison) -> str:
+    table = [header(comparison)] + rows(comparison)
+    lines = ["| " + " | ".join(row) + " |" for row in table]
+    lines.insert(1, "|" + "---|" * len(table[0]))
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""From a written comparison report to a wandb Report of the same runs (their sweep groups)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from lightning_echo.errors import ConfigError
+from lightning_echo.report import table
+from lightning_echo.report.aggregate import ALGORITHM_KEYS, NOT_A_SETTING, Comparison
+from lightning_echo.report.wandb_report import MAX_TITLE, WandbReportSpec, build_wandb_report, publish_wandb_report
+
+
+def comparison_spec(comparison: Comparison, project: str, entity: Optional[str], title: str) -> WandbReportSpec:
+    """The wandb Report that shows ``comparison``: its runs' groups, grouped by the settings that
+    tell its configurations apart, with its speed-up table."""
+    entity = entity or os.environ.get("WANDB_ENTITY")
+    if not entity:
+        raise ConfigError("--wandb-entity", entity, "give the wandb entity (user or team) the runs were logged to, or set WANDB_ENTITY")
+    groups = tuple(sorted({run.group for run in comparison.runs if run.group}))
+    if not groups:
+        raise ConfigError("runs", "no group", "the runs carry no group id; were they logged by lightning-echo?")
+    settings = [c.settings for c in comparison.configurations]
+    varying = [k for k in sorted({k for s in settings for k in s})
+               if k not in NOT_A_SETTING and len({repr(s.get(k)) for s in settings}) > 1]
+    group_by = tuple(k for k in ("algorithm", "echo_factor") if k in varying or k == "algorithm")
+    group_by += tuple(k for k in varying if k not in ALGORITHM_KEYS)
+    return WandbReportSpec(project=project, entity=entity, groups=groups, title=title[:MAX_TITLE],
+                           speedup_markdown=table.as_markdown(comparison), metric=comparison.metric,
+                           group_by=group_by, description=f"Target: {comparison.target_rule}.")
+
+
+def publish_comparison(report: Any, project: str, entity: Optional[str]) -> str:
+    """Build and save the wandb Report of a written report; returns its URL."""
+    title = "lightning-echo comparison: " + ", ".join(sorted({r.group for r in report.comparison.runs if r.group}))
+    return publish_wandb_report(build_wandb_report(comparison_spec(report.comparison, project, entity, title)))
