@@ -33,7 +33,7 @@ def _job_dirs(sweep: Path) -> list[Path]:
     return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def test_default_job_compares_sync_and_echo_with_table_and_html_report(capsys, tmp_path) -> None:
+def test_default_job_compares_sync_and_echo_with_table_and_html_report(capsys, monkeypatch, tmp_path) -> None:
     main(SHORT_COMPARISON)
     out = capsys.readouterr().out
     sweep = _sweep_dir(tmp_path)
@@ -59,6 +59,34 @@ def test_default_job_compares_sync_and_echo_with_table_and_html_report(capsys, t
     summaries = [json.loads((d / "summary.json").read_text()) for d in jobs]
     assert summaries[0]["fresh_samples"] == summaries[1]["fresh_samples"] >= 4096
     assert summaries[1]["optimizer_steps"] > summaries[0]["optimizer_steps"]
+    _check_wandb_report_of(sweep, capsys, monkeypatch)
+
+
+def _check_wandb_report_of(sweep: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wandb Report of these runs is built offline with the HTML report's panels; publishing
+    it without credentials is one clear line."""
+    import wandb_workspaces.reports.v2 as wr
+
+    from lightning_echo.report.build import write_report
+    from lightning_echo.report.wandb_bridge import comparison_spec
+    from lightning_echo.report.wandb_report import build_wandb_report
+
+    report = write_report([sweep], sweep / "report2")
+    spec = comparison_spec(report.comparison, project="lightning_echo", entity="my-team", title="t")
+    assert spec.groups == (sweep.name,) and spec.group_by[0] == "algorithm"
+    built = build_wandb_report(spec)
+    grid = next(b for b in built.blocks if isinstance(b, wr.PanelGrid))
+    assert sweep.name in grid.runsets[0].filters and "config.algorithm" in grid.runsets[0].groupby
+    plots = [(p.x, tuple(p.y)) for p in grid.panels]
+    assert plots[:3] == [(x, ("val/loss",)) for x in ("time/elapsed_s", "progress/fresh_samples", "progress/optimizer_steps")]
+    markdown = " ".join(b.text for b in built.blocks if isinstance(b, wr.MarkdownBlock))
+    assert "| sync |" in markdown and "speed-up" in markdown
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(sweep / "no_netrc"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(sweep), "--out", str(sweep / "report3"), "--wandb", "--wandb-entity", "my-team"])
+    assert exit_info.value.code == 2
+    assert "no wandb credentials" in capsys.readouterr().err
 
 
 @pytest.mark.slow

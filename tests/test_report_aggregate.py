@@ -1,0 +1,101 @@
+"""The report's pure core: seeds averaged on a common grid, time to target, speed-ups, labels,
+and turning logged rows into points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightning_echo.report.aggregate import band, compare_runs, configuration_label, first_at_or_below
+from lightning_echo.report.runs import Point, Run, series_from_rows
+
+
+def make_run(name: str, values: list[float], seconds_per_step: float, status: str = "completed", **config) -> Run:
+    """A run logging ``values`` of val/loss at steps 0, 10, 20, ... (fresh samples = 4 x steps)."""
+    points = [Point(10 * i, 10 * i * seconds_per_step, 40.0 * i, v) for i, v in enumerate(values)]
+    settings = {"algorithm": "sync", "echo_factor": 1, "seed": 0, "group": "g", **config}
+    return Run(Path(name), name, "g", settings, status, "csv", {"val/loss": points})
+
+
+def test_band_is_mean_min_max_of_the_interpolated_curves() -> None:
+    runs = [make_run("a", [1.0, 0.5, 0.0], 0.1), make_run("b", [3.0, 2.5, 2.0, 1.5], 0.1)]
+    result = band(runs, "val/loss", "step")
+    assert result.x[0] == 0 and result.x[-1] == 20  # up to the shorter run's end
+    middle = result.x.index(min(result.x, key=lambda x: abs(x - 10)))
+    x = result.x[middle]
+    a, b = 1.0 - 0.05 * x, 3.0 - 0.05 * x
+    assert result.mean[middle] == pytest.approx((a + b) / 2)
+    assert result.low[middle] == pytest.approx(a) and result.high[middle] == pytest.approx(b)
+
+
+def test_first_at_or_below_takes_the_first_logged_crossing() -> None:
+    points = make_run("a", [1.0, 0.6, 0.4, 0.7, 0.3], 0.5).series["val/loss"]
+    reached = first_at_or_below(points, 0.5)
+    assert reached is not None and (reached.step, reached.elapsed_s, reached.fresh_samples) == (20, 10.0, 80.0)
+    assert first_at_or_below(points, 0.1) is None
+
+
+def test_default_target_and_speedup_against_the_matching_synchronous_runs() -> None:
+    runs = [
+        # sync at two slowdowns (two seeds at slowdown 2), each reaching 0.5 at step 20
+        make_run("s2a", [1.0, 0.8, 0.5], 1.0, slowdown=2, seed=0),
+        make_run("s2b", [1.0, 0.8, 0.5], 1.0, slowdown=2, seed=1),
+        make_run("s4", [1.0, 0.8, 0.5], 2.0, slowdown=4),
+        # echo reaching it at step 10, with cheaper wall-clock per step
+        make_run("e2", [1.0, 0.5, 0.4], 0.5, algorithm="echo", echo_factor=4, slowdown=2),
+        make_run("e4", [1.0, 0.5, 0.4], 0.5, algorithm="echo", echo_factor=4, slowdown=4),
+    ]
+    comparison = compare_runs(runs)
+    assert comparison.target == pytest.approx(0.5 * 1.01)
+    by_label = {c.label: c for c in comparison.configurations}
+    assert set(by_label) == {"sync, slowdown=2", "sync, slowdown=4", "echo x4, slowdown=2", "echo x4, slowdown=4"}
+    assert len(by_label["sync, slowdown=2"].runs) == 2
+    # sync@2 reaches at 20 s, echo@2 at 5 s; sync@4 at 40 s, echo@4 at 5 s.
+    assert by_label["echo x4, slowdown=2"].baseline == "sync, slowdown=2"
+    assert by_label["echo x4, slowdown=2"].speedup == pytest.approx(4.0)
+    assert by_label["echo x4, slowdown=4"].speedup == pytest.approx(8.0)
+    assert by_label["sync, slowdown=4"].speedup == pytest.approx(1.0)
+
+
+def test_given_target_unreached_runs_and_excluded_runs() -> None:
+    sync = make_run("s", [1.0, 0.9, 0.8], 1.0)
+    crashed = make_run("c", [1.0, 0.7], 1.0, status="crashed", algorithm="echo", echo_factor=2)
+    silent = Run(Path("t"), "t", "g", {"algorithm": "echo", "echo_factor": 2}, "completed", "csv",
+                 {"train/loss": [Point(0, 0.0, 0.0, 1.0)]})
+    comparison = compare_runs([sync, crashed, silent], target_loss=0.75)
+    assert comparison.target == 0.75 and "(given)" in comparison.target_rule
+    assert [run.name for run, _ in comparison.excluded] == ["t"]
+    assert any("left out, no val/loss logged (logged: train/loss)" in w for w in comparison.warnings)
+    assert any("crashed at step 10" in w for w in comparison.warnings)
+    by_label = {c.label: c for c in comparison.configurations}
+    assert by_label["sync"].reached == [] and by_label["sync"].speedup is None
+    assert by_label["echo x2"].mean_to_target("step") == 10  # the crashed run's partial curve counts
+
+
+def test_runs_of_different_data_are_flagged() -> None:
+    runs = [make_run("a", [1.0], 1.0, data="SyntheticDataModule"), make_run("b", [1.0], 1.0, data="MNISTDataModule")]
+    assert any("different data" in w for w in compare_runs(runs).warnings)
+
+
+def test_configuration_labels() -> None:
+    assert configuration_label({"algorithm": "sync", "echo_factor": 1}, ["algorithm", "echo_factor"]) == "sync"
+    assert configuration_label({"algorithm": "echo", "echo_factor": "auto", "slowdown": 8.0},
+                               ["algorithm", "slowdown"]) == "echo xauto, slowdown=8.0"
+    assert configuration_label({"algorithm": "echo", "echo_factor": 2, "echo_kind": "example"},
+                               ["echo_kind"]) == "echo x2 (example echoing)"
+
+
+def test_rows_become_points_at_the_progress_logged_at_or_before_their_step() -> None:
+    rows = [
+        {"step": 0, "progress/optimizer_steps": 0, "time/elapsed_s": 0.0, "progress/fresh_samples": 0},
+        {"step": 0, "val/loss": 2.0},
+        {"step": 4, "train/loss": 1.5},
+        {"step": 5, "progress/optimizer_steps": 5, "time/elapsed_s": 1.0, "progress/fresh_samples": 320},
+        {"step": 5, "progress/optimizer_steps": 5, "time/elapsed_s": 1.5, "progress/fresh_samples": 320},  # at validation
+        {"step": 5, "val/loss": 1.2},
+    ]
+    series = series_from_rows(rows, step_key="step")
+    assert [(p.step, p.elapsed_s, p.fresh_samples, p.value) for p in series["val/loss"]] == [(0, 0.0, 0.0, 2.0), (5, 1.5, 320.0, 1.2)]
+    assert [(p.step, p.elapsed_s) for p in series["train/loss"]] == [(4, 0.0)]
+    assert set(series) == {"val/loss", "train/loss"}
