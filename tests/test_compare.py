@@ -54,7 +54,7 @@ def test_default_job_compares_sync_and_echo_with_table_and_html_report(capsys, m
     for name in ("loss_vs_time.png", "loss_vs_fresh_samples.png", "loss_vs_steps.png"):
         assert (sweep / "report" / name).read_bytes().startswith(PNG_SIGNATURE)
         assert name in page
-    assert "sync" in page and "echo xauto" in page
+    assert "sync" in page and "echo auto" in page
     # Both runs saw the same data budget; the echoed one took more optimizer steps for it.
     summaries = [json.loads((d / "summary.json").read_text()) for d in jobs]
     assert summaries[0]["fresh_samples"] == summaries[1]["fresh_samples"] >= 4096
@@ -204,7 +204,7 @@ def test_report_marks_runs_without_the_metric_and_a_bad_metric(capsys, tmp_path)
 def test_report_marks_a_run_killed_half_way(tmp_path) -> None:
     # A real run, killed with SIGKILL once it has logged something: run.json stays "running".
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    args = [console_script(), "experiment=single", "loader=throttle", "loader.seconds_per_batch=0.02",
+    args = [console_script(), "experiment=single", "loader=fixed_rate", "loader.seconds_per_batch=0.02",
             "trainer.max_steps=100000", "trainer.val_check_interval=5", "trainer.check_val_every_n_epoch=null",
             "trainer.log_every_n_steps=1", *quiet_trainer_overrides()]
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -228,3 +228,11 @@ def test_report_marks_a_run_killed_half_way(tmp_path) -> None:
     assert "crashed at step" in report.stdout and "partial curve is included" in report.stdout
     assert "1 (1 crashed)" in report.stdout
     assert "class='crashed'" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_a_relative_slowdown_on_the_fixed_rate_comparison_is_one_clear_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["loader.slowdown=4", *quiet_trainer_overrides()])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "loader.slowdown=4" in err and "exactly one of slowdown or seconds_per_batch" in err

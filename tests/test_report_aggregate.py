@@ -81,7 +81,7 @@ def test_runs_of_different_data_are_flagged() -> None:
 def test_configuration_labels() -> None:
     assert configuration_label({"algorithm": "sync", "echo_factor": 1}, ["algorithm", "echo_factor"]) == "sync"
     assert configuration_label({"algorithm": "echo", "echo_factor": "auto", "slowdown": 8.0},
-                               ["algorithm", "slowdown"]) == "echo xauto, slowdown=8.0"
+                               ["algorithm", "slowdown"]) == "echo auto, slowdown=8.0"
     assert configuration_label({"algorithm": "echo", "echo_factor": 2, "echo_kind": "example"},
                                ["echo_kind"]) == "echo x2 (example echoing)"
 

@@ -54,11 +54,10 @@ def build_throttle(cfg: DictConfig) -> Optional[ThrottleSpec]:
     loader = cfg.get("loader") or {}
     if loader.get("name", "none") == "none":
         return None
-    seconds_per_batch = loader.get("seconds_per_batch")
     try:
         return ThrottleSpec(
-            seconds_per_batch=seconds_per_batch,
-            slowdown=loader.get("slowdown") if seconds_per_batch is None else None,
+            seconds_per_batch=loader.get("seconds_per_batch"),
+            slowdown=loader.get("slowdown"),
             jitter=loader.get("jitter"),
             jitter_param=loader.get("jitter_param"),
             seed=int(cfg.get("seed", 0)),

@@ -181,13 +181,13 @@ def _configurations(runs: Sequence[Run], metric: str) -> list[Configuration]:
 
 
 def configuration_label(settings: dict[str, Any], varying: Sequence[str]) -> str:
-    """``sync``, ``echo x4``, ``echo x4, slowdown=8``: the algorithm with its echo factor, then
+    """``sync``, ``echo x4``, ``echo auto``, ``echo x4, slowdown=8``: the algorithm with its echo factor, then
     the other settings that differ between the runs being compared."""
     algorithm = settings.get("algorithm")
     parts = [str(algorithm)] if algorithm is not None else []
     factor = settings.get("echo_factor")
     if parts and algorithm != SYNC and factor is not None:
-        parts[0] += f" x{factor}"
+        parts[0] += " auto" if factor == "auto" else f" x{factor}"
     if "echo_kind" in varying and algorithm != SYNC and settings.get("echo_kind") not in (None, "batch"):
         parts[0] += f" ({settings['echo_kind']} echoing)"
     parts += [f"{k}={settings.get(k)}" for k in varying if k not in ALGORITHM_KEYS]
