@@ -49,7 +49,7 @@ def test_non_editable_install_finds_every_config(tmp_path: Path) -> None:
     expected = sum(len(list((REPO / "conf" / g).glob("*.yaml"))) for g in ("algorithm", "data", "model", "optimizer", "loader", "trainer", "logger", "paths", "experiment"))
     assert result.stdout.strip() == f"composed {expected}"
     run = subprocess.run(
-        [sys.executable, "-m", "lightning_echo", "trainer.max_steps=5", "trainer.enable_progress_bar=false"],
+        [sys.executable, "-m", "lightning_echo", "experiment=single", "trainer.max_steps=5", "trainer.enable_progress_bar=false"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=240,
     )
     assert run.returncode == 0, run.stderr[-2000:]
