@@ -26,7 +26,7 @@ import yaml
 
 FACTORS = (1, 2, 4, 8, 16)
 # Per-run caps, so a step size that never reaches the target does not run for long.
-CAPS = {"synthetic": {"trainer.max_steps": 6000, "echo.max_fresh_samples": 40000},
+CAPS = {"synthetic": {"trainer.max_steps": 12000, "echo.max_fresh_samples": 80000},
         "mnist": {"trainer.max_steps": 30000, "echo.max_fresh_samples": 4000000}}
 ALGORITHMS = {"sgd": "echo_sgd", "prox": "echo_prox", "nesterov": "echo_nesterov"}
 # Base step sizes per batch size. Echoed SGD tries each base step size both as is and divided by K
