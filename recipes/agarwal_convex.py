@@ -43,8 +43,9 @@ GRIDS = {
 # smaller step sizes, since accelerated gradient with a constant step accumulates the batches'
 # noise (Theorem 13's step size falls like 1/K^2).
 METHOD_SWEEPS = {"sgd": ["optimizer.rule=constant,inverse_k"], "prox": ["optimizer.gamma=0.01,0.1,1"], "nesterov": []}
-# Where the 1/K step sizes are known not to win (MNIST at B=4096 is curvature-dominated up to
-# K=16), echoed SGD tries constant step sizes only: a 1/K step there runs to the caps.
+# Where 1/K step sizes do not win (MNIST at B=4096 is curvature-dominated up to K=16, see
+# recipes/results/agarwal_mnist.md), echoed SGD tries constant step sizes only: a 1/K step there
+# runs to the caps.
 CONSTANT_ONLY = {("mnist", 4096)}
 NESTEROV_LR_SCALES = (1.0, 1 / 8, 1 / 64)
 
