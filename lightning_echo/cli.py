@@ -53,17 +53,16 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
     overrides = hydra_cfg.job.override_dirname
     LEDGER.sweep_dir = sweep_dir
     LEDGER.report_settings = OmegaConf.to_container(cfg.get("report") or {}, resolve=True)
+    summary = None
     try:
         summary = run_training(cfg, output_dir, group=sweep_dir.name, name=overrides or None)
+        status, detail = "completed", summary.describe()
     except Exception as error:  # noqa: BLE001 - reported per job and in the sweep summary
-        outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, "failed", _one_line(error))
-        LEDGER.record(outcome)
-        print(outcome.status_line(), flush=True)
-        return None
-    outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, "completed", summary.describe())
+        status, detail = "failed", _one_line(error)
+    outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, status, detail)
     LEDGER.record(outcome)
     print(outcome.status_line(), flush=True)
-    return summary.final_val_loss
+    return summary.final_val_loss if summary is not None else None
 
 
 def _one_line(error: BaseException) -> str:

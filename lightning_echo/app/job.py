@@ -31,7 +31,6 @@ class RunSummary:
     final_val_loss: Optional[float]
     final_train_loss: Optional[float]
     output_dir: str
-    status: str = "completed"
 
     def describe(self) -> str:
         """One line for the terminal."""

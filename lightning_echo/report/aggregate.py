@@ -59,7 +59,6 @@ class Configuration:
     reached: list[ReachedTarget] = field(default_factory=list)
     baseline: Optional[str] = None
     speedup: Optional[float] = None
-    metric_key: str = "val/loss"
 
     @property
     def is_sync(self) -> bool:
@@ -69,11 +68,6 @@ class Configuration:
         """Mean over the runs that reached the target of ``elapsed_s``, ``fresh_samples`` or ``step``."""
         values = [float(getattr(r, attribute)) for r in self.reached]
         return float(np.mean(values)) if values else None
-
-    @property
-    def total_time_mean(self) -> Optional[float]:
-        ends = [_points(run, self.metric_key)[-1].elapsed_s for run in self.runs if _points(run, self.metric_key)]
-        return float(np.mean(ends)) if ends else None
 
 
 @dataclass
@@ -117,7 +111,7 @@ def compare_runs(
             warnings.append(f"{run.path}: {run.status} at step {run.last_step}; its partial curve is included"
                             + (f" ({run.error})" if run.error else ""))
     warnings.extend(_incomparable(usable))
-    configurations = _configurations(usable, metric)
+    configurations = _configurations(usable)
     for configuration in configurations:
         finals = [_points(run, metric)[-1].value for run in configuration.runs]
         configuration.final_mean = float(np.mean(finals))
@@ -167,17 +161,22 @@ def _settings(run: Run) -> dict[str, Any]:
     return {k: v for k, v in run.config.items() if k not in NOT_A_SETTING and not isinstance(v, (dict, list))}
 
 
-def _configurations(runs: Sequence[Run], metric: str) -> list[Configuration]:
+def _configurations(runs: Sequence[Run]) -> list[Configuration]:
     all_settings = [_settings(run) for run in runs]
-    keys = sorted({k for s in all_settings for k in s})
-    varying = [k for k in keys if len({repr(s.get(k)) for s in all_settings}) > 1]
+    varying = varying_settings(all_settings)
     by_label: dict[str, Configuration] = {}
     for run, settings in zip(runs, all_settings):
         label = configuration_label(settings, varying) or run.name
         if label not in by_label:
-            by_label[label] = Configuration(label, settings, [], metric_key=metric)
+            by_label[label] = Configuration(label, settings, [])
         by_label[label].runs.append(run)
     return sorted(by_label.values(), key=lambda c: (not c.is_sync, c.label))
+
+
+def varying_settings(all_settings: Sequence[dict[str, Any]]) -> list[str]:
+    """The setting keys whose values differ between runs (sorted): what tells configurations apart."""
+    keys = sorted({k for settings in all_settings for k in settings if k not in NOT_A_SETTING})
+    return [k for k in keys if len({repr(settings.get(k)) for settings in all_settings}) > 1]
 
 
 def configuration_label(settings: dict[str, Any], varying: Sequence[str]) -> str:

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from lightning_echo.errors import ConfigError
 from lightning_echo.report import table
-from lightning_echo.report.aggregate import ALGORITHM_KEYS, NOT_A_SETTING, Comparison
+from lightning_echo.report.aggregate import ALGORITHM_KEYS, Comparison, varying_settings
 from lightning_echo.report.wandb_report import MAX_TITLE, WandbReportSpec, build_wandb_report, publish_wandb_report
 
 
@@ -20,9 +20,7 @@ def comparison_spec(comparison: Comparison, project: str, entity: Optional[str],
     groups = tuple(sorted({run.group for run in comparison.runs if run.group}))
     if not groups:
         raise ConfigError("runs", "no group", "the runs carry no group id; were they logged by lightning-echo?")
-    settings = [c.settings for c in comparison.configurations]
-    varying = [k for k in sorted({k for s in settings for k in s})
-               if k not in NOT_A_SETTING and len({repr(s.get(k)) for s in settings}) > 1]
+    varying = varying_settings([c.settings for c in comparison.configurations])
     group_by = tuple(k for k in ("algorithm", "echo_factor") if k in varying or k == "algorithm")
     group_by += tuple(k for k in varying if k not in ALGORITHM_KEYS)
     return WandbReportSpec(project=project, entity=entity, groups=groups, title=title[:MAX_TITLE],
