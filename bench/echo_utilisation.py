@@ -18,6 +18,7 @@ import torch
 from common import median, quiet, timed_fit
 from lightning_echo.data import SyntheticDataModule
 from lightning_echo.data.pipeline import throttled_loader
+from lightning_echo.callbacks import TrainingProgress
 from lightning_echo.echo import DataEchoing
 from lightning_echo.models import MLP
 
@@ -35,12 +36,13 @@ def main() -> None:
     def run(config: str):
         throttle = {} if config == "unthrottled" else {"slowdown": args.slowdown}
         loader = throttled_loader(data.train_dataset, 256, seed=0, **throttle)
-        callbacks, wait = [], (lambda: loader.wait_s)
+        # The same measure for every configuration: the training loop's own wait between steps.
+        progress = TrainingProgress()
+        callbacks: list = [progress]
         if config.startswith("echo"):
             factor = 4 if config == "echo factor=4" else "auto"
-            echo = DataEchoing(factor=factor, max_factor=8)
-            callbacks, wait = [echo], (lambda: echo.data_wait_s)
-        return timed_fit(make_model(), loader, args.steps, callbacks, wait_of=wait)
+            callbacks.append(DataEchoing(factor=factor, max_factor=8))
+        return timed_fit(make_model(), loader, args.steps, callbacks, wait_of=lambda: progress.data_wait_s)
 
     configs = ["unthrottled", "sync, throttled", "echo factor=4", "echo factor=auto"]
     ratios: dict[str, list[float]] = {c: [] for c in configs}

@@ -6,11 +6,15 @@ The main entry points::
 """
 
 from lightning_echo.callbacks.progress import TrainingProgress
-from lightning_echo.data.pipeline import DataPipeline, throttle, throttled_loader
 from lightning_echo.core.smoothness import estimate_smoothness
-from lightning_echo.echo.averaging import EchoIterateAveraging
+from lightning_echo.data.pipeline import DataPipeline, throttle, throttled_loader
 from lightning_echo.echo.callback import DataEchoing
-from lightning_echo.echo.optim import EchoedNesterov, EchoedProx, EchoedSGD
+from lightning_echo.echoed_optim import (
+    EchoedNesterov,
+    EchoedProx,
+    EchoedSGD,
+    EchoIterateAveraging,
+)
 
 __version__ = "0.1.0"
 

@@ -16,13 +16,18 @@ from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.app.config import CONFIG_NAME, CONFIG_PATH, VERSION_BASE
+from lightning_echo.app.job import run_training
+from lightning_echo.app.preflight import preflight
 from lightning_echo.app.sweep import LEDGER, JobOutcome
-from lightning_echo.errors import LightningEchoError
+from lightning_echo.errors import LightningEchoError, describe_error
+from lightning_echo.report.build import report_after_sweep
+from lightning_echo.report.cli import report_main
 
 PROG = "lightning-echo"
 log = logging.getLogger(PROG)
@@ -35,8 +40,6 @@ def _error_exit(error: Exception) -> NoReturn:
 
 @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base=VERSION_BASE)
 def _hydra_job(cfg: DictConfig) -> Optional[float]:
-    from lightning_echo.app.job import run_training
-
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -58,16 +61,11 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
         summary = run_training(cfg, output_dir, group=sweep_dir.name, name=overrides or None)
         status, detail = "completed", summary.describe()
     except Exception as error:  # noqa: BLE001 - reported per job and in the sweep summary
-        status, detail = "failed", _one_line(error)
+        status, detail = "failed", describe_error(error)
     outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, status, detail)
     LEDGER.record(outcome)
     print(outcome.status_line(), flush=True)
     return summary.final_val_loss if summary is not None else None
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _finish_sweep() -> int:
@@ -76,8 +74,6 @@ def _finish_sweep() -> int:
         return 0
     settings = LEDGER.report_settings
     if settings.get("after_sweep", True) and LEDGER.sweep_dir is not None:
-        from lightning_echo.report.build import report_after_sweep
-
         report_after_sweep(LEDGER.sweep_dir, settings)
     for line in LEDGER.summary_lines():
         print(line)
@@ -88,21 +84,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``lightning-echo`` console script and ``python -m lightning_echo``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["report"]:
-        from lightning_echo.report.cli import report_main
-
         status = report_main(args[1:])
         if status:
             sys.exit(status)
         return
     LEDGER.outcomes.clear()
     LEDGER.sweep_dir = None
-    from hydra._internal.utils import get_args_parser
-
     parsed = get_args_parser().parse_args(args)
     hydra_only = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
     if not hydra_only:
-        from lightning_echo.app.preflight import preflight
-
         try:
             preflight(parsed.overrides, multirun=parsed.multirun)
         except LightningEchoError as error:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 
 class LightningEchoError(Exception):
@@ -35,3 +35,23 @@ class DataFileError(LightningEchoError, FileNotFoundError):
 
 class IncompatibleDataError(LightningEchoError, ValueError):
     """A model cannot be trained on a dataset (e.g. a CNN on plain feature vectors)."""
+
+
+def one_line(text: object, max_lines: Optional[int] = None) -> str:
+    r"""``text`` folded into one line for an error message: its non-empty lines (the first
+    ``max_lines`` of them when given), whitespace collapsed, joined by ``"; "``.
+
+    Example::
+
+        assert one_line("bad value\n  expected   an int\n") == "bad value; expected an int"
+        assert one_line("first\nsecond", max_lines=1) == "first"
+    """
+    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    lines = [line for line in lines if line]
+    return "; ".join(lines[:max_lines] if max_lines is not None else lines)
+
+
+def describe_error(error: BaseException) -> str:
+    """``TypeName: first line of the message`` (just the type name when the message is empty)."""
+    first = one_line(error, max_lines=1)
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, single_run_overrides
-from lightning_echo.app.wandb_offline import find_offline_runs, read_offline_run
+from lightning_echo.report.wandb_offline import find_offline_runs, read_offline_run
 from lightning_echo.cli import main
 
 
@@ -158,7 +158,7 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
 def test_training_writes_nothing_into_the_data_directory(capsys, tmp_path) -> None:
     import torch
 
-    from lightning_echo.data.idx import write_idx
+    from lightning_echo.data.formats.idx import write_idx
 
     mnist = tmp_path / "data" / "mnist"
     mnist.mkdir(parents=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import console_script, quiet_trainer_overrides, run_cli
-from lightning_echo.app.wandb_offline import find_offline_runs, read_offline_run
+from lightning_echo.report.wandb_offline import find_offline_runs, read_offline_run
 from lightning_echo.cli import main
 from lightning_echo.report.runs import find_runs
 
@@ -137,7 +137,7 @@ def test_wandb_sweep_runs_share_the_group_and_log_flat_config(tmp_path) -> None:
 def test_a_failing_job_is_reported_and_does_not_hide_the_others(tmp_path) -> None:
     import torch
 
-    from lightning_echo.data.idx import write_idx
+    from lightning_echo.data.formats.idx import write_idx
 
     good, corrupt = tmp_path / "good", tmp_path / "corrupt"
     names = {"train": 64, "t10k": 32}

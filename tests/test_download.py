@@ -24,12 +24,12 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_echo.data import CIFAR10DataModule, CovtypeDataModule, MNISTDataModule
-from lightning_echo.data.cifar import write_cifar_batch
-from lightning_echo.data.covtype import COVTYPE_BZ2_MD5
+from lightning_echo.data.formats.cifar_pickle import write_cifar_batch
+from lightning_echo.data.modules.covtype import COVTYPE_BZ2_MD5
 from lightning_echo.data.download import download_file, extract_tar, md5_of, sha256_of
-from lightning_echo.data.idx import write_idx
-from lightning_echo.data.libsvm import write_libsvm
-from lightning_echo.data.mnist import IDX_FILES, MNIST_SHA256
+from lightning_echo.data.formats.idx import write_idx
+from lightning_echo.data.formats.libsvm import write_libsvm
+from lightning_echo.data.modules.mnist import IDX_FILES, MNIST_SHA256
 from lightning_echo.errors import ConfigError, DataFileError
 from lightning_echo.models import LogisticRegression
 

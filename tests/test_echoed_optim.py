@@ -17,7 +17,7 @@ from lightning_echo.core.echoed_updates import (
     theory_prox_parameters,
 )
 from lightning_echo.echo import DataEchoing
-from lightning_echo.echo.optim import EchoedNesterov, EchoedProx, EchoedSGD
+from lightning_echo.echoed_optim import EchoedNesterov, EchoedProx, EchoedSGD
 from lightning_echo.errors import ConfigError
 
 # Quadratic f(w) = 1/2 w^T A w - b^T w, gradient A w - b.

@@ -12,11 +12,11 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_echo.data import CIFAR10DataModule, CovtypeDataModule, FashionMNISTDataModule, MNISTDataModule
-from lightning_echo.data.cifar import write_cifar_batch
-from lightning_echo.data.covtype import binary_labels
-from lightning_echo.data.idx import write_idx
-from lightning_echo.data.libsvm import write_libsvm
-from lightning_echo.data.mnist import FASHION_MNIST_DEBIAN_DIR, IDX_FILES
+from lightning_echo.data.formats.cifar_pickle import write_cifar_batch
+from lightning_echo.data.modules.covtype import binary_labels
+from lightning_echo.data.formats.idx import write_idx
+from lightning_echo.data.formats.libsvm import write_libsvm
+from lightning_echo.data.modules.mnist import FASHION_MNIST_DEBIAN_DIR, IDX_FILES
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError, DataFileError
 from lightning_echo.models import CNN, MLP, LogisticRegression

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_echo.data.cifar import read_cifar_batch, write_cifar_batch
-from lightning_echo.data.idx import read_idx, write_idx
-from lightning_echo.data.libsvm import read_libsvm, write_libsvm
+from lightning_echo.data.formats.cifar_pickle import read_cifar_batch, write_cifar_batch
+from lightning_echo.data.formats.idx import read_idx, write_idx
+from lightning_echo.data.formats.libsvm import read_libsvm, write_libsvm
 from lightning_echo.errors import DataFileError
 
 

@@ -7,15 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from lightning_echo.echo.labels import echo_label
 from lightning_echo.report.aggregate import band, compare_runs, configuration_label, first_at_or_below
 from lightning_echo.report.runs import Point, Run, series_from_rows
+
+
+def run_record(**config) -> dict:
+    """A flat run config as the command line writes it: the algorithm declares its keys and label."""
+    settings = {"algorithm": "sync", "echo_factor": 1, "seed": 0, "group": "g", **config}
+    echo = settings["algorithm"] == "echo"
+    settings.setdefault("algorithm_keys", ["echo_factor", "echo_kind"] if echo else ["echo_factor"])
+    settings.setdefault("label", echo_label(settings["echo_factor"], settings.get("echo_kind", "batch")) if echo else "sync")
+    return settings
 
 
 def make_run(name: str, values: list[float], seconds_per_step: float, status: str = "completed", **config) -> Run:
     """A run logging ``values`` of val/loss at steps 0, 10, 20, ... (fresh samples = 4 x steps)."""
     points = [Point(10 * i, 10 * i * seconds_per_step, 40.0 * i, v) for i, v in enumerate(values)]
-    settings = {"algorithm": "sync", "echo_factor": 1, "seed": 0, "group": "g", **config}
-    return Run(Path(name), name, "g", settings, status, "csv", {"val/loss": points})
+    return Run(Path(name), name, "g", run_record(**config), status, "csv", {"val/loss": points})
 
 
 def test_band_is_mean_min_max_of_the_interpolated_curves() -> None:
@@ -61,7 +70,7 @@ def test_default_target_and_speedup_against_the_matching_synchronous_runs() -> N
 def test_given_target_unreached_runs_and_excluded_runs() -> None:
     sync = make_run("s", [1.0, 0.9, 0.8], 1.0)
     crashed = make_run("c", [1.0, 0.7], 1.0, status="crashed", algorithm="echo", echo_factor=2)
-    silent = Run(Path("t"), "t", "g", {"algorithm": "echo", "echo_factor": 2}, "completed", "csv",
+    silent = Run(Path("t"), "t", "g", run_record(algorithm="echo", echo_factor=2), "completed", "csv",
                  {"train/loss": [Point(0, 0.0, 0.0, 1.0)]})
     comparison = compare_runs([sync, crashed, silent], target_loss=0.75)
     assert comparison.target == 0.75 and "(given)" in comparison.target_rule
@@ -79,11 +88,12 @@ def test_runs_of_different_data_are_flagged() -> None:
 
 
 def test_configuration_labels() -> None:
-    assert configuration_label({"algorithm": "sync", "echo_factor": 1}, ["algorithm", "echo_factor"]) == "sync"
+    echo_keys = {"algorithm", "optimizer", "echo_factor", "echo_kind"}
+    assert configuration_label({"algorithm": "sync", "echo_factor": 1}, ["algorithm", "echo_factor"], "sync", echo_keys) == "sync"
     assert configuration_label({"algorithm": "echo", "echo_factor": "auto", "slowdown": 8.0},
-                               ["algorithm", "slowdown"]) == "echo auto, slowdown=8.0"
+                               ["algorithm", "slowdown"], echo_label("auto"), echo_keys) == "echo auto, slowdown=8.0"
     assert configuration_label({"algorithm": "echo", "echo_factor": 2, "echo_kind": "example"},
-                               ["echo_kind"]) == "echo x2 (example echoing)"
+                               ["echo_kind"], echo_label(2, "example"), echo_keys) == "echo x2 (example echoing)"
 
 
 def test_rows_become_points_at_the_progress_logged_at_or_before_their_step() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_echo.data import LeastSquaresDataModule, SyntheticDataModule
-from lightning_echo.data.synthetic import least_squares_optimum, make_classification
+from lightning_echo.data.modules.synthetic import least_squares_optimum, make_classification
 from lightning_echo.errors import ConfigError
 
 

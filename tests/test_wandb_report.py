@@ -54,7 +54,7 @@ def no_sockets(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 def _spec(**changes: Any) -> WandbReportSpec:
     fields: dict[str, Any] = {
         "project": "echo-proj", "entity": "my-team", "groups": ("sweep-a1", "sweep-b2"),
-        "title": "Echo vs sync", "speedup_markdown": SPEEDUP,
+        "title": "Echo vs sync", "speedup_markdown": SPEEDUP, "group_by": ("algorithm", "echo_factor"),
     }
     fields.update(changes)
     return WandbReportSpec(**fields)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -13,10 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from lightning_echo.callbacks.progress import TrainingProgress
-from lightning_echo.data.array_datamodule import ArrayDataModule
 from lightning_echo.data.background import ThrottleSpec
+from lightning_echo.data.modules.array import ArrayDataModule
 from lightning_echo.data.spec import DataSpec
-from lightning_echo.errors import ConfigError, IncompatibleDataError
+from lightning_echo.errors import ConfigError, IncompatibleDataError, one_line
+from lightning_echo.report.wandb_credentials import wandb_has_credentials
 from lightning_echo.validation import positive_float
 
 
@@ -29,17 +29,13 @@ def _instantiate(node: DictConfig, prefix: str, **runtime_kwargs: Any) -> Any:
     try:
         factory = instantiate(node, _partial_=True)
     except Exception as error:  # Hydra wraps import and argument errors in InstantiationException
-        raise ConfigError(prefix.rstrip("."), node.get("_target_"), _one_line(str(error.__cause__ or error))) from None
+        raise ConfigError(prefix.rstrip("."), node.get("_target_"), one_line(error.__cause__ or error, max_lines=2)) from None
     try:
         return factory(**runtime_kwargs)
     except ConfigError as error:
         raise error.with_prefix(prefix) from None
     except TypeError as error:
         raise ConfigError(prefix.rstrip("."), node.get("_target_"), f"bad arguments: {error}") from None
-
-
-def _one_line(message: str) -> str:
-    return " ".join(line.strip() for line in message.strip().splitlines()[:2])
 
 
 def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
@@ -74,7 +70,7 @@ def build_optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimi
     try:
         factory = instantiate(cfg.optimizer)
     except Exception as error:
-        raise ConfigError("optimizer", cfg.optimizer.get("_target_"), _one_line(str(error.__cause__ or error))) from None
+        raise ConfigError("optimizer", cfg.optimizer.get("_target_"), one_line(error.__cause__ or error, max_lines=2)) from None
     try:
         factory([torch.nn.Parameter(torch.zeros(1))])
     except ConfigError as error:
@@ -94,8 +90,13 @@ def build_model(cfg: DictConfig, spec: DataSpec) -> pl.LightningModule:
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The algorithm's callbacks plus the progress metrics every run logs."""
-    callbacks: list[pl.Callback] = [TrainingProgress(max_fresh_samples=(cfg.get("budget") or {}).get("fresh_samples"))]
+    """The algorithm's callbacks plus the progress metrics every run logs (and its data budget)."""
+    budget = cfg.get("budget") or {}
+    try:
+        progress = TrainingProgress(max_fresh_samples=budget.get("fresh_samples"), max_fresh_batches=budget.get("fresh_batches"))
+    except ConfigError as error:
+        raise error.with_prefix("budget.") from None
+    callbacks: list[pl.Callback] = [progress]
     for name, node in (cfg.algorithm.get("callbacks") or {}).items():
         # Settings the user sets as e.g. `echo.factor` are reported under that name.
         prefix = f"{name}." if name in cfg else f"algorithm.callbacks.{name}."
@@ -103,22 +104,16 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
-def wandb_has_credentials() -> bool:
-    """True when a wandb API key is configured (environment or ~/.netrc); never touches the network."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc_path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    if netrc_path.is_file():
-        import netrc
-
-        try:
-            hosts = netrc.netrc(str(netrc_path)).hosts
-        except (netrc.NetrcParseError, OSError):
-            return False
-        base_url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        host = base_url.split("://", 1)[-1].split("/", 1)[0]
-        return host in hosts
-    return False
+def build_strategy(cfg: DictConfig) -> Optional[Any]:
+    """The strategy the algorithm declares (``algorithm.strategy``), or None to use ``trainer.strategy``."""
+    node = cfg.algorithm.get("strategy")
+    if node is None:
+        return None
+    chosen = cfg.trainer.get("strategy", "auto")
+    if chosen not in (None, "auto"):
+        raise ConfigError("trainer.strategy", chosen,
+                          f"algorithm={cfg.algorithm.get('name')} trains with its own strategy; leave trainer.strategy=auto")
+    return _instantiate(node, "algorithm.strategy.")
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
@@ -163,8 +158,12 @@ def build_trainer(
     callbacks: Optional[list[pl.Callback]] = None,
     loggers: Optional[list[Logger]] = None,
 ) -> pl.Trainer:
-    """A Lightning Trainer from the ``trainer`` group with the given callbacks and loggers."""
+    """A Lightning Trainer from the ``trainer`` group with the given callbacks and loggers, training
+    with the algorithm's strategy when it declares one."""
     kwargs = trainer_kwargs(cfg)
+    strategy = build_strategy(cfg)
+    if strategy is not None:
+        kwargs["strategy"] = strategy
     try:
         return pl.Trainer(
             **kwargs,
@@ -183,4 +182,15 @@ def build_trainer(
 
 def _short(kwargs: dict[str, Any]) -> str:
     keys = ("accelerator", "devices", "strategy", "precision")
-    return ", ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)
+    return ", ".join(f"{k}={kwargs[k] if isinstance(kwargs[k], (str, int, float)) else type(kwargs[k]).__name__}"
+                     for k in keys if k in kwargs)
+
+
+def algorithm_label(cfg: DictConfig) -> str:
+    """The algorithm's label in reports (``algorithm.label``: a string or a node that builds one)."""
+    node = cfg.algorithm.get("label")
+    if node is None:
+        return str(cfg.algorithm.name)
+    if isinstance(node, DictConfig):
+        return str(_instantiate(node, "algorithm.label."))
+    return str(node)

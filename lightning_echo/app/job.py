@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import json
-import time
+import sys
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_echo.app.builders import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from lightning_echo.app.builders import (
+    algorithm_label,
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_model,
+    build_trainer,
+)
 from lightning_echo.callbacks.progress import TrainingProgress
+from lightning_echo.records import (
+    ALGORITHM_KEYS,
+    CLOCK,
+    COMPLETED,
+    FAILED,
+    LABEL,
+    RUN_FILE,
+    RUNNING,
+    RunRecordFile,
+)
 
 
 @dataclass
@@ -45,9 +62,6 @@ class RunSummary:
         )
 
 
-RUN_FILE = "run.json"
-
-
 def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None, name: Optional[str] = None) -> RunSummary:
     """Train as ``cfg`` says, writing logs, ``run.json`` and ``summary.json`` into ``output_dir``.
 
@@ -61,7 +75,7 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
     flat = flat_run_config(cfg, group)
     record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]),
                            config={k: v for k, v in flat.items() if k != "config"})
-    record.write(status="running")
+    record.write(status=RUNNING)
     try:
         datamodule = build_datamodule(cfg)
         model = build_model(cfg, datamodule.spec)
@@ -77,7 +91,7 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         final_val_loss = _validation_loss(trainer, model, datamodule)
     except BaseException as error:
         finish_wandb(exit_code=1)
-        record.write(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        record.write(status=FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         raise
     finish_wandb(exit_code=0)
     progress = next(c for c in callbacks if isinstance(c, TrainingProgress))
@@ -96,32 +110,12 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
     )
     if trainer.is_global_zero:
         (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        record.write(status="completed")
+        record.write(status=COMPLETED)
     return summary
-
-
-@dataclass
-class RunRecordFile:
-    """``run.json``: the run's group, label, flat config and status, rewritten as it changes."""
-
-    path: Path
-    group: str
-    name: str
-    config: dict[str, Any]
-
-    def write(self, status: str, error: Optional[str] = None, traceback: Optional[str] = None) -> None:
-        """Record ``status`` (running, completed, failed) atomically."""
-        content = {"status": status, "group": self.group, "name": self.name, "config": self.config,
-                   "error": error, "traceback": traceback, "updated_at": time.time()}
-        partial = self.path.with_suffix(".json.tmp")
-        partial.write_text(json.dumps(content, indent=2, default=str) + "\n")
-        partial.replace(self.path)
 
 
 def finish_wandb(exit_code: int) -> None:
     """Finish the process's wandb run, if any, with ``exit_code`` (a no-op without wandb runs)."""
-    import sys
-
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
@@ -134,11 +128,19 @@ def _validation_loss(trainer: pl.Trainer, model: pl.LightningModule, datamodule:
 
 def flat_run_config(cfg: DictConfig, group: Optional[str] = None) -> dict[str, object]:
     """The settings people group and filter runs by, as flat keys (logged as hyperparameters),
-    plus the whole resolved config under ``config``."""
-    echoing = "echo" in (cfg.algorithm.get("callbacks") or {})
-    return {
+    plus the whole resolved config under ``config``.
+
+    Every run has the common keys (data, model, optimizer, loader, seed, ...); the algorithm adds
+    its own (``algorithm.keys``), names them in ``algorithm_keys``, and gives its report ``label``
+    and the ``clock`` its time is measured in.
+    """
+    own = OmegaConf.to_container(cfg.algorithm.get("keys") or {}, resolve=True)
+    assert isinstance(own, dict)
+    flat: dict[str, object] = {
         "group": group,
         "algorithm": cfg.algorithm.name,
+        LABEL: algorithm_label(cfg),
+        CLOCK: cfg.algorithm.get("clock", "wall_clock"),
         "data": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
         "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
         "optimizer": str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],
@@ -147,12 +149,15 @@ def flat_run_config(cfg: DictConfig, group: Optional[str] = None) -> dict[str, o
         "loader": cfg.loader.get("name"),
         "slowdown": cfg.loader.get("slowdown"),
         "seconds_per_batch": cfg.loader.get("seconds_per_batch"),
-        "echo_factor": cfg.echo.factor if echoing else 1,
-        "echo_kind": cfg.echo.kind if echoing else None,
+    }
+    flat.update(own)
+    flat.update({
+        ALGORITHM_KEYS: sorted(own),
         "seed": cfg.seed,
         "max_steps": cfg.trainer.get("max_steps"),
         "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    })
+    return flat
 
 
 def _metric(metrics: dict, key: str) -> Optional[float]:

@@ -10,17 +10,28 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_echo.app.builders import build_callbacks, build_datamodule, build_model, build_trainer
-from hydra import compose
-
-from lightning_echo.app.config import CONFIG_NAME, GROUPS, compose_config, group_options, hydra_context
-from lightning_echo.errors import ConfigError
+from lightning_echo.app.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_model,
+    build_trainer,
+)
+from lightning_echo.app.config import (
+    CONFIG_NAME,
+    GROUPS,
+    compose_config,
+    group_options,
+    hydra_context,
+)
+from lightning_echo.errors import ConfigError, one_line
 from lightning_echo.validation import non_negative_int
 
 
@@ -29,7 +40,7 @@ def parse_overrides(overrides: Sequence[str]) -> list[Override]:
     try:
         return OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as error:
-        raise ConfigError("overrides", " ".join(overrides), _one_line(str(error))) from None
+        raise ConfigError("overrides", " ".join(overrides), one_line(error, max_lines=2)) from None
 
 
 def check_group_choices(overrides: Sequence[Override]) -> None:
@@ -54,8 +65,6 @@ def expand_jobs(overrides: Sequence[Override], multirun: bool) -> list[list[str]
                     override.key_or_group, override.input_line.split("=", 1)[-1], "a sweep needs multirun: add -m"
                 )
         return [[o.input_line for o in overrides]]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
     batches = BasicSweeper.split_arguments(list(overrides), None)
     return [list(job) for batch in batches for job in batch]
 
@@ -68,7 +77,7 @@ def configured_sweep(overrides: Sequence[Override]) -> tuple[bool, list[str]]:
         with hydra_context():
             cfg = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError("overrides", " ".join(fixed), _one_line(str(error))) from None
+        raise ConfigError("overrides", " ".join(fixed), one_line(error, max_lines=2)) from None
     mode = str(OmegaConf.select(cfg, "hydra.mode", default=None) or "")
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
     return mode.endswith("MULTIRUN"), [f"{key}={value}" for key, value in params.items()]
@@ -79,7 +88,7 @@ def validate_config(cfg: DictConfig) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
-        raise ConfigError(getattr(error, "full_key", "config") or "config", "?", _one_line(str(error))) from None
+        raise ConfigError(getattr(error, "full_key", "config") or "config", "?", one_line(error, max_lines=2)) from None
     non_negative_int("seed", cfg.get("seed"))
     datamodule = build_datamodule(cfg)
     build_model(cfg, datamodule.spec)
@@ -105,7 +114,7 @@ def preflight(overrides: Sequence[str], multirun: bool) -> int:
             try:
                 cfg = compose_config(job)
             except (HydraException, OmegaConfBaseException) as error:
-                raise ConfigError("overrides", " ".join(job), _one_line(str(error))) from None
+                raise ConfigError("overrides", " ".join(job), one_line(error, max_lines=2)) from None
             validate_config(cfg)
     return len(jobs)
 
@@ -122,9 +131,4 @@ def _quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-
-
-def _one_line(message: str) -> str:
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return "; ".join(lines[:2]) if lines else message
 

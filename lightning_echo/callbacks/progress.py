@@ -1,44 +1,83 @@
-"""Progress metrics every run logs, for any LightningModule: samples, steps, wall-clock time."""
+"""``TrainingProgress``: the one owner of training progress (fresh data, steps, time, data budget)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.data import extract_batch_size
+from typing_extensions import override
 
-from lightning_echo.validation import positive_int
+from lightning_echo.core.progress import (
+    SIMULATED,
+    WALL_CLOCK,
+    FreshDataBudget,
+    ProgressLedger,
+    ProgressSource,
+    StepReport,
+)
 
 
 class TrainingProgress(pl.Callback):
-    """Logs ``progress/fresh_samples``, ``progress/optimizer_steps`` and ``time/elapsed_s``.
+    """Counts what training consumed and logs it, for any LightningModule and any algorithm.
 
-    Fresh samples count each training example the first time the loop trains on it: with
-    ``DataEchoing`` among the callbacks, echoed batches add optimizer steps but no fresh samples.
-    ``max_fresh_samples`` is a data budget for any algorithm: training stops after the step that
-    brings the fresh samples to it (an echoed run loses at most the rest of its last echo group).
-    ``time/elapsed_s`` is wall-clock training time since the start of ``fit`` (after setup),
-    not counting validation passes, so runs that validate at different moments compare fairly.
-    They are logged every ``log_every_n_steps`` and at the start of every validation, so each
-    validation loss has the time, samples and steps it was reached at.
+    Logged every ``log_every_n_steps`` and at the start of every validation (so each validation
+    loss has the progress it was reached at): ``progress/fresh_samples``,
+    ``progress/fresh_batches``, ``progress/optimizer_steps``, ``time/elapsed_s`` (wall-clock
+    training time since the start of ``fit``, without validation passes), ``time/data_wait_s``
+    (time between training steps outside validation: waiting for the next batch and its
+    host-to-device copy), and ``time/simulated_s`` for runs on a simulated clock.
+
+    A :class:`~lightning_echo.core.progress.ProgressSource` among the callbacks or the strategy
+    (``DataEchoing``, simulated learners) says what each step consumed: an echoed batch adds an
+    optimizer step but no fresh sample. Without one, every batch is fresh. Its own metrics are
+    logged alongside (``echo/*``). ``max_fresh_samples`` / ``max_fresh_batches`` are the run's
+    data budget, for any algorithm: training stops after the step that uses it up (a source that
+    enforces the budget itself, like an echo stage, finishes serving its last fresh batch first).
 
     Example::
 
-        trainer = Trainer(callbacks=[TrainingProgress()], logger=CSVLogger("logs"))
+        from pytorch_lightning.demos.boring_classes import BoringModel
+
+        progress = TrainingProgress(max_fresh_samples=8)  # BoringModel trains on single examples
+        trainer = pl.Trainer(max_steps=100, callbacks=[progress], logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(BoringModel())
+        assert progress.fresh_samples == 8 and trainer.global_step == 8
     """
 
-    def __init__(self, max_fresh_samples: Optional[int] = None) -> None:
-        if max_fresh_samples is not None:
-            positive_int("budget.fresh_samples", max_fresh_samples)
-        self.max_fresh_samples = max_fresh_samples
-        self.fresh_samples = 0
-        self.fresh_batches = 0
-        self._echo_stage: Optional[pl.Callback] = None
+    ELAPSED_S = ProgressLedger.ELAPSED_S
+
+    def __init__(self, max_fresh_samples: Optional[int] = None, max_fresh_batches: Optional[int] = None) -> None:
+        self.ledger = ProgressLedger(FreshDataBudget(max_fresh_samples, max_fresh_batches))
+        self.source: Optional[ProgressSource] = None
         self._start: Optional[float] = None
         self._validation_start: Optional[float] = None
         self._excluded_s = 0.0
         self._elapsed_before_resume = 0.0
+        self._last_step_end: Optional[tuple[float, float]] = None  # (time, excluded_s) at the end of the last step
+
+    # -- what other components read ---------------------------------------------------------------
+    @property
+    def fresh_samples(self) -> int:
+        """Fresh examples trained on so far."""
+        return self.ledger.fresh_samples
+
+    @property
+    def fresh_batches(self) -> int:
+        """Fresh batches trained on so far."""
+        return self.ledger.fresh_batches
+
+    @property
+    def max_fresh_samples(self) -> Optional[int]:
+        """The budget of fresh samples (None: none)."""
+        return self.ledger.budget.max_samples
+
+    @property
+    def clock(self) -> str:
+        """The clock this run's time is measured in: ``wall_clock``, or ``simulated`` for a source that simulates time."""
+        return getattr(self.source, "clock", WALL_CLOCK)
 
     @property
     def elapsed_s(self) -> float:
@@ -49,12 +88,29 @@ class TrainingProgress(pl.Callback):
         in_validation = now - self._validation_start if self._validation_start is not None else 0.0
         return self._elapsed_before_resume + (now - self._start) - self._excluded_s - in_validation
 
+    def tighten_budget(self, max_samples: Optional[int], max_batches: Optional[int]) -> FreshDataBudget:
+        """Merge a stage's own limits into the run's budget (the tighter of each) and return it."""
+        self.ledger.budget = self.ledger.budget.merged(max_samples, max_batches)
+        return self.ledger.budget
+
+    # -- Lightning hooks ---------------------------------------------------------------------------
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # A callback that repeats batches (DataEchoing) says how many examples of each batch are new.
-        self._echo_stage = next((c for c in trainer.callbacks if hasattr(c, "current_fresh_samples")), None)
+        self.source = find_progress_source(trainer)
         self._start = time.perf_counter()
         self._excluded_s = 0.0
 
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step_end = (time.perf_counter(), self._excluded_s)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._last_step_end is not None:
+            ended, excluded_then = self._last_step_end
+            self.ledger.add_data_wait(max(0.0, time.perf_counter() - ended - (self._excluded_s - excluded_then)))
+
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is not None:
             self._validation_start = time.perf_counter()
@@ -62,49 +118,76 @@ class TrainingProgress(pl.Callback):
             # The validation loss logged next belongs to this point of training.
             self._log(trainer)
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._validation_start is not None:
             self._excluded_s += time.perf_counter() - self._validation_start
             self._validation_start = None
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        fresh = getattr(self._echo_stage, "current_fresh_samples", None)
-        if fresh is None:
-            fresh = extract_batch_size(batch)
-        if fresh:
-            self.fresh_batches += 1
-            self.fresh_samples += fresh
+        report = self.source.step_report() if self.source is not None else None
+        if report is None:
+            size = extract_batch_size(batch)
+            report = StepReport(samples=size, fresh_samples=size)
+        self.ledger.record(report)
         if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.is_last_batch:
             self._log(trainer)
-        if self.max_fresh_samples is not None and self.fresh_samples >= self.max_fresh_samples:
+            if self.source is not None:
+                for name, value in self.source.progress_bar(self.ledger).items():
+                    pl_module.log(name, float(value), prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        if self.ledger.budget_exhausted and not getattr(self.source, "enforces_budget", False):
             trainer.should_stop = True
+        self._last_step_end = (time.perf_counter(), self._excluded_s)
 
-    def _log(self, trainer: pl.Trainer) -> None:
-        metrics = {
-            "progress/fresh_samples": self.fresh_samples,
-            "progress/fresh_batches": self.fresh_batches,
-            "progress/optimizer_steps": trainer.global_step,
-            "time/elapsed_s": self.elapsed_s,
-        }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is not None:
             self._elapsed_before_resume = self.elapsed_s
             self._start = None
+        self._last_step_end = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "fresh_samples": self.fresh_samples,
-            "fresh_batches": self.fresh_batches,
-            "elapsed_s": self.elapsed_s,
+    def _log(self, trainer: pl.Trainer) -> None:
+        metrics: Dict[str, float] = {
+            "progress/fresh_samples": self.ledger.fresh_samples,
+            "progress/fresh_batches": self.ledger.fresh_batches,
+            "progress/optimizer_steps": trainer.global_step,
+            "time/elapsed_s": self.elapsed_s,
+            "time/data_wait_s": self.ledger.data_wait_s,
         }
+        if self.clock == SIMULATED and self.ledger.clock_s is not None:
+            metrics["time/simulated_s"] = self.ledger.clock_s
+        if self.source is not None:
+            metrics.update(self.source.progress_metrics(self.ledger))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.fresh_samples = int(state_dict["fresh_samples"])
-        self.fresh_batches = int(state_dict["fresh_batches"])
-        self._elapsed_before_resume = float(state_dict["elapsed_s"])
+    # -- checkpointing ------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> Dict[str, Any]:
+        state = self.ledger.state_dict()
+        state[self.ELAPSED_S] = self.elapsed_s
+        return state
 
+    @override
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.ledger.load_state_dict(state_dict)
+        self._elapsed_before_resume = float(state_dict[self.ELAPSED_S])
+
+
+def find_progress_source(trainer: pl.Trainer) -> Optional[ProgressSource]:
+    """The strategy or callback that reports what each step consumed, if any."""
+    if isinstance(trainer.strategy, ProgressSource):
+        return trainer.strategy
+    return next((c for c in trainer.callbacks if isinstance(c, ProgressSource)), None)
+
+
+def training_progress(trainer: pl.Trainer, add: bool = False) -> Optional[TrainingProgress]:
+    """The Trainer's ``TrainingProgress`` callback; with ``add``, one is added when there is none."""
+    found = next((c for c in trainer.callbacks if isinstance(c, TrainingProgress)), None)
+    if found is None and add:
+        found = TrainingProgress()
+        trainer.callbacks.append(found)
+    return found

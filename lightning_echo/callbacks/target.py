@@ -13,10 +13,14 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
+from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.core.optimum import logistic_regression_optimum
-from lightning_echo.echo.averaging import parameters_at_iterates
+from lightning_echo.data.modules.synthetic import least_squares_optimum
+from lightning_echo.echoed_optim.averaging import parameters_at_iterates
 from lightning_echo.errors import ConfigError
+from lightning_echo.models import LinearRegression, LogisticRegression
 from lightning_echo.validation import positive_float, positive_int
 
 RESULT_FILE = "target.json"
@@ -79,6 +83,7 @@ class TargetLoss(pl.Callback):
         return None if self.optimum is None else self.optimum * (1.0 + self.relative_gap)
 
     # -- Lightning hooks --------------------------------------------------------------------
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x, y = self._training_tensors(trainer)
         if self.optimum is None:
@@ -86,6 +91,7 @@ class TargetLoss(pl.Callback):
         self.initial_loss = full_loss(pl_module, x, y, self.chunk_size)
         self.last_loss = self.initial_loss
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every_n_steps != 0:
@@ -104,6 +110,7 @@ class TargetLoss(pl.Callback):
             self.diverged = True
             trainer.should_stop = True
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and trainer.default_root_dir:
             path = Path(trainer.default_root_dir) / RESULT_FILE
@@ -129,6 +136,7 @@ class TargetLoss(pl.Callback):
             "every_n_steps": self.every_n_steps,
         }
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "optimum": self.optimum,
@@ -137,6 +145,7 @@ class TargetLoss(pl.Callback):
             "reached_loss": self.reached_loss,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimum = state_dict.get("optimum", self.optimum)
         self.reached_step = state_dict.get("reached_step")
@@ -158,16 +167,10 @@ class TargetLoss(pl.Callback):
 
     @staticmethod
     def _fresh_samples(trainer: pl.Trainer, step: int) -> int:
-        echo = _data_echoing(trainer)
-        if echo is not None:
-            return int(echo.fresh_samples)
+        progress = training_progress(trainer)
+        if progress is not None:
+            return int(progress.fresh_samples)
         return int(step * trainer.datamodule.batch_size)
-
-
-def _data_echoing(trainer: pl.Trainer) -> Optional[pl.Callback]:
-    from lightning_echo.echo.callback import DataEchoing
-
-    return next((c for c in trainer.callbacks if isinstance(c, DataEchoing)), None)
 
 
 def full_loss(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, chunk_size: int = 65536) -> float:
@@ -190,9 +193,6 @@ def full_loss(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor, chun
 
 def convex_optimum(module: pl.LightningModule, x: torch.Tensor, y: torch.Tensor) -> float:
     """Minimum of the training loss of a logistic or linear regression module (float64 solve)."""
-    from lightning_echo.data.synthetic import least_squares_optimum
-    from lightning_echo.models import LinearRegression, LogisticRegression
-
     linear = _single_linear(module)
     if isinstance(module, LogisticRegression) and linear is not None:
         return logistic_regression_optimum(x.cpu(), y.cpu(), linear.out_features,

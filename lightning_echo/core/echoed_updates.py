@@ -1,6 +1,6 @@
 """Echoed optimizers' update rules and step-size rules (Agarwal et al. 2020, Section 3.1, Thms 7, 10, 13).
 
-Pure functions on tensors and numbers; the optimizers in :mod:`lightning_echo.echo.optim` apply
+Pure functions on tensors and numbers; the optimizers in :mod:`lightning_echo.echoed_optim` apply
 them. Notation: step size ``eta``, echo factor ``K``, batch size ``B``, fresh batches ``T``,
 smoothness ``beta``, gradient bound ``rho``, distance to the optimum ``D``.
 """

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 from torchdata.nodes import BaseNode
+from typing_extensions import override
 
 from lightning_echo.core.delays import unit_mean_delay
 from lightning_echo.errors import ConfigError
@@ -184,6 +185,7 @@ class BackgroundQueue(BaseNode):
     def _delay_plan(self) -> Optional[_DelayPlan]:
         return None
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         self.close()
@@ -201,6 +203,7 @@ class BackgroundQueue(BaseNode):
         self._finalizer = weakref.finalize(self, _stop_thread, self._stop, self._thread)
         self._thread.start()
 
+    @override
     def next(self) -> Any:
         if self._exhausted or self._items is None:
             raise StopIteration
@@ -232,6 +235,7 @@ class BackgroundQueue(BaseNode):
         """True when the next item (or the end of the data) is waiting in the queue."""
         return self._items is not None and not self._items.empty()
 
+    @override
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE_KEY: self._source_state}
 
@@ -264,7 +268,12 @@ class Throttle(BackgroundQueue):
 
     Example::
 
+        from lightning_echo.data.nodes import IterableNode
+
         node = Throttle(IterableNode(batches), ThrottleSpec(seconds_per_batch=0.05))
+        node.reset()
+        first = next(node)  # about 0.05 s after reset, produced in a background thread
+        node.close()
     """
 
     def __init__(self, source: BaseNode, spec: ThrottleSpec, meter: Optional[StepTimeMeter] = None) -> None:

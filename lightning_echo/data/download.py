@@ -14,8 +14,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Optional
 
-from lightning_echo.data.files import one_line, open_binary
-from lightning_echo.errors import DataFileError
+from lightning_echo.data.files import open_binary
+from lightning_echo.errors import DataFileError, one_line
 
 DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20

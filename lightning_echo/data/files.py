@@ -9,13 +9,8 @@ import zlib
 from pathlib import Path
 from typing import IO, Optional, Sequence
 
-from lightning_echo.data.array_datamodule import DATA_ENV_VAR
-from lightning_echo.errors import DataFileError
-
-
-def one_line(text: object) -> str:
-    """``text`` with newlines folded, so it fits a one-line error message."""
-    return " ".join(str(text).split())
+from lightning_echo.data.modules.array import DATA_ENV_VAR
+from lightning_echo.errors import DataFileError, one_line
 
 
 def open_binary(path: Path, suffix: Optional[str] = None) -> IO[bytes]:

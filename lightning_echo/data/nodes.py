@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
 from torchdata.nodes import BaseNode
+from typing_extensions import override
 
 from lightning_echo.validation import non_negative_int, positive_int
 
@@ -69,6 +70,7 @@ class IndexBatches(BaseNode[torch.Tensor]):
         n = self.shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         if initial_state is not None:
@@ -89,6 +91,7 @@ class IndexBatches(BaseNode[torch.Tensor]):
             order = torch.cat([order, order[: padded - self.num_examples]])
         return order[rank::size]
 
+    @override
     def next(self) -> torch.Tensor:
         assert self._indices is not None
         start = self._offset * self.batch_size
@@ -98,6 +101,7 @@ class IndexBatches(BaseNode[torch.Tensor]):
         self._offset += 1
         return batch
 
+    @override
     def get_state(self) -> Dict[str, Any]:
         return {self.EPOCH: self._epoch, self.OFFSET: self._offset}
 
@@ -120,13 +124,16 @@ class MapNode(BaseNode):
         self.source = source
         self.fn = fn
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         self.source.reset(initial_state)
 
+    @override
     def next(self) -> Any:
         return self.fn(next(self.source))
 
+    @override
     def get_state(self) -> Dict[str, Any]:
         return self.source.state_dict()
 
@@ -148,6 +155,7 @@ class Augment(BaseNode):
         self._count = 0
         self._generator = torch.Generator()
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         if initial_state is not None:
@@ -156,12 +164,14 @@ class Augment(BaseNode):
         else:
             self.source.reset(None)
 
+    @override
     def next(self) -> Any:
         batch = next(self.source)
         self._generator.manual_seed(self.seed * 1_000_003 + self._count)
         self._count += 1
         return self.fn(batch, self._generator)
 
+    @override
     def get_state(self) -> Dict[str, Any]:
         return {self.SOURCE: self.source.state_dict(), self.COUNT: self._count}
 
@@ -185,6 +195,7 @@ class IterableNode(BaseNode):
         self._iterator: Optional[Any] = None
         self._count = 0
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         self._count = 0
@@ -197,11 +208,13 @@ class IterableNode(BaseNode):
                 for _ in range(self._count):
                     next(self._iterator)
 
+    @override
     def next(self) -> Any:
         item = next(self._iterator)  # type: ignore[arg-type]
         self._count += 1
         return item
 
+    @override
     def get_state(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {self.COUNT: self._count}
         if self._stateful:

@@ -13,11 +13,22 @@ import math
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, default_collate
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    default_collate,
+)
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.nodes import BaseNode, Loader
 
-from lightning_echo.data.background import BackgroundQueue, StepTimeMeter, Throttle, ThrottleSpec
+from lightning_echo.data.background import (
+    BackgroundQueue,
+    StepTimeMeter,
+    Throttle,
+    ThrottleSpec,
+)
 from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.data.nodes import (
     Augment,

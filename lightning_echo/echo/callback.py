@@ -8,12 +8,25 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.nodes import BaseNode
+from typing_extensions import override
 
-from lightning_echo.core.echo_factor import AUTO, EchoFactor, check_echo_factor, is_integer_factor
+from lightning_echo.callbacks.progress import TrainingProgress, training_progress
+from lightning_echo.core.echo_factor import (
+    AUTO,
+    EchoFactor,
+    check_echo_factor,
+    is_integer_factor,
+)
+from lightning_echo.core.progress import (
+    WALL_CLOCK,
+    FreshDataBudget,
+    ProgressLedger,
+    StepReport,
+)
 from lightning_echo.data.background import BackgroundQueue
 from lightning_echo.data.nodes import IterableNode
 from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline
-from lightning_echo.echo import _lightning
+from lightning_echo import lightning_internals as _lightning
 from lightning_echo.echo.loader import EchoLoader
 from lightning_echo.echo.node import BatchEcho, EchoInfo, ExampleEcho
 from lightning_echo.errors import ConfigError
@@ -29,7 +42,13 @@ class DataEchoing(pl.Callback):
     LightningModule or ``fit(train_dataloaders=...)``); validation and test loaders are left
     alone and the LightningModule is not changed. Every served batch is one optimizer step, so
     ``global_step`` and ``max_steps`` count echoed steps; ``max_fresh_batches`` /
-    ``max_fresh_samples`` stop training after that much fresh data.
+    ``max_fresh_samples`` stop training after that much fresh data (its last batch is still
+    echoed), tightening the run's data budget (``TrainingProgress``).
+
+    It reports what each step consumed to the run's ``TrainingProgress`` (one is added when the
+    Trainer has none), which counts and logs it: the attributes ``fresh_batches``,
+    ``fresh_samples``, ``echoed_steps``, ``steps``, ``effective_factor`` and ``data_wait_s`` read
+    that count.
 
     Args:
         factor: times each fresh batch is served: a number >= 1 (non-integer: ``floor`` times
@@ -43,13 +62,19 @@ class DataEchoing(pl.Callback):
             (each echo is augmented afresh).
         seed: seeds the non-integer factor draws and the example shuffle.
 
-    Logged (through the Trainer's loggers, and shown in the progress bar): ``echo/fresh_batches``,
-    ``echo/fresh_samples``, ``echo/echoed_steps``, ``echo/effective_factor``, ``echo/data_wait_s``.
+    Logged (through the Trainer's loggers, next to ``TrainingProgress``'s metrics), with
+    ``fresh`` and ``echoed`` in the progress bar: ``echo/fresh_batches``, ``echo/fresh_samples``,
+    ``echo/echoed_steps``, ``echo/effective_factor``, ``echo/data_wait_s``.
 
     Example::
 
-        trainer = Trainer(max_steps=2000, callbacks=[DataEchoing(factor=4)])
-        trainer.fit(model, datamodule=dm)
+        from pytorch_lightning.demos.boring_classes import BoringModel
+
+        echo = DataEchoing(factor=4)
+        trainer = pl.Trainer(max_steps=40, callbacks=[echo], logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(BoringModel())
+        assert (echo.steps, echo.fresh_batches, echo.echoed_steps) == (40, 10, 30)
     """
 
     def __init__(
@@ -73,39 +98,80 @@ class DataEchoing(pl.Callback):
         self.seed = non_negative_int("seed", seed)
         self.max_fresh_batches = positive_int("max_fresh_batches", max_fresh_batches) if max_fresh_batches is not None else None
         self.max_fresh_samples = positive_int("max_fresh_samples", max_fresh_samples) if max_fresh_samples is not None else None
-        self.fresh_batches = 0
-        self.fresh_samples = 0
-        self.echoed_steps = 0
-        self.steps = 0
         self.device_copies = 0
-        self._wait_before = 0.0
+        self._budget = FreshDataBudget(self.max_fresh_samples, self.max_fresh_batches)
+        self._progress: Optional[TrainingProgress] = None
         self._loader: Optional[EchoLoader] = None
         self._current: Optional[EchoInfo] = None
+        self._report: Optional[StepReport] = None
         self._device_batch: Any = None
         self._undo: list[Callable[[], None]] = []
         self._trainer: Optional[pl.Trainer] = None
 
-    # -- what other callbacks may read --------------------------------------------------------
+    # -- the progress source (lightning_echo.core.progress.ProgressSource) ----------------------------
+    clock = WALL_CLOCK
+    enforces_budget = True  # the echo stage stops fetching at the budget and finishes its last group
+
+    def step_report(self) -> Optional[StepReport]:
+        """What the step being trained on consumed (an echo brings no fresh sample)."""
+        return self._report
+
+    def progress_metrics(self, ledger: ProgressLedger) -> dict[str, float]:
+        return {
+            "echo/fresh_batches": ledger.fresh_batches,
+            "echo/fresh_samples": ledger.fresh_samples,
+            "echo/echoed_steps": ledger.echoed_steps,
+            "echo/effective_factor": ledger.effective_factor,
+            "echo/data_wait_s": ledger.data_wait_s,
+        }
+
+    def progress_bar(self, ledger: ProgressLedger) -> dict[str, float]:
+        return {"fresh": ledger.fresh_batches, "echoed": ledger.echoed_steps}
+
+    # -- counters, read from the run's TrainingProgress --------------------------------------------
     @property
-    def current_fresh_samples(self) -> Optional[int]:
-        """Fresh examples in the batch being trained on (0 for an echo)."""
-        return self._current.fresh_samples if self._current is not None else None
+    def _ledger(self) -> ProgressLedger:
+        return self._progress.ledger if self._progress is not None else ProgressLedger()
+
+    @property
+    def fresh_batches(self) -> int:
+        """Fresh batches trained on so far."""
+        return self._ledger.fresh_batches
+
+    @property
+    def fresh_samples(self) -> int:
+        """Fresh examples trained on so far."""
+        return self._ledger.fresh_samples
+
+    @property
+    def echoed_steps(self) -> int:
+        """Optimizer steps on echoed data so far."""
+        return self._ledger.echoed_steps
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps so far."""
+        return self._ledger.steps
 
     @property
     def effective_factor(self) -> float:
         """Optimizer steps per fresh batch so far."""
-        return self.steps / self.fresh_batches if self.fresh_batches else 0.0
+        return self._ledger.effective_factor
 
     @property
     def data_wait_s(self) -> float:
-        """Seconds the training loop waited for fresh batches."""
-        return self._wait_before + (self._loader.wait_s if self._loader is not None else 0.0)
+        """Seconds the training loop waited for its batches."""
+        return self._ledger.data_wait_s
 
     # -- installation ----------------------------------------------------------------------------
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         self._trainer = trainer
+        self._progress = training_progress(trainer, add=True)
+        assert self._progress is not None
+        self._budget = self._progress.tighten_budget(self.max_fresh_samples, self.max_fresh_batches)
         if trainer.accumulate_grad_batches > 1:
             rank_zero_warn(
                 f"DataEchoing with accumulate_grad_batches={trainer.accumulate_grad_batches}: the echoes of a batch "
@@ -117,6 +183,7 @@ class DataEchoing(pl.Callback):
         self._undo.append(_lightning.wrap_train_source(trainer, lambda loader: self._echo_loader(trainer, loader)))
         self._undo.append(_lightning.wrap_batch_to_device(trainer, self._transfer))
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         while self._undo:
             self._undo.pop()()
@@ -126,7 +193,6 @@ class DataEchoing(pl.Callback):
 
     def _echo_loader(self, trainer: pl.Trainer, loader: Any) -> EchoLoader:
         if self._loader is not None:
-            self._wait_before += self._loader.wait_s
             self._loader.close()
         if isinstance(loader, (list, tuple, dict)) or type(loader).__name__ == "CombinedLoader":
             raise ConfigError("train_dataloaders", type(loader).__name__, "DataEchoing echoes a single train loader")
@@ -165,18 +231,14 @@ class DataEchoing(pl.Callback):
 
     def _echo_node(self, trainer: pl.Trainer, source: BaseNode) -> BaseNode:
         if self.kind == "example":
-            return ExampleEcho(
-                source, float(self.factor), self.shuffle_buffer, None, self.seed, self.max_fresh_batches, self.max_fresh_samples
-            )
+            return ExampleEcho(source, float(self.factor), self.shuffle_buffer, None, self.seed, budget=self._budget)
         agree = None
         if self.factor == AUTO and trainer.world_size > 1:
             # Every step all-reduces, so a rank that takes a fresh batch before the others have
             # one only waits for them: take fresh batches when all ranks have one ready.
             strategy = trainer.strategy
             agree = lambda ready: strategy.reduce_boolean_decision(ready, all=True)  # noqa: E731
-        return BatchEcho(
-            source, self.factor, self.max_factor, self.seed, agree, self.max_fresh_batches, self.max_fresh_samples
-        )
+        return BatchEcho(source, self.factor, self.max_factor, self.seed, agree, budget=self._budget)
 
     def _transfer(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def batch_to_device(batch: Any, device: Any = None, dataloader_idx: int = 0) -> Any:
@@ -185,6 +247,7 @@ class DataEchoing(pl.Callback):
                 return original(batch, device=device, dataloader_idx=dataloader_idx)
             info = loader.served.popleft()
             self._current = info
+            self._report = self._step_report(info, loader)
             if info.same_as_previous and self._device_batch is not None:
                 return self._device_batch
             self._device_batch = original(batch, device=device, dataloader_idx=dataloader_idx)
@@ -194,60 +257,26 @@ class DataEchoing(pl.Callback):
         return batch_to_device
 
     # -- accounting ------------------------------------------------------------------------------
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        # Echoed optimizers (lightning_echo.echo.optim) need to know where each echo group starts.
+        # Echoed optimizers (lightning_echo.echoed_optim) need to know where each echo group starts.
         if self.kind == "batch" and self._current is not None and self._current.repeat == 0:
             for optimizer in trainer.optimizers:
                 start = getattr(optimizer, "start_fresh_batch", None)
                 if start is not None:
                     start()
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        info = self._current
-        if info is None:
-            return
-        self.steps += 1
-        self.fresh_samples += info.fresh_samples
-        self.echoed_steps += int(info.is_echo)
-        if self.kind == "batch":
-            self.fresh_batches += int(info.repeat == 0)
-        elif self._loader is not None:
-            self.fresh_batches = self._loader.echo.budget.batches
-        if self.steps % trainer.log_every_n_steps == 0:
-            pl_module.log("fresh", float(self.fresh_batches), prog_bar=True, logger=False, on_step=True, on_epoch=False)
-            pl_module.log("echoed", float(self.echoed_steps), prog_bar=True, logger=False, on_step=True, on_epoch=False)
-            metrics = {
-                "echo/fresh_batches": self.fresh_batches,
-                "echo/fresh_samples": self.fresh_samples,
-                "echo/echoed_steps": self.echoed_steps,
-                "echo/effective_factor": self.effective_factor,
-                "echo/data_wait_s": self.data_wait_s,
-            }
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._loader is not None and self._loader.echo.budget_exhausted:
             trainer.should_stop = True
 
-    # -- checkpointing ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "fresh_batches": self.fresh_batches,
-            "fresh_samples": self.fresh_samples,
-            "echoed_steps": self.echoed_steps,
-            "steps": self.steps,
-            "data_wait_s": self.data_wait_s,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.fresh_batches = int(state_dict["fresh_batches"])
-        self.fresh_samples = int(state_dict["fresh_samples"])
-        self.echoed_steps = int(state_dict["echoed_steps"])
-        self.steps = int(state_dict["steps"])
-        self._wait_before = float(state_dict["data_wait_s"])
+    def _step_report(self, info: EchoInfo, loader: EchoLoader) -> StepReport:
+        if self.kind == "batch":
+            fresh_batches = int(info.repeat == 0)
+        else:  # example echoing mixes fresh batches: count them as the stage fetches them
+            fresh_batches = max(0, loader.echo.budget.batches - self._ledger.fresh_batches)
+        return StepReport(samples=info.samples, fresh_samples=info.fresh_samples, fresh_batches=fresh_batches)
 
 
 def _length_or_none(loader: Any) -> Optional[int]:

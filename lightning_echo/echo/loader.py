@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import replace
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
@@ -21,7 +20,6 @@ class EchoLoader(StopsAtLightningTeardown):
 
     - ``served`` gets the :class:`EchoInfo` of every batch handed out, in order (the callback
       consumes it batch by batch, whatever Lightning prefetched);
-    - ``wait_s`` is the time spent waiting for fresh batches;
     - ``state_dict`` accounts for Lightning's one-batch prefetch when the loader has no length
       (Lightning then holds one batch it has not trained on yet);
     - the step time between batches is recorded in ``meter`` (for ``slowdown`` throttles).
@@ -41,7 +39,6 @@ class EchoLoader(StopsAtLightningTeardown):
         self.meter = meter
         self.reuse_device_copy = reuse_device_copy
         self.served: deque[EchoInfo] = deque()
-        self.wait_s = 0.0
         self._loader = Loader(root)
         self._closers = list(closers)
         self._state_before_last: Optional[Dict[str, Any]] = None
@@ -56,7 +53,6 @@ class EchoLoader(StopsAtLightningTeardown):
             if meter is not None:
                 meter.on_request()
             snapshot = self._loader.state_dict() if self.length is None else None
-            started = time.perf_counter()
             try:
                 batch = next(iterator)
             except StopIteration:
@@ -66,8 +62,6 @@ class EchoLoader(StopsAtLightningTeardown):
                 return
             info = self.echo.last_info
             assert info is not None
-            if not info.is_echo:
-                self.wait_s += time.perf_counter() - started
             if info.same_as_previous and not self.reuse_device_copy:
                 info = replace(info, same_as_previous=False)
             self._state_before_last = snapshot

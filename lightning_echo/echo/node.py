@@ -14,9 +14,17 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 from torchdata.nodes import BaseNode
+from typing_extensions import override
 
 from lightning_echo.core.batches import batch_size_of, select_rows
-from lightning_echo.core.echo_factor import AUTO, EchoFactor, adaptive_should_echo, check_echo_factor, draw_repeats
+from lightning_echo.core.echo_factor import (
+    AUTO,
+    EchoFactor,
+    adaptive_should_echo,
+    check_echo_factor,
+    draw_repeats,
+)
+from lightning_echo.core.progress import FreshDataBudget
 from lightning_echo.data.background import find_ready_probe
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int, positive_int
@@ -46,29 +54,39 @@ class EchoInfo:
         return self.fresh_samples == 0
 
 
-class _Budget:
-    """Stop fetching after ``max_fresh_batches`` batches or ``max_fresh_samples`` examples."""
+class FreshFetched:
+    """How much fresh data an echo stage has fetched, checked against the run's :class:`FreshDataBudget`.
 
-    def __init__(self, max_fresh_batches: Optional[int], max_fresh_samples: Optional[int]) -> None:
-        self.max_batches = positive_int("max_fresh_batches", max_fresh_batches) if max_fresh_batches is not None else None
-        self.max_samples = positive_int("max_fresh_samples", max_fresh_samples) if max_fresh_samples is not None else None
+    The count is the stage's fetch position (ahead of training by what the loop prefetched); what
+    training consumed is counted by the run's progress ledger.
+    """
+
+    BATCHES, SAMPLES = "fresh_batches", "fresh_samples"
+
+    def __init__(self, budget: FreshDataBudget) -> None:
+        self.budget = budget
         self.batches = 0
         self.samples = 0
 
     def exhausted(self) -> bool:
-        return (self.max_batches is not None and self.batches >= self.max_batches) or (
-            self.max_samples is not None and self.samples >= self.max_samples
-        )
+        return self.budget.exhausted(self.samples, self.batches)
 
     def add(self, samples: int) -> None:
         self.batches += 1
         self.samples += samples
 
     def state(self) -> Dict[str, int]:
-        return {"fresh_batches": self.batches, "fresh_samples": self.samples}
+        return {self.BATCHES: self.batches, self.SAMPLES: self.samples}
 
     def load(self, state: Dict[str, Any]) -> None:
-        self.batches, self.samples = int(state["fresh_batches"]), int(state["fresh_samples"])
+        self.batches, self.samples = int(state[self.BATCHES]), int(state[self.SAMPLES])
+
+
+def _budget(budget: Optional[FreshDataBudget], max_fresh_batches: Optional[int], max_fresh_samples: Optional[int]) -> FreshDataBudget:
+    for key, value in (("max_fresh_batches", max_fresh_batches), ("max_fresh_samples", max_fresh_samples)):
+        if value is not None:
+            positive_int(key, value)
+    return (budget or FreshDataBudget()).merged(max_fresh_samples, max_fresh_batches)
 
 
 class BatchEcho(BaseNode):
@@ -84,6 +102,8 @@ class BatchEcho(BaseNode):
     restored in the middle of an echo group fetches that batch again and finishes its group.
     """
 
+    SOURCE, SERVED, REPEATS = "source", "served", "repeats"
+
     def __init__(
         self,
         source: BaseNode,
@@ -93,6 +113,7 @@ class BatchEcho(BaseNode):
         agree: Optional[Agree] = None,
         max_fresh_batches: Optional[int] = None,
         max_fresh_samples: Optional[int] = None,
+        budget: Optional[FreshDataBudget] = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -100,7 +121,7 @@ class BatchEcho(BaseNode):
         self.max_factor = max_factor
         self.seed = non_negative_int("seed", seed)
         self.agree = agree
-        self.budget = _Budget(max_fresh_batches, max_fresh_samples)
+        self.budget = FreshFetched(_budget(budget, max_fresh_batches, max_fresh_samples))
         self._ready = find_ready_probe(source) if self.factor == AUTO else None
         if self.factor == AUTO and self._ready is None:
             raise ConfigError("factor", AUTO, "needs a background stage below the echo (BackgroundQueue or Throttle)")
@@ -130,6 +151,7 @@ class BatchEcho(BaseNode):
             fresh_ready = self.agree(fresh_ready)
         return adaptive_should_echo(self._served, self.max_factor, fresh_ready)
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         self._current, self._served, self._repeats = None, 0, 0
@@ -139,15 +161,16 @@ class BatchEcho(BaseNode):
             self._source_state_before = None
             return
         self.budget.load(initial_state)
-        self.source.reset(initial_state["source"])
-        served, repeats = int(initial_state["served"]), int(initial_state["repeats"])
+        self.source.reset(initial_state[self.SOURCE])
+        served, repeats = int(initial_state[self.SERVED]), int(initial_state[self.REPEATS])
         if served > 0:
             # Resume inside an echo group: fetch its fresh batch again, without counting it twice.
-            self._source_state_before = initial_state["source"]
+            self._source_state_before = initial_state[self.SOURCE]
             self._current = next(self.source)
             self._served, self._repeats = served, repeats
         self.budget_exhausted = False
 
+    @override
     def next(self) -> Any:
         fresh_index = self.budget.batches - 1
         if self._should_echo():
@@ -172,12 +195,13 @@ class BatchEcho(BaseNode):
         self.last_info = EchoInfo(self.budget.batches - 1, 0, size, size, False)
         return batch
 
+    @override
     def get_state(self) -> Dict[str, Any]:
         in_group = self._current is not None
         state = {
-            "source": self._source_state_before if in_group else self.source.state_dict(),
-            "served": self._served if in_group else 0,
-            "repeats": self._repeats if in_group else 0,
+            self.SOURCE: self._source_state_before if in_group else self.source.state_dict(),
+            self.SERVED: self._served if in_group else 0,
+            self.REPEATS: self._repeats if in_group else 0,
         }
         state.update(self.budget.state())  # includes the current batch, which a restore re-fetches uncounted
         return state
@@ -196,6 +220,8 @@ class ExampleEcho(BaseNode):
     were waiting in the buffer at that moment are not replayed.
     """
 
+    SOURCE, SERVED_BATCHES = "source", "served_batches"
+
     def __init__(
         self,
         source: BaseNode,
@@ -205,6 +231,7 @@ class ExampleEcho(BaseNode):
         seed: int = 0,
         max_fresh_batches: Optional[int] = None,
         max_fresh_samples: Optional[int] = None,
+        budget: Optional[FreshDataBudget] = None,
     ) -> None:
         super().__init__()
         if factor == AUTO:
@@ -214,7 +241,7 @@ class ExampleEcho(BaseNode):
         self.shuffle_buffer = positive_int("shuffle_buffer", shuffle_buffer)
         self.batch_size = positive_int("batch_size", batch_size) if batch_size is not None else None
         self.seed = non_negative_int("seed", seed)
-        self.budget = _Budget(max_fresh_batches, max_fresh_samples)
+        self.budget = FreshFetched(_budget(budget, max_fresh_batches, max_fresh_samples))
         self._generator = torch.Generator()
         self._entries: list[tuple[Any, int, bool]] = []  # (fresh batch, row, first serve?)
         self._source_done = False
@@ -222,13 +249,14 @@ class ExampleEcho(BaseNode):
         self.budget_exhausted = False
         self.last_info: Optional[EchoInfo] = None
 
+    @override
     def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
         super().reset(initial_state)
         self._entries, self._source_done = [], False
         if initial_state is not None:
             self.budget.load(initial_state)
-            self._served_batches = int(initial_state["served_batches"])
-            self.source.reset(initial_state["source"])
+            self._served_batches = int(initial_state[self.SERVED_BATCHES])
+            self.source.reset(initial_state[self.SOURCE])
         else:
             self.source.reset(None)
         self._generator.manual_seed(self.seed * 1_000_003 + self._served_batches)
@@ -253,6 +281,7 @@ class ExampleEcho(BaseNode):
                 repeats = draw_repeats(self.factor, self._generator)
                 self._entries += [(batch, row, copy == 0) for copy in range(repeats)]
 
+    @override
     def next(self) -> Any:
         self._fill()
         if not self._entries:
@@ -269,7 +298,8 @@ class ExampleEcho(BaseNode):
         self.last_info = EchoInfo(self.budget.batches - 1, 0 if fresh else 1, take, fresh, False)
         return select_rows([(batch, row) for batch, row, _ in chosen])
 
+    @override
     def get_state(self) -> Dict[str, Any]:
-        state = {"source": self.source.state_dict(), "served_batches": self._served_batches}
+        state = {self.SOURCE: self.source.state_dict(), self.SERVED_BATCHES: self._served_batches}
         state.update(self.budget.state())
         return state

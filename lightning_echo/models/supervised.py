@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from lightning_echo.data.spec import DataSpec
 
@@ -34,6 +35,7 @@ class SupervisedModule(pl.LightningModule):
         self.spec = spec
         self.optimizer_factory = optimizer or default_optimizer()
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
@@ -51,12 +53,14 @@ class SupervisedModule(pl.LightningModule):
         """What training minimises: ``loss + penalty``."""
         return self.loss(output, y) + self.penalty()
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.objective(self(x), y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         output = self(x)
@@ -65,9 +69,11 @@ class SupervisedModule(pl.LightningModule):
             accuracy = (output.argmax(dim=-1) == y).float().mean()
             self.log("val/acc", accuracy, on_step=False, on_epoch=True)
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         self.log("test/loss", self.loss(self(x), y), on_step=False, on_epoch=True)
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())

@@ -11,18 +11,27 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
+from lightning_echo.records import ALGORITHM_KEYS, CLOCK, LABEL
 from lightning_echo.report.runs import Point, Run
 
-# x-axis name -> (Point attribute, axis label)
+# x-axis name -> (Point attribute, axis label); the time axis is labelled by the runs' clock.
 AXES = {
-    "time": ("elapsed_s", "wall-clock training time [s]"),
+    "time": ("elapsed_s", "time [s]"),
     "fresh_samples": ("fresh_samples", "fresh samples"),
     "steps": ("step", "optimizer steps"),
 }
-# Keys that never separate configurations: seeds are averaged over, the group is the sweep id.
-NOT_A_SETTING = {"seed", "group", "name", "config"}
-# Keys that differ between a synchronous run and its echoed counterparts by construction.
-ALGORITHM_KEYS = {"algorithm", "echo_factor", "echo_kind", "optimizer"}
+TIME_AXIS_LABELS = {
+    WALL_CLOCK: "wall-clock training time [s]",
+    SIMULATED: "simulated time [s]",
+    "mixed": "time [s] (wall-clock and simulated runs mixed)",
+}
+# Keys that never separate configurations: seeds are averaged over, the group is the sweep id,
+# the others describe the run rather than set it up.
+NOT_A_SETTING = {"seed", "group", "name", "config", LABEL, ALGORITHM_KEYS, CLOCK}
+# Keys that belong to every algorithm: they differ between a baseline and the runs compared with it.
+COMMON_ALGORITHM_KEYS = {"algorithm", "optimizer"}
+# The baseline every other configuration's speed-up is measured against.
 SYNC = "sync"
 GRID_POINTS = 80
 
@@ -81,6 +90,11 @@ class Comparison:
     runs: list[Run]
     excluded: list[tuple[Run, str]]
     warnings: list[str]
+    clock: str = WALL_CLOCK
+
+    def axis_label(self, axis: str) -> str:
+        """The label of an x-axis; the time axis says which clock it is."""
+        return TIME_AXIS_LABELS[self.clock] if axis == "time" else AXES[axis][1]
 
 
 def compare_runs(
@@ -111,6 +125,10 @@ def compare_runs(
             warnings.append(f"{run.path}: {run.status} at step {run.last_step}; its partial curve is included"
                             + (f" ({run.error})" if run.error else ""))
     warnings.extend(_incomparable(usable))
+    clocks = sorted({run.clock for run in usable})
+    clock = clocks[0] if len(clocks) == 1 else ("mixed" if clocks else WALL_CLOCK)
+    if clock == "mixed":
+        warnings.append(f"runs are measured on different clocks ({', '.join(clocks)}): their times are not comparable")
     configurations = _configurations(usable)
     for configuration in configurations:
         finals = [_points(run, metric)[-1].value for run in configuration.runs]
@@ -121,8 +139,8 @@ def compare_runs(
     for configuration in configurations:
         if target is not None:
             configuration.reached = [r for r in (first_at_or_below(_points(run, metric), target) for run in configuration.runs) if r]
-    _speedups(configurations)
-    return Comparison(metric, target, rule, configurations, list(runs), excluded, warnings)
+    _speedups(configurations, algorithm_keys(usable))
+    return Comparison(metric, target, rule, configurations, list(runs), excluded, warnings, clock)
 
 
 def first_at_or_below(points: Sequence[Point], target: float) -> Optional[ReachedTarget]:
@@ -161,12 +179,23 @@ def _settings(run: Run) -> dict[str, Any]:
     return {k: v for k, v in run.config.items() if k not in NOT_A_SETTING and not isinstance(v, (dict, list))}
 
 
+def algorithm_keys(runs: Sequence[Run]) -> set[str]:
+    """Every key that belongs to an algorithm (as the runs declare them), plus the common ones."""
+    keys = set(COMMON_ALGORITHM_KEYS)
+    for run in runs:
+        declared = run.config.get(ALGORITHM_KEYS)
+        if isinstance(declared, (list, tuple)):
+            keys.update(map(str, declared))
+    return keys
+
+
 def _configurations(runs: Sequence[Run]) -> list[Configuration]:
     all_settings = [_settings(run) for run in runs]
     varying = varying_settings(all_settings)
+    own = algorithm_keys(runs)
     by_label: dict[str, Configuration] = {}
     for run, settings in zip(runs, all_settings):
-        label = configuration_label(settings, varying) or run.name
+        label = configuration_label(settings, varying, run.config.get(LABEL), own) or run.name
         if label not in by_label:
             by_label[label] = Configuration(label, settings, [])
         by_label[label].runs.append(run)
@@ -179,17 +208,18 @@ def varying_settings(all_settings: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({repr(settings.get(k)) for settings in all_settings}) > 1]
 
 
-def configuration_label(settings: dict[str, Any], varying: Sequence[str]) -> str:
-    """``sync``, ``echo x4``, ``echo auto``, ``echo x4, slowdown=8``: the algorithm with its echo factor, then
-    the other settings that differ between the runs being compared."""
+def configuration_label(settings: dict[str, Any], varying: Sequence[str], label: Optional[str] = None,
+                        own_keys: Optional[set[str]] = None) -> str:
+    """``sync``, ``echo x4``, ``echo auto``, ``echo x4, slowdown=8``: the algorithm's own label (as the
+    run declares it; else its name), then the other settings that differ between the runs compared.
+
+    ``own_keys`` are the algorithm settings the label already says (see :func:`algorithm_keys`).
+    """
+    own = own_keys if own_keys is not None else set(COMMON_ALGORITHM_KEYS)
     algorithm = settings.get("algorithm")
-    parts = [str(algorithm)] if algorithm is not None else []
-    factor = settings.get("echo_factor")
-    if parts and algorithm != SYNC and factor is not None:
-        parts[0] += " auto" if factor == "auto" else f" x{factor}"
-    if "echo_kind" in varying and algorithm != SYNC and settings.get("echo_kind") not in (None, "batch"):
-        parts[0] += f" ({settings['echo_kind']} echoing)"
-    parts += [f"{k}={settings.get(k)}" for k in varying if k not in ALGORITHM_KEYS]
+    head = label if label else (str(algorithm) if algorithm is not None else "")
+    parts = [head] if head else []
+    parts += [f"{k}={settings.get(k)}" for k in varying if k not in own]
     if "optimizer" in varying:
         parts.append(f"optimizer={settings.get('optimizer')}")
     return ", ".join(parts)
@@ -207,13 +237,13 @@ def _target(configurations: Sequence[Configuration], metric: str, target_loss: O
     return worst * (1 + gap), f"{metric} <= {worst * (1 + gap):.4g}: within {gap:.0%} of {whose} final mean ({worst:.4g})"
 
 
-def _speedups(configurations: Sequence[Configuration]) -> None:
+def _speedups(configurations: Sequence[Configuration], own_keys: set[str]) -> None:
     """Speed-up = baseline's mean time to target / this configuration's, where the baseline is the
     synchronous configuration with the same non-algorithm settings (e.g. the same slowdown)."""
     syncs = [c for c in configurations if c.is_sync]
     for configuration in configurations:
-        context = {k: v for k, v in configuration.settings.items() if k not in ALGORITHM_KEYS}
-        matches = [s for s in syncs if {k: v for k, v in s.settings.items() if k not in ALGORITHM_KEYS} == context]
+        context = {k: v for k, v in configuration.settings.items() if k not in own_keys}
+        matches = [s for s in syncs if {k: v for k, v in s.settings.items() if k not in own_keys} == context]
         baseline = matches[0] if matches else (syncs[0] if len(syncs) == 1 else None)
         if baseline is None:
             continue

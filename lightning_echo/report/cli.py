@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning_echo.errors import LightningEchoError
+from lightning_echo.errors import ConfigError, LightningEchoError
+from lightning_echo.report.build import write_report
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,8 +38,6 @@ def report_main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
     try:
         _check(args)
-        from lightning_echo.report.build import write_report
-
         out = args.out or (args.paths[0] / "report")
         report = write_report(args.paths, out, metric=args.metric, target_loss=args.target,
                               target_gap=args.target_gap, title=args.title)
@@ -56,8 +55,6 @@ def report_main(argv: Sequence[str]) -> int:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from lightning_echo.errors import ConfigError
-
     if args.target is not None and not (math.isfinite(args.target)):
         raise ConfigError("--target", args.target, "must be a finite number")
     if not (math.isfinite(args.target_gap) and args.target_gap >= 0):
@@ -65,6 +62,6 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _publish_to_wandb(report: object, args: argparse.Namespace) -> Optional[str]:
-    from lightning_echo.report.wandb_bridge import publish_comparison
+    from lightning_echo.report.wandb_bridge import publish_comparison  # wandb-workspaces is heavy: only for --wandb
 
     return publish_comparison(report, project=args.wandb_project, entity=args.wandb_entity)

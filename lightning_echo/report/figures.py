@@ -13,7 +13,7 @@ FIGURE_FILES = {axis: f"{axis_name}.png" for axis, axis_name in
 
 def write_figures(comparison: Comparison, directory: Path) -> dict[str, Path]:
     """One PNG per x-axis in ``directory``; returns axis -> path."""
-    import matplotlib
+    import matplotlib  # lazily: choosing the Agg backend must not happen on importing the package
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -21,7 +21,8 @@ def write_figures(comparison: Comparison, directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for axis, (_, axis_label) in AXES.items():
+    for axis in AXES:
+        axis_label = comparison.axis_label(axis)
         figure, ax = plt.subplots(figsize=(6.4, 4.0))
         for index, configuration in enumerate(comparison.configurations):
             data = configuration.bands.get(axis)

@@ -7,6 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
+from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
 from lightning_echo.report import table
 from lightning_echo.report.aggregate import Comparison
 
@@ -22,12 +23,19 @@ img { max-width: 100%; }
 """
 
 
+_CLOCK_NOTES = {
+    WALL_CLOCK: "Time is wall-clock training time without validation.",
+    SIMULATED: "Time is simulated time (the simulated cluster's clock), not wall-clock time.",
+    "mixed": "Warning: the runs are measured on different clocks (wall-clock and simulated).",
+}
+
+
 def write_html(comparison: Comparison, figures: dict[str, Path], path: Path, title: str) -> Path:
     """Write the page to ``path`` (figures are read and embedded, so the page stands alone)."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{escape(title)}</h1>",
-             f"<p>Target: {escape(comparison.target_rule)}. Wall-clock time is training time without "
-             "validation. Speed-up: the synchronous baseline's mean time to the target divided by the "
+             f"<p>Target: {escape(comparison.target_rule)}. {_CLOCK_NOTES.get(comparison.clock, '')} "
+             "Speed-up: the synchronous baseline's mean time to the target divided by the "
              "configuration's.</p>", "<h2>Speed-up</h2>", _html_table(table.header(comparison), table.rows(comparison))]
     if comparison.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li class='warn'>{escape(w)}</li>" for w in comparison.warnings) + "</ul>")

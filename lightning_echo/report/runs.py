@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import bisect
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
 from lightning_echo.errors import LightningEchoError
+from lightning_echo.records import CLOCK, RUN_FILE, RUNNING, read_run_record
+from lightning_echo.report.wandb_offline import read_offline_run
 
-RUN_FILE = "run.json"
-STEP, ELAPSED, FRESH = "progress/optimizer_steps", "time/elapsed_s", "progress/fresh_samples"
+STEP, ELAPSED, SIMULATED_TIME, FRESH = "progress/optimizer_steps", "time/elapsed_s", "time/simulated_s", "progress/fresh_samples"
+# The logged time of each clock a run can be measured in.
+TIME_KEYS = {WALL_CLOCK: ELAPSED, SIMULATED: SIMULATED_TIME}
 # How far below a given directory runs are looked for (sweep dir / job dir / wandb / offline-run).
 _MAX_DEPTH = 4
 
@@ -25,7 +28,8 @@ class ReportInputError(LightningEchoError):
 
 @dataclass
 class Point:
-    """One logged value of a metric with where training was when it was logged."""
+    """One logged value of a metric with where training was when it was logged (``elapsed_s`` is
+    the time on the run's own clock: wall-clock training time, or simulated time)."""
 
     step: int
     elapsed_s: float
@@ -45,6 +49,11 @@ class Run:
     source: str
     series: dict[str, list[Point]] = field(default_factory=dict)
     error: Optional[str] = None
+
+    @property
+    def clock(self) -> str:
+        """The clock its time axis is measured in: ``wall_clock`` or ``simulated``."""
+        return str(self.config.get(CLOCK) or WALL_CLOCK)
 
     @property
     def last_step(self) -> int:
@@ -101,15 +110,15 @@ def _is_wandb_run(path: Path) -> bool:
 
 
 def _read_lightning_echo_run(path: Path) -> Run:
-    record = json.loads((path / RUN_FILE).read_text())
-    status = record.get("status", "running")
+    record = read_run_record(path)
+    status = record.get("status", RUNNING)
     run = Run(path=path, name=str(record.get("name") or path.name), group=str(record.get("group") or ""),
-              config=dict(record.get("config") or {}), status="crashed" if status == "running" else status,
+              config=dict(record.get("config") or {}), status="crashed" if status == RUNNING else status,
               source="csv", error=record.get("error"))
     metrics_csv = path / "csv" / "metrics.csv"
     wandb_runs = sorted((path / "wandb").glob("offline-run-*")) if (path / "wandb").is_dir() else []
     if metrics_csv.is_file():
-        run.series = series_from_rows(_csv_rows(metrics_csv), step_key="step")
+        run.series = series_from_rows(_csv_rows(metrics_csv), step_key="step", time_key=_time_key(run.config))
     elif wandb_runs:
         run.source = "wandb"
         run.series = _read_wandb_run(wandb_runs[-1]).series
@@ -117,8 +126,6 @@ def _read_lightning_echo_run(path: Path) -> Run:
 
 
 def _read_wandb_run(path: Path) -> Run:
-    from lightning_echo.app.wandb_offline import read_offline_run
-
     offline = read_offline_run(path)
     config = {key: _unwrap(value) for key, value in offline.config.items() if not key.startswith("_")}
     config.pop("config", None)
@@ -127,7 +134,8 @@ def _read_wandb_run(path: Path) -> Run:
     else:
         status = "completed" if offline.exit_code == 0 else "failed"
     return Run(path=path, name=offline.name or offline.run_id, group=offline.group, config=config, status=status,
-               source="wandb", series=series_from_rows(offline.history, step_key="trainer/global_step"),
+               source="wandb", series=series_from_rows(offline.history, step_key="trainer/global_step",
+                                                       time_key=_time_key(config)),
                error=None if status != "failed" else f"exit code {offline.exit_code}")
 
 
@@ -148,17 +156,21 @@ def _number(text: str) -> Any:
         return text
 
 
-def series_from_rows(rows: list[dict[str, Any]], step_key: str) -> dict[str, list[Point]]:
-    """Turn logged rows into per-metric points, each placed at the progress (elapsed time, fresh
-    samples) last logged at or before its step."""
+def _time_key(config: dict[str, Any]) -> str:
+    return TIME_KEYS.get(str(config.get(CLOCK) or WALL_CLOCK), ELAPSED)
+
+
+def series_from_rows(rows: list[dict[str, Any]], step_key: str, time_key: str = ELAPSED) -> dict[str, list[Point]]:
+    """Turn logged rows into per-metric points, each placed at the progress (time on the run's
+    clock, ``time_key``, and fresh samples) last logged at or before its step."""
     progress: list[tuple[int, float, float]] = []
     for row in rows:
-        if ELAPSED in row and FRESH in row:
+        if time_key in row and FRESH in row:
             step = row.get(STEP, row.get(step_key))
-            progress.append((int(step), float(row[ELAPSED]), float(row[FRESH])))
+            progress.append((int(step), float(row[time_key]), float(row[FRESH])))
     progress.sort(key=lambda item: item[0])
     series: dict[str, list[Point]] = {}
-    skip = {ELAPSED, FRESH, STEP, step_key, "epoch", "_step", "_runtime", "_timestamp"}
+    skip = {ELAPSED, SIMULATED_TIME, FRESH, STEP, step_key, "epoch", "_step", "_runtime", "_timestamp"}
     steps = [item[0] for item in progress]
     for row in rows:
         if step_key not in row:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Optional
 
+from lightning_echo.core.progress import SIMULATED
 from lightning_echo.report.aggregate import Comparison, Configuration
 
-HEADER = ("configuration", "runs", "time to target [s]", "fresh samples to target", "optimizer steps to target",
+HEADER = ("configuration", "runs", "{clock}time to target [s]", "fresh samples to target", "optimizer steps to target",
           "final " + "{metric}", "speed-up")
+CLOCK_PREFIX = {SIMULATED: "simulated ", "mixed": "(mixed clocks) "}
 
 
 def header(comparison: Comparison) -> list[str]:
-    return [h.format(metric=comparison.metric) for h in HEADER]
+    """Column titles; the time column says when the time is simulated."""
+    clock = CLOCK_PREFIX.get(comparison.clock, "")
+    return [h.format(metric=comparison.metric, clock=clock) for h in HEADER]
 
 
 def rows(comparison: Comparison) -> list[list[str]]:

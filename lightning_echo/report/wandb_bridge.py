@@ -7,8 +7,14 @@ from typing import Any, Optional
 
 from lightning_echo.errors import ConfigError
 from lightning_echo.report import table
-from lightning_echo.report.aggregate import ALGORITHM_KEYS, Comparison, varying_settings
-from lightning_echo.report.wandb_report import MAX_TITLE, WandbReportSpec, build_wandb_report, publish_wandb_report
+from lightning_echo.report.aggregate import Comparison, algorithm_keys, varying_settings
+from lightning_echo.report.runs import ELAPSED, TIME_KEYS
+from lightning_echo.report.wandb_report import (
+    MAX_TITLE,
+    WandbReportSpec,
+    build_wandb_report,
+    publish_wandb_report,
+)
 
 
 def comparison_spec(comparison: Comparison, project: str, entity: Optional[str], title: str) -> WandbReportSpec:
@@ -21,11 +27,14 @@ def comparison_spec(comparison: Comparison, project: str, entity: Optional[str],
     if not groups:
         raise ConfigError("runs", "no group", "the runs carry no group id; were they logged by lightning-echo?")
     varying = varying_settings([c.settings for c in comparison.configurations])
-    group_by = tuple(k for k in ("algorithm", "echo_factor") if k in varying or k == "algorithm")
-    group_by += tuple(k for k in varying if k not in ALGORITHM_KEYS)
+    own = algorithm_keys(comparison.runs) - {"algorithm", "optimizer"}
+    # The algorithm first, then its own settings that differ, then every other setting that differs.
+    group_by = ("algorithm",) + tuple(k for k in varying if k in own)
+    group_by += tuple(k for k in varying if k not in own and k != "algorithm")
     return WandbReportSpec(project=project, entity=entity, groups=groups, title=title[:MAX_TITLE],
                            speedup_markdown=table.as_markdown(comparison), metric=comparison.metric,
-                           group_by=group_by, description=f"Target: {comparison.target_rule}.")
+                           group_by=group_by, description=f"Target: {comparison.target_rule}.",
+                           time_key=TIME_KEYS.get(comparison.clock, ELAPSED))
 
 
 def publish_comparison(report: Any, project: str, entity: Optional[str]) -> str:

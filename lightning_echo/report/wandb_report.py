@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import wandb_workspaces.reports.v2 as wr
 
 from lightning_echo.errors import ConfigError, LightningEchoError
+from lightning_echo.report.wandb_credentials import wandb_has_credentials
 
 X_AXES: tuple[str, ...] = ("time/elapsed_s", "progress/fresh_samples", "progress/optimizer_steps")
 """History keys the metric is plotted against (wall-clock time, fresh samples, steps)."""
@@ -51,11 +52,12 @@ class WandbReportSpec:
     title: str
     speedup_markdown: str
     metric: str = "val/loss"
-    group_by: tuple[str, ...] = ("algorithm", "echo_factor")
+    group_by: tuple[str, ...] = ("algorithm",)
     description: str = ""
+    time_key: str = X_AXES[0]  # the runs' clock: time/elapsed_s (wall-clock) or time/simulated_s
 
     def __post_init__(self) -> None:
-        for key in ("project", "entity", "title", "metric"):
+        for key in ("project", "entity", "title", "metric", "time_key"):
             _text(key, getattr(self, key))
         if len(self.title) > MAX_TITLE:
             raise ConfigError("title", self.title, f"must be at most {MAX_TITLE} characters")
@@ -65,6 +67,9 @@ class WandbReportSpec:
         for key in ("speedup_markdown", "description"):
             if not isinstance(getattr(self, key), str):
                 raise ConfigError(key, getattr(self, key), "must be a string")
+
+
+_TIME_NAMES = {"time/elapsed_s": "wall-clock training time", "time/simulated_s": "simulated time"}
 
 
 def runset_groupby(key: str) -> str:
@@ -79,7 +84,8 @@ def _intro(spec: WandbReportSpec) -> str:
         f"Compares the runs of sweep group(s) {groups} in `{spec.entity}/{spec.project}`, grouped by {keys}.",
         (
             f"Each curve is the group mean of `{spec.metric}`; the band is the min/max over the group's "
-            "runs (e.g. seeds). The x-axes are wall-clock training time, fresh samples and optimizer steps."
+            f"runs (e.g. seeds). The x-axes are {_TIME_NAMES.get(spec.time_key, spec.time_key)}, fresh samples "
+            "and optimizer steps."
         ),
     ]
     return "\n\n".join([spec.description, *lines] if spec.description.strip() else lines)
@@ -110,7 +116,8 @@ def build_wandb_report(spec: WandbReportSpec) -> wr.Report:
         filters=f'Metric("Group") in [{groups}]',
         groupby=[runset_groupby(k) for k in spec.group_by],
     )
-    panels = [_line_plot(spec.metric, x, i) for i, x in enumerate(X_AXES)]
+    x_axes = (spec.time_key,) + X_AXES[1:]
+    panels = [_line_plot(spec.metric, x, i) for i, x in enumerate(x_axes)]
     panels.append(_line_plot(TRAIN_LOSS, "progress/optimizer_steps", len(panels)))
     speedup = spec.speedup_markdown.strip() or "_No speed-up table was computed._"
     return wr.Report(
@@ -129,8 +136,6 @@ def build_wandb_report(spec: WandbReportSpec) -> wr.Report:
 
 def publish_wandb_report(report: wr.Report) -> str:
     """Save ``report`` to wandb (needs credentials and network) and return its URL."""
-    from lightning_echo.app.builders import wandb_has_credentials
-
     where = f"{report.entity}/{report.project}"
     if not wandb_has_credentials():
         raise WandbReportError(

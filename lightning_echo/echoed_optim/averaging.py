@@ -7,6 +7,10 @@ from typing import Any, Iterable, Iterator, Optional
 
 import pytorch_lightning as pl
 import torch
+from typing_extensions import override
+
+from lightning_echo.callbacks.progress import find_progress_source
+from lightning_echo.core.progress import ProgressSource
 
 
 @contextmanager
@@ -29,8 +33,8 @@ class EchoIterateAveraging(pl.Callback):
     Agarwal et al.'s guarantees for echoed SGD and prox hold for the average iterate
     ``(1/T) sum_t w_t``. This callback maintains it without disturbing training: the average is
     swapped into the model for validation (and swapped back afterwards) when
-    ``use_for_validation`` is set, and is saved in checkpoints. Needs ``DataEchoing`` among the
-    callbacks (it tells where fresh batches start); without it, every step starts a group.
+    ``use_for_validation`` is set, and is saved in checkpoints. The run's progress source
+    (``DataEchoing``) tells where fresh batches start; without one, every step starts a group.
 
     Example::
 
@@ -42,14 +46,16 @@ class EchoIterateAveraging(pl.Callback):
         self.average: Optional[list[torch.Tensor]] = None
         self.count = 0
         self._backup: Optional[list[torch.Tensor]] = None
-        self._echo: Optional[pl.Callback] = None
+        self._source: Optional[ProgressSource] = None
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._echo = next((c for c in trainer.callbacks if type(c).__name__ == "DataEchoing"), None)
+        self._source = find_progress_source(trainer)
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        info = getattr(self._echo, "_current", None)
-        if info is not None and info.repeat != 0:
+        report = self._source.step_report() if self._source is not None else None
+        if report is not None and report.is_echo:
             return
         params = [p.detach() for p in pl_module.parameters()]
         if self.average is None:
@@ -68,19 +74,23 @@ class EchoIterateAveraging(pl.Callback):
                 param.copy_(mean)
                 mean.copy_(saved)
 
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.use_for_validation and self.average is not None and not trainer.sanity_checking:
             self._swap(pl_module)  # the model now holds the average; `average` holds the live weights
             self._backup = self.average
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._backup is not None:
             self._swap(pl_module)
             self._backup = None
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average, "count": self.count}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.average = state_dict["average"]
         self.count = int(state_dict["count"])
@@ -101,12 +111,14 @@ class EvaluateAtIterates(pl.Callback):
     def __init__(self) -> None:
         self._at_iterates: Optional[Any] = None
 
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self._at_iterates = parameters_at_iterates(trainer.optimizers)
         self._at_iterates.__enter__()
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._at_iterates is not None:
             self._at_iterates.__exit__(None, None, None)

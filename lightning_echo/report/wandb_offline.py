@@ -65,7 +65,7 @@ def _items(updates: Any) -> dict[str, Any]:
 
 def read_offline_run(run_dir_or_file: Path) -> OfflineRun:
     """Parse an ``offline-run-*`` directory (or its ``run-*.wandb`` file)."""
-    from wandb.proto import wandb_internal_pb2
+    from wandb.proto import wandb_internal_pb2  # wandb is heavy: only when a wandb run is read
 
     path = Path(run_dir_or_file)
     files = [path] if path.is_file() else sorted(path.glob("run-*.wandb"))

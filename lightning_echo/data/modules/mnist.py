@@ -12,11 +12,11 @@ from typing import ClassVar
 
 import torch
 
-from lightning_echo.data.array_datamodule import ArraySplits
 from lightning_echo.data.download import download_file
-from lightning_echo.data.file_datamodule import VERIFY_HINT, FileDataModule
 from lightning_echo.data.files import read_bytes
-from lightning_echo.data.idx import parse_idx
+from lightning_echo.data.formats.idx import parse_idx
+from lightning_echo.data.modules.array import ArraySplits
+from lightning_echo.data.modules.file_backed import VERIFY_HINT, FileDataModule
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import DataFileError
 

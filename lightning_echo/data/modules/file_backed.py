@@ -6,8 +6,14 @@ import abc
 from pathlib import Path
 from typing import ClassVar, Optional
 
-from lightning_echo.data.array_datamodule import ArrayDataModule, data_dir_candidates, download_dir
+from typing_extensions import override
+
 from lightning_echo.data.files import find_file, missing_files_error
+from lightning_echo.data.modules.array import (
+    ArrayDataModule,
+    data_dir_candidates,
+    download_dir,
+)
 from lightning_echo.errors import ConfigError, DataFileError
 
 VERIFY_HINT = "; set data.verify_checksums=false to accept a custom file"
@@ -91,6 +97,7 @@ class FileDataModule(ArrayDataModule):
             return
         raise self._missing_error(missing)
 
+    @override
     def prepare_data(self) -> None:
         """Lightning hook: with ``download=True``, fetch missing files into ``<root>/<folder>``."""
         if not self.download:

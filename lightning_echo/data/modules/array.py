@@ -11,9 +11,12 @@ from typing import Any, Optional, Sequence
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from typing_extensions import override
 
 from lightning_echo.data.background import ThrottleSpec
+from lightning_echo.data.pipeline import throttled_loader
 from lightning_echo.data.spec import DataSpec
+from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int, positive_int
 
 DATA_ENV_VAR = "LIGHTNING_ECHO_DATA"
@@ -49,8 +52,6 @@ def download_dir(root: Optional[str], folder: str) -> Path:
     """Directory a download writes into: ``<root>/<folder>`` (root or ``LIGHTNING_ECHO_DATA``)."""
     base = root if root is not None else os.environ.get(DATA_ENV_VAR)
     if not base:
-        from lightning_echo.errors import ConfigError
-
         raise ConfigError("root", root, f"a data directory is needed to download into; set data.root or {DATA_ENV_VAR}")
     return Path(base).expanduser() / folder
 
@@ -100,6 +101,7 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
         """Raise DataFileError if a needed file is missing; generated datasets need none."""
 
     # -- Lightning hooks ---------------------------------------------------------------
+    @override
     def setup(self, stage: Optional[str] = None) -> None:
         if self._splits is None:
             splits = self._load()
@@ -129,10 +131,9 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
         """Map-style validation dataset of ``(x, y)`` pairs."""
         return TensorDataset(self.splits.x_val, self.splits.y_val)
 
+    @override
     def train_dataloader(self) -> Any:
         if self.throttle is not None:
-            from lightning_echo.data.pipeline import throttled_loader
-
             spec = self.throttle
             return throttled_loader(
                 self.train_dataset,
@@ -154,6 +155,7 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
             persistent_workers=self.num_workers > 0,
         )
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return DataLoader(
             self.val_dataset,
@@ -163,5 +165,6 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
             persistent_workers=self.num_workers > 0,
         )
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -11,10 +11,10 @@ from typing import Optional
 
 import torch
 
-from lightning_echo.data.array_datamodule import ArraySplits
 from lightning_echo.data.download import download_file
-from lightning_echo.data.file_datamodule import VERIFY_HINT, FileDataModule
-from lightning_echo.data.libsvm import read_libsvm
+from lightning_echo.data.formats.libsvm import read_libsvm
+from lightning_echo.data.modules.array import ArraySplits
+from lightning_echo.data.modules.file_backed import VERIFY_HINT, FileDataModule
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import DataFileError
 from lightning_echo.validation import fraction

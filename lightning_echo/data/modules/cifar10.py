@@ -8,16 +8,16 @@ from pathlib import Path
 
 import torch
 
-from lightning_echo.data.array_datamodule import ArraySplits
-from lightning_echo.data.cifar import (
+from lightning_echo.data.download import download_file, extract_tar
+from lightning_echo.data.formats.cifar_pickle import (
     CIFAR10_IMAGE_SHAPE,
     CIFAR10_NUM_CLASSES,
     CIFAR10_TEST_BATCH,
     CIFAR10_TRAIN_BATCHES,
     read_cifar_batch,
 )
-from lightning_echo.data.download import download_file, extract_tar
-from lightning_echo.data.file_datamodule import VERIFY_HINT, FileDataModule
+from lightning_echo.data.modules.array import ArraySplits
+from lightning_echo.data.modules.file_backed import VERIFY_HINT, FileDataModule
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import DataFileError
 

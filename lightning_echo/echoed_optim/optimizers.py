@@ -14,9 +14,9 @@ from torch.optim import Optimizer
 
 from lightning_echo.core.echoed_updates import (
     inverse_k_step_size,
-    next_nesterov_lambda,
     nesterov_momentum,
     nesterov_step_,
+    next_nesterov_lambda,
     prox_gradient_,
     theory_gd_step_size,
     theory_prox_parameters,

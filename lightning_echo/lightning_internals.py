@@ -1,4 +1,4 @@
-"""The few places where echoing reaches into Lightning internals (checked against Lightning 2.2-2.6).
+"""The few places where lightning_echo reaches into Lightning internals (checked against Lightning 2.2-2.6).
 
 Lightning 2.x has no public hook to wrap the train loader or to skip a host-to-device copy, so:
 - the fit loop's train data source is wrapped, so the echo stage is installed whenever Lightning
@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader
 from pytorch_lightning.trainer.states import RunningStage, TrainerFn
 
 Undo = Callable[[], None]
@@ -54,8 +55,6 @@ def wrap_train_source(trainer: "pl.Trainer", wrap: Callable[[Any], Any]) -> Undo
 
 def prepare_train_dataloader(trainer: "pl.Trainer", dataloader: Any) -> Any:
     """What Lightning does to a train ``DataLoader`` it is given (samplers, strategy hooks)."""
-    from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader
-
     return _process_dataloader(trainer, TrainerFn.FITTING, RunningStage.TRAINING, dataloader)
 
 

@@ -10,10 +10,16 @@ from typing import Optional
 
 import torch
 
-from lightning_echo.data.array_datamodule import ArrayDataModule, ArraySplits
+from lightning_echo.data.modules.array import ArrayDataModule, ArraySplits
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError
-from lightning_echo.validation import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from lightning_echo.validation import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def conditioned_features(n: int, d: int, condition_number: float, generator: torch.Generator) -> torch.Tensor:

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lightning_echo.data.files import one_line
-from lightning_echo.errors import DataFileError
+from lightning_echo.errors import DataFileError, one_line
 
 CIFAR10_IMAGE_SHAPE = (3, 32, 32)
 CIFAR10_NUM_CLASSES = 10

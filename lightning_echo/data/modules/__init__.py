@@ -1,0 +1,1 @@
+"""LightningDataModules: in-memory arrays (generated problems) and file-backed datasets."""

@@ -1,0 +1,86 @@
+"""The layers point one way (README "Layout"): a module imports only its own layer and those below,
+and the lower layers stay free of the frameworks above them. Checked on the source (AST), so a
+lazy import inside a function counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import lightning_echo
+
+PACKAGE = Path(lightning_echo.__file__).parent
+
+# Lowest first. A module may import lightning_echo modules of its own rank or lower.
+LAYERS: dict[str, int] = {
+    "errors": 0, "validation": 0, "records": 0,
+    "core": 1,
+    "data": 2,
+    "callbacks": 3, "echo": 3, "echoed_optim": 3, "stale": 3, "models": 3, "lightning_internals": 3,
+    "report": 3,
+    "app": 4,
+    "cli": 5, "__main__": 5, "__init__": 5,
+}
+# Third-party packages each layer must not import (the frameworks of the layers above it).
+FORBIDDEN: dict[int, set[str]] = {
+    0: {"torch", "pytorch_lightning", "lightning", "torchdata", "hydra", "omegaconf", "wandb", "matplotlib"},
+    1: {"pytorch_lightning", "lightning", "torchdata", "hydra", "omegaconf", "wandb", "matplotlib"},
+    2: {"hydra", "omegaconf", "wandb", "matplotlib"},
+    3: {"hydra", "omegaconf"},
+}
+REPORT_FORBIDDEN = {"pytorch_lightning", "lightning", "torchdata", "hydra", "omegaconf"}
+
+
+def _layer_of(module: str) -> tuple[str, int]:
+    top = module.split(".")[1] if "." in module else "__init__"
+    assert top in LAYERS, f"{module}: its top-level package {top!r} has no layer in tests/test_layers.py"
+    return top, LAYERS[top]
+
+
+def _modules() -> list[tuple[str, Path]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1] if len(parts) > 2 else (*parts[:-1], "__init__")
+        found.append((".".join(parts), path))
+    return found
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_every_module_has_a_layer() -> None:
+    for module, _ in _modules():
+        _layer_of(module)
+
+
+def test_imports_point_down() -> None:
+    problems = []
+    for module, path in _modules():
+        top, rank = _layer_of(module)
+        for name in _imports(path):
+            root = name.split(".")[0]
+            if root == "lightning_echo":
+                other_top, other_rank = _layer_of(name)
+                if other_rank > rank:
+                    problems.append(f"{module} (layer {rank}) imports {name} (layer {other_rank})")
+            elif root in FORBIDDEN.get(rank, set()) or (top == "report" and root in REPORT_FORBIDDEN):
+                problems.append(f"{module} (layer {rank}) imports {root}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
+    # The check itself can fail: a core module importing Lightning is reported.
+    bad = tmp_path / "bad.py"
+    bad.write_text("import pytorch_lightning\nfrom lightning_echo.app import job\n")
+    assert _imports(bad) == ["pytorch_lightning", "lightning_echo.app"]
+    assert _layer_of("lightning_echo.app.job")[1] > _layer_of("lightning_echo.core.progress")[1]
+    assert "pytorch_lightning" in FORBIDDEN[_layer_of("lightning_echo.core.progress")[1]]
