@@ -18,7 +18,7 @@ RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
 # Keys of the flat run config that describe the run rather than set it up: never used to tell
 # configurations apart (the seed is averaged over; the group is the sweep id).
-LABEL, ALGORITHM_KEYS, CLOCK = "label", "algorithm_keys", "clock"
+LABEL, ALGORITHM_KEYS, CLOCK, BASELINE = "label", "algorithm_keys", "clock", "baseline"
 
 
 @dataclass

@@ -53,7 +53,10 @@ def _imports(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.append(node.module)
+            if node.module == "lightning_echo":  # `from lightning_echo import module` imports that module
+                names += [f"lightning_echo.{alias.name}" for alias in node.names]
+            else:
+                names.append(node.module)
     return names
 
 
@@ -80,7 +83,7 @@ def test_imports_point_down() -> None:
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     # The check itself can fail: a core module importing Lightning is reported.
     bad = tmp_path / "bad.py"
-    bad.write_text("import pytorch_lightning\nfrom lightning_echo.app import job\n")
-    assert _imports(bad) == ["pytorch_lightning", "lightning_echo.app"]
+    bad.write_text("import pytorch_lightning\nfrom lightning_echo.app import job\nfrom lightning_echo import cli\n")
+    assert _imports(bad) == ["pytorch_lightning", "lightning_echo.app", "lightning_echo.cli"]
     assert _layer_of("lightning_echo.app.job")[1] > _layer_of("lightning_echo.core.progress")[1]
     assert "pytorch_lightning" in FORBIDDEN[_layer_of("lightning_echo.core.progress")[1]]

@@ -194,3 +194,24 @@ def algorithm_label(cfg: DictConfig) -> str:
     if isinstance(node, DictConfig):
         return str(_instantiate(node, "algorithm.label."))
     return str(node)
+
+
+def algorithm_keys(cfg: DictConfig) -> dict[str, Any]:
+    """The algorithm's own settings as flat keys (``algorithm.keys``; a value may be a node whose
+    ``_target_`` computes it from the settings, e.g. a resolved default)."""
+    flat: dict[str, Any] = {}
+    for key, node in (cfg.algorithm.get("keys") or {}).items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            flat[str(key)] = _instantiate(node, f"algorithm.keys.{key}.")
+        else:
+            flat[str(key)] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return flat
+
+
+def algorithm_is_baseline(cfg: DictConfig) -> bool:
+    """Whether runs of the algorithm are the synchronous baseline of a comparison
+    (``algorithm.baseline``: a boolean or a node that decides from the settings)."""
+    node = cfg.algorithm.get("baseline", False)
+    if isinstance(node, DictConfig):
+        return bool(_instantiate(node, "algorithm.baseline."))
+    return bool(node)

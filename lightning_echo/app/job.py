@@ -13,6 +13,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.app.builders import (
+    algorithm_is_baseline,
+    algorithm_keys,
     algorithm_label,
     build_callbacks,
     build_datamodule,
@@ -23,6 +25,7 @@ from lightning_echo.app.builders import (
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.records import (
     ALGORITHM_KEYS,
+    BASELINE,
     CLOCK,
     COMPLETED,
     FAILED,
@@ -131,15 +134,15 @@ def flat_run_config(cfg: DictConfig, group: Optional[str] = None) -> dict[str, o
     plus the whole resolved config under ``config``.
 
     Every run has the common keys (data, model, optimizer, loader, seed, ...); the algorithm adds
-    its own (``algorithm.keys``), names them in ``algorithm_keys``, and gives its report ``label``
-    and the ``clock`` its time is measured in.
+    its own (``algorithm.keys``), names them in ``algorithm_keys``, and gives its report ``label``,
+    whether it is a comparison's synchronous ``baseline``, and the ``clock`` its time is measured in.
     """
-    own = OmegaConf.to_container(cfg.algorithm.get("keys") or {}, resolve=True)
-    assert isinstance(own, dict)
+    own = algorithm_keys(cfg)
     flat: dict[str, object] = {
         "group": group,
         "algorithm": cfg.algorithm.name,
         LABEL: algorithm_label(cfg),
+        BASELINE: algorithm_is_baseline(cfg),
         CLOCK: cfg.algorithm.get("clock", "wall_clock"),
         "data": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
         "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],

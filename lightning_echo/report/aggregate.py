@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
-from lightning_echo.records import ALGORITHM_KEYS, CLOCK, LABEL
+from lightning_echo.records import ALGORITHM_KEYS, BASELINE, CLOCK, LABEL
 from lightning_echo.report.runs import Point, Run
 
 # x-axis name -> (Point attribute, axis label); the time axis is labelled by the runs' clock.
@@ -28,10 +28,11 @@ TIME_AXIS_LABELS = {
 }
 # Keys that never separate configurations: seeds are averaged over, the group is the sweep id,
 # the others describe the run rather than set it up.
-NOT_A_SETTING = {"seed", "group", "name", "config", LABEL, ALGORITHM_KEYS, CLOCK}
+NOT_A_SETTING = {"seed", "group", "name", "config", LABEL, ALGORITHM_KEYS, CLOCK, BASELINE}
 # Keys that belong to every algorithm: they differ between a baseline and the runs compared with it.
 COMMON_ALGORITHM_KEYS = {"algorithm", "optimizer"}
-# The baseline every other configuration's speed-up is measured against.
+# The baseline every other configuration's speed-up is measured against: runs that say so
+# (``baseline`` in their record), or, in records that predate it, runs of the sync algorithm.
 SYNC = "sync"
 GRID_POINTS = 80
 
@@ -71,7 +72,14 @@ class Configuration:
 
     @property
     def is_sync(self) -> bool:
-        return self.settings.get("algorithm") == SYNC
+        """Whether this is a synchronous baseline configuration."""
+        declared = self.runs[0].config.get(BASELINE) if self.runs else None
+        return bool(declared) if declared is not None else self.settings.get("algorithm") == SYNC
+
+    @property
+    def clock(self) -> str:
+        """The clock its runs' time is measured in."""
+        return self.runs[0].clock if self.runs else WALL_CLOCK
 
     def mean_to_target(self, attribute: str) -> Optional[float]:
         """Mean over the runs that reached the target of ``elapsed_s``, ``fresh_samples`` or ``step``."""
@@ -243,8 +251,9 @@ def _speedups(configurations: Sequence[Configuration], own_keys: set[str]) -> No
     syncs = [c for c in configurations if c.is_sync]
     for configuration in configurations:
         context = {k: v for k, v in configuration.settings.items() if k not in own_keys}
-        matches = [s for s in syncs if {k: v for k, v in s.settings.items() if k not in own_keys} == context]
-        baseline = matches[0] if matches else (syncs[0] if len(syncs) == 1 else None)
+        same_clock = [s for s in syncs if s.clock == configuration.clock]  # times on other clocks do not compare
+        matches = [s for s in same_clock if {k: v for k, v in s.settings.items() if k not in own_keys} == context]
+        baseline = matches[0] if matches else (same_clock[0] if len(same_clock) == 1 else None)
         if baseline is None:
             continue
         configuration.baseline = baseline.label
