@@ -74,3 +74,16 @@ def wrap_batch_to_device(trainer: "pl.Trainer", wrapper: Callable[[Callable[...,
 def is_training(trainer: "pl.Trainer") -> bool:
     """True inside the fit loop's training part (not validation or sanity checking)."""
     return trainer.state.stage == RunningStage.TRAINING
+
+
+def requested_devices(trainer: "pl.Trainer") -> int:
+    """How many devices the Trainer was asked for (``devices=``), even where a single-device strategy
+    silently uses one; 1 for ``"auto"`` or anything it cannot count."""
+    flag = getattr(trainer._accelerator_connector, "_devices_flag", 1)
+    if isinstance(flag, int):
+        return max(flag, 1)
+    if isinstance(flag, (list, tuple)):
+        return max(len(flag), 1)
+    if isinstance(flag, str) and flag.strip().lstrip("-").isdigit():
+        return max(int(flag), 1)
+    return 1

@@ -203,6 +203,8 @@ def test_combinations_that_are_refused_before_training() -> None:
         trainer(SimulatedLearnersStrategy("async", learners=2), 3, callbacks=[DataEchoing(factor=2)]).fit(BoringModel())
     with pytest.raises(ConfigError, match="accumulate_grad_batches"):
         trainer(SimulatedLearnersStrategy("async", learners=2), 3, accumulate_grad_batches=2).fit(BoringModel())
+    with pytest.raises(ConfigError, match="trainer.devices"):
+        trainer(SimulatedLearnersStrategy("async", learners=2), 3, devices=2, accelerator="cpu").fit(BoringModel())
 
 
 @pytest.mark.slow

@@ -51,6 +51,8 @@ class RunSummary:
     final_val_loss: Optional[float]
     final_train_loss: Optional[float]
     output_dir: str
+    clock: str = "wall_clock"
+    simulated_s: Optional[float] = None
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -62,6 +64,7 @@ class RunSummary:
             f"{self.algorithm} | {self.data} | {self.model} | seed {self.seed}: "
             f"val/loss {fmt(self.initial_val_loss)} -> {fmt(self.final_val_loss)} "
             f"after {self.optimizer_steps} steps, {self.fresh_samples} fresh samples, {self.elapsed_s:.1f} s"
+            + (f" ({self.simulated_s:.1f} s simulated)" if self.simulated_s is not None else "")
         )
 
 
@@ -110,6 +113,8 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         final_val_loss=final_val_loss,
         final_train_loss=_metric(trainer.callback_metrics, "train/loss"),
         output_dir=str(output_dir),
+        clock=progress.clock,
+        simulated_s=progress.ledger.clock_s,
     )
     if trainer.is_global_zero:
         (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")

@@ -21,7 +21,7 @@ from typing_extensions import override
 
 from lightning_echo import lightning_internals
 from lightning_echo.core.delays import ComputeTimeSource
-from lightning_echo.core.progress import SIMULATED, ProgressLedger, StepReport
+from lightning_echo.core.progress import SIMULATED, ProgressLedger, ProgressSource, StepReport
 from lightning_echo.core.schedule import ScheduleSimulation, VariantSpec, variant_spec
 from lightning_echo.core.step_sizes import StepSizeRule
 from lightning_echo.errors import ConfigError
@@ -106,6 +106,7 @@ class SimulatedLearnersStrategy(SingleDeviceStrategy):
         self._loader: Optional[UpdateLoader] = None
         self._bundle: Optional[UpdateBundle] = None
         self._pending_grads: Optional[list[Optional[torch.Tensor]]] = None
+        self._params: list[torch.nn.Parameter] = []
         self._undo: list[Callable[[], None]] = []
         self._metrics: Dict[str, float] = {}
         self._totals = {"discarded": 0, "cancelled": 0, "wasted_time": 0.0, "busy_time": 0.0, "gradients": 0}
@@ -113,12 +114,16 @@ class SimulatedLearnersStrategy(SingleDeviceStrategy):
     # -- setup --------------------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer) -> None:
+        devices = lightning_internals.requested_devices(trainer) * trainer.num_nodes
+        if devices > 1:
+            raise ConfigError("trainer.devices", devices, "simulated learners run on one device (the learners are simulated); use devices=1")
         if trainer.accumulate_grad_batches != 1:
             raise ConfigError("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches,
                               "must be 1 with simulated learners: each server update already averages K gradients")
-        echo = next((c for c in trainer.callbacks if type(c).__name__ == "DataEchoing"), None)
-        if echo is not None:
-            raise ConfigError("callbacks", "DataEchoing", "cannot be combined with simulated learners (each mini-batch is one learner's)")
+        other = next((c for c in trainer.callbacks if isinstance(c, ProgressSource)), None)
+        if other is not None:  # e.g. DataEchoing: it would serve one mini-batch to several learners
+            raise ConfigError("callbacks", type(other).__name__,
+                              "cannot be combined with simulated learners (each mini-batch is one learner's)")
         super().setup(trainer)
         if trainer.training:
             self._undo.append(lightning_internals.wrap_train_source(trainer, self._update_loader))
