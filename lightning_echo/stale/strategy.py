@@ -188,40 +188,41 @@ class SimulatedLearnersStrategy(SingleDeviceStrategy):
         module = self.lightning_module
         assert module is not None
         params = [p for p in module.parameters() if p.requires_grad]
-        sums: list[Optional[torch.Tensor]] = [None] * len(params)
         losses = []
         live = [p.data for p in params]
         optimizer = self.optimizers[0]
         for p in params:  # Lightning zeroes gradients only after training_step: the last update's are still here
             p.grad = None
         try:
+            # Autograd sums the K gradients in .grad; only the parameter tensors are swapped, nothing is copied.
             for gradient, batch in zip(plan.gradients, bundle.batches):
                 if gradient.read_version != plan.version:
                     for p, value in zip(params, self.store.get(gradient.read_version)):
                         p.data = value
                 output = super().training_step(batch, *args[1:], **kwargs)
                 loss = output["loss"] if isinstance(output, Mapping) else output
-                if loss is None:
-                    continue
-                super().backward(loss, optimizer)
-                for i, p in enumerate(params):
-                    if p.grad is not None:
-                        sums[i] = p.grad.detach().clone() if sums[i] is None else sums[i].add_(p.grad)
-                        p.grad = None
+                if loss is not None:
+                    super().backward(loss, optimizer)
+                    losses.append(loss.detach())
                 for p, value in zip(params, live):
                     p.data = value
-                losses.append(loss.detach())
         finally:
             for p, value in zip(params, live):
                 p.data = value
         count = len(plan.gradients)
-        self._pending_grads = [None if s is None else s / count for s in sums]
+        # Moved out of .grad (Lightning zeroes it before calling backward), averaged in place.
+        self._pending_grads = [p.grad if p.grad is None or count == 1 else p.grad.div_(count) for p in params]
+        for p in params:
+            p.grad = None
         self._params = params
         stale = [self.store.get(g.read_version) if g.read_version != plan.version else live for g in plan.gradients]
         optimizer.tell([g.staleness for g in plan.gradients], stale_params=stale if self.rule.needs_distance else None)
+        self.store.release_all_but(plan.held_versions)  # versions nobody reads after this update
         if plan.version in plan.held_versions:
             self.store.keep(plan.version, params)  # a running learner still reads the version this update overwrites
-        return torch.stack(losses).mean() if losses else None
+        if not losses:
+            return None
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
     @override
     def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
