@@ -10,6 +10,8 @@ Straggler simulation reads per-learner compute times from a :class:`ComputeTimeS
 
 from __future__ import annotations
 
+import abc
+
 import csv
 import math
 from dataclasses import dataclass
@@ -170,7 +172,7 @@ def unit_mean_delay(name: str, param: Optional[float] = None) -> DelayDistributi
 
 
 # -- per-learner compute times -------------------------------------------------------------
-class ComputeTimeSource:
+class ComputeTimeSource(abc.ABC):
     """Where each learner's mini-batch compute times come from (interface).
 
     ``sample(learner)`` gives the next compute time of ``learner`` (seconds, finite, > 0);
@@ -181,25 +183,25 @@ class ComputeTimeSource:
 
     learners: Optional[int] = None  # how many learners it describes; None: any number
 
+    @abc.abstractmethod
     def sample(self, learner: int) -> float:
         """The next compute time of ``learner``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def mean(self, learner: int) -> float:
         """The expected (or the trace's average) compute time of ``learner``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def seeded(self, seed: int) -> "ComputeTimeSource":
         """A fresh copy at the start of its sequence, drawing with ``seed``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """The position in the sequence (plain python / tensor data)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a position saved by :meth:`state_dict`."""
-        raise NotImplementedError
 
     def check_learners(self, learners: int) -> None:
         """Raise ConfigError unless this source can serve ``learners`` learners."""
