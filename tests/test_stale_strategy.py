@@ -3,6 +3,8 @@ equal to minibatch SGD, resume equality, schedulers per update, bad input, the c
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.demos.boring_classes import BoringModel
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,7 +21,9 @@ from lightning_echo.callbacks import TrainingProgress
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.schedule import VARIANTS, ScheduleSimulation, variant_spec
 from lightning_echo.echo import DataEchoing
+from lightning_echo.data import SyntheticDataModule
 from lightning_echo.errors import ConfigError
+from lightning_echo.models import LogisticRegression
 from lightning_echo.stale import SimulatedLearnersStrategy
 
 LEARNERS = 4
@@ -80,6 +85,33 @@ def test_every_variant_trains_any_module(variant: str) -> None:
     assert strategy.clock_s > 0 and progress.ledger.clock_s == strategy.clock_s and progress.clock == "simulated"
     assert progress.fresh_samples == 12 * strategy.spec.k  # BoringModel's batches hold one example
     assert strategy.store.peak <= LEARNERS  # one snapshot per version a running learner holds
+
+
+@pytest.mark.parametrize("variant", ["sync", "k_batch_async", "async"])
+def test_the_library_logistic_model_learns_under_stragglers(variant: str, tmp_path: Path) -> None:
+    dm = SyntheticDataModule(n_examples=768, n_features=8, n_classes=3, condition_number=2, batch_size=16)
+    dm.setup()
+    model = LogisticRegression(dm.spec, optimizer=functools.partial(torch.optim.SGD, lr=0.2))
+
+    def validation_loss() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(dm.splits.x_val), dm.splits.y_val))
+
+    before = validation_loss()
+    strategy = SimulatedLearnersStrategy(variant, learners=LEARNERS, k=2 if variant == "k_batch_async" else None,
+                                         delay={"distribution": "exponential"}, lr_rule="mishchenko", seed=3)
+    fit = trainer(strategy, 120, callbacks=[TrainingProgress()], limit_val_batches=1.0,
+                  logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=1)
+    fit.fit(model, datamodule=dm)
+    assert fit.global_step == 120
+    assert validation_loss() < 0.7 * before
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    simulated = [float(r["time/simulated_s"]) for r in rows if r.get("time/simulated_s")]
+    staleness = [float(r["stale/staleness_mean"]) for r in rows if r.get("stale/staleness_mean")]
+    assert len(staleness) >= 100 and any(r.get("val/loss") for r in rows)
+    assert simulated == sorted(simulated) and simulated[-1] == pytest.approx(strategy.clock_s)
+    assert (max(staleness) == 0) == (variant == "sync")
 
 
 def test_k_equal_p_is_minibatch_sgd_bit_for_bit() -> None:
