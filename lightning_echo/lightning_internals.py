@@ -5,8 +5,11 @@ Lightning 2.x has no public hook to wrap the train loader or to skip a host-to-d
   (re)loads the train loader, and a plain ``DataLoader`` still gets Lightning's own preparation
   (``DistributedSampler`` under DDP, worker checks) before it is wrapped;
 - ``strategy.batch_to_device`` is wrapped on the instance while fitting, so an echoed batch reuses
-  the device copy of its fresh batch.
-Each function returns an undo callable.
+  the device copy of its fresh batch;
+- ``LightningModule._on_before_batch_transfer`` (which runs the user's ``on_before_batch_transfer``)
+  is wrapped on the instance while fitting, so an echo that reuses that device copy does not run
+  the hook again on a batch it has already run on.
+The wrapping functions return an undo callable.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytorch_lightning as pl
-from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader
+from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader, _resolve_overfit_batches
 from pytorch_lightning.trainer.states import RunningStage, TrainerFn
+from pytorch_lightning.utilities.combined_loader import CombinedLoader
+from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 
 Undo = Callable[[], None]
 
@@ -53,8 +58,18 @@ def wrap_train_source(trainer: "pl.Trainer", wrap: Callable[[Any], Any]) -> Undo
     return undo
 
 
+def validation_loader(trainer: "pl.Trainer") -> Any:
+    """The validation loader (or DataModule / LightningModule providing it) the fit loop was given."""
+    return trainer.fit_loop.epoch_loop.val_loop._data_source.instance
+
+
 def prepare_train_dataloader(trainer: "pl.Trainer", dataloader: Any) -> Any:
-    """What Lightning does to a train ``DataLoader`` it is given (samplers, strategy hooks)."""
+    """What Lightning does to a train ``DataLoader`` it is given (samplers, strategy hooks, and
+    no shuffling under ``overfit_batches``)."""
+    if trainer.overfit_batches > 0:
+        combined = CombinedLoader(dataloader)
+        _resolve_overfit_batches(combined, mode=RunningStage.TRAINING)
+        dataloader = combined.flattened[0]
     return _process_dataloader(trainer, TrainerFn.FITTING, RunningStage.TRAINING, dataloader)
 
 
@@ -69,6 +84,27 @@ def wrap_batch_to_device(trainer: "pl.Trainer", wrapper: Callable[[Callable[...,
             del strategy.batch_to_device  # back to the class's method
 
     return undo
+
+
+def wrap_before_batch_transfer(
+    pl_module: "pl.LightningModule", wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Undo:
+    """Replace ``pl_module._on_before_batch_transfer`` (Lightning's caller of the user's
+    ``on_before_batch_transfer``, on the module or the DataModule) by ``wrapper(original)``."""
+    original = pl_module._on_before_batch_transfer
+    pl_module._on_before_batch_transfer = wrapper(original)  # type: ignore[method-assign]
+
+    def undo() -> None:
+        if "_on_before_batch_transfer" in vars(pl_module):
+            del pl_module._on_before_batch_transfer  # back to the class's method
+
+    return undo
+
+
+def steps_on_dataloader_iter(pl_module: "pl.LightningModule") -> bool:
+    """True when ``training_step`` takes ``dataloader_iter`` (it fetches its batches itself;
+    Lightning then runs no batch-transfer hook)."""
+    return is_param_in_hook_signature(pl_module.training_step, "dataloader_iter", explicit=True)
 
 
 def is_training(trainer: "pl.Trainer") -> bool:

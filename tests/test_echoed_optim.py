@@ -157,7 +157,7 @@ def test_per_parameter_group_settings() -> None:
     a = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
     b = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
     optimizer = EchoedSGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.4, "rule": "inverse_k", "echo_factor": 4}])
-    assert [g["effective_lr"] for g in optimizer.param_groups] == [0.1, 0.1]
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1]  # the step size each rule gives
     prox = EchoedProx(torch.optim.SGD([{"params": [a], "gamma": 0.0}, {"params": [b], "gamma": 1.0}], lr=0.1))
     assert [g["gamma"] for g in prox.param_groups] == [0.0, 1.0]
 
@@ -168,7 +168,7 @@ def test_theory_step_sizes() -> None:
     gamma, eta = theory_prox_parameters(beta=1.0, rho=2.0, distance=1.0, batch_size=16, fresh_batches=64)
     assert gamma == pytest.approx(4.0) and eta == pytest.approx(0.2)
     sgd = EchoedSGD([torch.nn.Parameter(torch.zeros(1))], rule="theory", echo_factor=4, beta=2.0, rho=1.0, distance=1.0, batch_size=100, fresh_batches=100)
-    assert sgd.param_groups[0]["effective_lr"] == pytest.approx(0.25)
+    assert sgd.param_groups[0]["lr"] == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,8 @@ class TrainingProgress(pl.Callback):
             self._log(trainer)
             if self.source is not None:
                 for name, value in self.source.progress_bar(self.ledger).items():
-                    pl_module.log(name, float(value), prog_bar=True, logger=False, on_step=True, on_epoch=False)
+                    # batch_size given: Lightning cannot infer one for a training_step(dataloader_iter)
+                    pl_module.log(name, float(value), prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
         if self.ledger.budget_exhausted and not getattr(self.source, "enforces_budget", False):
             trainer.should_stop = True
         self._last_step_end = (time.perf_counter(), self._excluded_s)

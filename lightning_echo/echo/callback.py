@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
@@ -11,6 +11,7 @@ from torchdata.nodes import BaseNode
 from typing_extensions import override
 
 from lightning_echo.callbacks.progress import TrainingProgress, training_progress
+from lightning_echo.core.batches import rebuild, tensor_versions
 from lightning_echo.core.echo_factor import (
     AUTO,
     EchoFactor,
@@ -28,7 +29,7 @@ from lightning_echo.data.nodes import IterableNode
 from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline
 from lightning_echo import lightning_internals as _lightning
 from lightning_echo.echo.loader import EchoLoader
-from lightning_echo.echo.node import BatchEcho, EchoInfo, ExampleEcho
+from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEcho, check_batch_size_fn
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int, one_of, positive_int
 
@@ -50,6 +51,21 @@ class DataEchoing(pl.Callback):
     ``fresh_samples``, ``echoed_steps``, ``steps``, ``effective_factor`` and ``data_wait_s`` read
     that count.
 
+    What each step sees (see the method card for the full list):
+
+    - With ``kind="batch"`` (after augmentation), the batch-transfer hooks
+      ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
+      run once per fresh batch, as without echoing; every step, the fresh one and each echo,
+      gets its own copy of the result's containers (dicts, lists, tuples, dataclasses) over the
+      same device tensors, so ``batch.pop("labels")`` in ``training_step`` does not reach the
+      echoes. In-place changes to the tensors themselves (``x.mul_(2)``) do: a warning says so.
+      Where each served batch is new data (``kind="example"``, ``placement="before_augmentation"``),
+      the three hooks run for every step.
+    - ``training_step(self, dataloader_iter)`` is supported: each batch it takes is counted
+      (fresh or echo) and it moves batches to the device itself, as without echoing.
+    - ``trainer.train_dataloader`` reads the wrapped loader's attributes through
+      (``dataset``, ``sampler``, ``batch_size``, ...).
+
     Args:
         factor: times each fresh batch is served: a number >= 1 (non-integer: ``floor`` times
             plus once more with probability of the fraction), or ``"auto"``: echo only while
@@ -61,6 +77,11 @@ class DataEchoing(pl.Callback):
             echo ``"after_augmentation"`` (echoes are identical) or ``"before_augmentation"``
             (each echo is augmented afresh).
         seed: seeds the non-integer factor draws and the example shuffle.
+        batch_size_fn: returns the number of examples in a batch, as for Lightning's
+            ``ThroughputMonitor`` (default: the first dimension of the batch's first tensor, or
+            the length of its first list of strings). Where neither tells it, each batch counts
+            as one sample (with a warning); example echoing and ``max_fresh_samples`` then need
+            ``batch_size_fn``.
 
     Logged (through the Trainer's loggers, next to ``TrainingProgress``'s metrics), with
     ``fresh`` and ``echoed`` in the progress bar: ``echo/fresh_batches``, ``echo/fresh_samples``,
@@ -87,6 +108,7 @@ class DataEchoing(pl.Callback):
         seed: int = 0,
         max_fresh_batches: Optional[int] = None,
         max_fresh_samples: Optional[int] = None,
+        batch_size_fn: Optional[BatchSizeFn] = None,
     ) -> None:
         self.factor = check_echo_factor(factor, max_factor)
         self.kind = one_of("kind", kind, KINDS)
@@ -98,6 +120,7 @@ class DataEchoing(pl.Callback):
         self.seed = non_negative_int("seed", seed)
         self.max_fresh_batches = positive_int("max_fresh_batches", max_fresh_batches) if max_fresh_batches is not None else None
         self.max_fresh_samples = positive_int("max_fresh_samples", max_fresh_samples) if max_fresh_samples is not None else None
+        self.batch_size_fn = check_batch_size_fn(batch_size_fn)
         self.device_copies = 0
         self._budget = FreshDataBudget(self.max_fresh_samples, self.max_fresh_batches)
         self._progress: Optional[TrainingProgress] = None
@@ -105,6 +128,10 @@ class DataEchoing(pl.Callback):
         self._current: Optional[EchoInfo] = None
         self._report: Optional[StepReport] = None
         self._device_batch: Any = None
+        self._device_versions: Optional[tuple[int, ...]] = None
+        self._warned_in_place = False
+        self._steps_on_iterator = False
+        self._taken: list[EchoInfo] = []  # batches the current step took itself (dataloader_iter)
         self._undo: list[Callable[[], None]] = []
         self._trainer: Optional[pl.Trainer] = None
 
@@ -177,10 +204,11 @@ class DataEchoing(pl.Callback):
                 f"DataEchoing with accumulate_grad_batches={trainer.accumulate_grad_batches}: the echoes of a batch "
                 "are accumulated with it before one optimizer step; set accumulate_grad_batches=1 to step on every echo."
             )
-        val_source = trainer.fit_loop.epoch_loop.val_loop._data_source.instance
-        if isinstance(val_source, EchoLoader):
+        if isinstance(_lightning.validation_loader(trainer), EchoLoader):
             raise ConfigError("val_dataloaders", "an EchoLoader", "echoing applies to the train loader only")
+        self._steps_on_iterator = _lightning.steps_on_dataloader_iter(pl_module)
         self._undo.append(_lightning.wrap_train_source(trainer, lambda loader: self._echo_loader(trainer, loader)))
+        self._undo.append(_lightning.wrap_before_batch_transfer(pl_module, self._before_transfer))
         self._undo.append(_lightning.wrap_batch_to_device(trainer, self._transfer))
 
     @override
@@ -189,7 +217,7 @@ class DataEchoing(pl.Callback):
             self._undo.pop()()
         if self._loader is not None:
             self._loader.close()
-        self._device_batch = None
+        self._device_batch, self._device_versions = None, None
 
     def _echo_loader(self, trainer: pl.Trainer, loader: Any) -> EchoLoader:
         if self._loader is not None:
@@ -226,57 +254,119 @@ class DataEchoing(pl.Callback):
             root = make_echo(node)
         if self.kind == "batch" and is_integer_factor(self.factor) and inner_length is not None:
             length = inner_length * int(self.factor)
-        self._loader = EchoLoader(root, echo_node, length, meter, reuse, closers)
+        self._loader = EchoLoader(root, echo_node, length, meter, reuse, closers, wrapped=loader)
+        if self._steps_on_iterator:
+            self._loader.on_serve = self._taken_by_step
         return self._loader
 
     def _echo_node(self, trainer: pl.Trainer, source: BaseNode) -> BaseNode:
         if self.kind == "example":
-            return ExampleEcho(source, float(self.factor), self.shuffle_buffer, None, self.seed, budget=self._budget)
+            return ExampleEcho(
+                source, float(self.factor), self.shuffle_buffer, None, self.seed, budget=self._budget,
+                batch_size_fn=self.batch_size_fn,
+            )
         agree = None
         if self.factor == AUTO and trainer.world_size > 1:
             # Every step all-reduces, so a rank that takes a fresh batch before the others have
             # one only waits for them: take fresh batches when all ranks have one ready.
             strategy = trainer.strategy
             agree = lambda ready: strategy.reduce_boolean_decision(ready, all=True)  # noqa: E731
-        return BatchEcho(source, self.factor, self.max_factor, self.seed, agree, budget=self._budget)
+        return BatchEcho(
+            source, self.factor, self.max_factor, self.seed, agree, budget=self._budget, batch_size_fn=self.batch_size_fn
+        )
+
+    # -- batch transfer: the hooks run once per fresh batch; every step gets its own containers -----
+    def _reuses_device_copy(self) -> bool:
+        """True when the batch Lightning is about to transfer is an echo whose device copy is held."""
+        loader = self._loader
+        return (
+            loader is not None
+            and bool(loader.served)
+            and loader.served[0].same_as_previous
+            and self._device_batch is not None
+            and _lightning.is_training(self._trainer)
+        )
+
+    def _before_transfer(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def on_before_batch_transfer(batch: Any, dataloader_idx: int = 0) -> Any:
+            if self._reuses_device_copy():
+                return batch  # the hook already ran on this fresh batch; its result is reused
+            return original(batch, dataloader_idx=dataloader_idx)
+
+        return on_before_batch_transfer
 
     def _transfer(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def batch_to_device(batch: Any, device: Any = None, dataloader_idx: int = 0) -> Any:
             loader = self._loader
             if loader is None or not loader.served or not _lightning.is_training(self._trainer):
                 return original(batch, device=device, dataloader_idx=dataloader_idx)
+            reuse = self._reuses_device_copy()
             info = loader.served.popleft()
             self._current = info
-            self._report = self._step_report(info, loader)
-            if info.same_as_previous and self._device_batch is not None:
-                return self._device_batch
-            self._device_batch = original(batch, device=device, dataloader_idx=dataloader_idx)
+            self._report = self._step_report([info], loader)
+            if reuse:
+                self._warn_if_changed_in_place()
+                return rebuild(self._device_batch)
+            moved = original(batch, device=device, dataloader_idx=dataloader_idx)
             self.device_copies += 1
-            return self._device_batch
+            if loader.reuse_device_copy:
+                self._device_batch = rebuild(moved)  # containers the step cannot reach
+                self._device_versions = tensor_versions(moved)
+            return moved
 
         return batch_to_device
+
+    def _warn_if_changed_in_place(self) -> None:
+        if self._warned_in_place or tensor_versions(self._device_batch) == self._device_versions:
+            return
+        self._warned_in_place = True
+        rank_zero_warn(
+            "DataEchoing: a training batch's tensors were changed in place (e.g. x.mul_(2) in training_step); its "
+            "echoes share those tensors and see the change. Change a copy instead (x = x * 2)."
+        )
+
+    # -- a training_step(self, dataloader_iter) takes its batches itself ----------------------------
+    def _taken_by_step(self, info: EchoInfo) -> None:
+        self._taken.append(info)
+        self._current = info
+        assert self._loader is not None
+        self._report = self._step_report(self._taken, self._loader)
+        if self.kind == "batch" and info.repeat == 0 and self._trainer is not None:
+            self._start_fresh_batch(self._trainer)
 
     # -- accounting ------------------------------------------------------------------------------
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        # Echoed optimizers (lightning_echo.echoed_optim) need to know where each echo group starts.
+        if self._steps_on_iterator:
+            self._taken, self._report = [], None  # this step's batches are counted as it takes them
+            return
         if self.kind == "batch" and self._current is not None and self._current.repeat == 0:
-            for optimizer in trainer.optimizers:
-                start = getattr(optimizer, "start_fresh_batch", None)
-                if start is not None:
-                    start()
+            self._start_fresh_batch(trainer)
+
+    @staticmethod
+    def _start_fresh_batch(trainer: pl.Trainer) -> None:
+        # Echoed optimizers (lightning_echo.echoed_optim) need to know where each echo group starts.
+        for optimizer in trainer.optimizers:
+            start = getattr(optimizer, "start_fresh_batch", None)
+            if start is not None:
+                start()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._loader is not None and self._loader.echo.budget_exhausted:
             trainer.should_stop = True
 
-    def _step_report(self, info: EchoInfo, loader: EchoLoader) -> StepReport:
+    def _step_report(self, infos: Sequence[EchoInfo], loader: EchoLoader) -> StepReport:
+        """What a step trained on: one served batch, or every batch a ``dataloader_iter`` step took."""
         if self.kind == "batch":
-            fresh_batches = int(info.repeat == 0)
+            fresh_batches = sum(int(info.repeat == 0) for info in infos)
         else:  # example echoing mixes fresh batches: count them as the stage fetches them
             fresh_batches = max(0, loader.echo.budget.batches - self._ledger.fresh_batches)
-        return StepReport(samples=info.samples, fresh_samples=info.fresh_samples, fresh_batches=fresh_batches)
+        return StepReport(
+            samples=sum(info.samples for info in infos),
+            fresh_samples=sum(info.fresh_samples for info in infos),
+            fresh_batches=fresh_batches,
+        )
 
 
 def _length_or_none(loader: Any) -> Optional[int]:

@@ -19,10 +19,14 @@ class EchoLoader(StopsAtLightningTeardown):
     """Iterable over an echo node graph, with what the training loop needs around it.
 
     - ``served`` gets the :class:`EchoInfo` of every batch handed out, in order (the callback
-      consumes it batch by batch, whatever Lightning prefetched);
+      consumes it batch by batch, whatever Lightning prefetched), unless ``on_serve`` is set:
+      then each info goes to ``on_serve`` as its batch is handed out (for a training step that
+      iterates the loader itself, where nothing else would consume ``served``);
     - ``state_dict`` accounts for Lightning's one-batch prefetch when the loader has no length
       (Lightning then holds one batch it has not trained on yet);
-    - the step time between batches is recorded in ``meter`` (for ``slowdown`` throttles).
+    - the step time between batches is recorded in ``meter`` (for ``slowdown`` throttles);
+    - the public attributes of ``wrapped``, the user's loader (``dataset``, ``sampler``,
+      ``batch_size``, ...), read through, as code written for the plain loader expects.
     """
 
     def __init__(
@@ -33,7 +37,10 @@ class EchoLoader(StopsAtLightningTeardown):
         meter: Optional[StepTimeMeter] = None,
         reuse_device_copy: bool = True,
         closers: Sequence[Callable[[], None]] = (),
+        wrapped: Any = None,
     ) -> None:
+        self.wrapped = wrapped
+        self.on_serve: Optional[Callable[[EchoInfo], None]] = None
         self.echo = echo
         self.length = length
         self.meter = meter
@@ -65,10 +72,20 @@ class EchoLoader(StopsAtLightningTeardown):
             if info.same_as_previous and not self.reuse_device_copy:
                 info = replace(info, same_as_previous=False)
             self._state_before_last = snapshot
-            self.served.append(info)
+            if self.on_serve is not None:
+                self.on_serve(info)
+            else:
+                self.served.append(info)
             if meter is not None:
                 meter.on_return()
             yield batch
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this loader lacks; private names are not forwarded.
+        wrapped = self.__dict__.get("wrapped")
+        if name.startswith("_") or wrapped is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(wrapped, name)
 
     def __len__(self) -> int:
         if self.length is None:

@@ -9,6 +9,7 @@ and stop at an optional budget of fresh batches / samples.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -16,7 +17,7 @@ import torch
 from torchdata.nodes import BaseNode
 from typing_extensions import override
 
-from lightning_echo.core.batches import batch_size_of, select_rows
+from lightning_echo.core.batches import check_splittable, find_batch_size, rebuild, select_rows
 from lightning_echo.core.echo_factor import (
     AUTO,
     EchoFactor,
@@ -30,6 +31,7 @@ from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int, positive_int
 
 Agree = Callable[[bool], bool]
+BatchSizeFn = Callable[[Any], int]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,32 @@ class FreshFetched:
         self.batches, self.samples = int(state[self.BATCHES]), int(state[self.SAMPLES])
 
 
+def check_batch_size_fn(batch_size_fn: Optional[BatchSizeFn]) -> Optional[BatchSizeFn]:
+    """Return ``batch_size_fn`` if it is None or callable, else raise ConfigError."""
+    if batch_size_fn is not None and not callable(batch_size_fn):
+        raise ConfigError("batch_size_fn", batch_size_fn, "must be a callable taking a batch and returning its number of examples")
+    return batch_size_fn
+
+
+class ExampleCounter:
+    """How many examples a fresh batch holds: ``batch_size_fn(batch)`` when given (as for
+    Lightning's ``ThroughputMonitor``), else the first dimension of its first tensor
+    (:func:`~lightning_echo.core.batches.find_batch_size`); None when that cannot be told."""
+
+    def __init__(self, batch_size_fn: Optional[BatchSizeFn] = None) -> None:
+        self.batch_size_fn = check_batch_size_fn(batch_size_fn)
+
+    def __call__(self, batch: Any) -> Optional[int]:
+        if self.batch_size_fn is None:
+            return find_batch_size(batch)
+        size = self.batch_size_fn(batch)
+        if isinstance(size, torch.Tensor) and size.numel() == 1:
+            size = int(size.item())
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError("batch_size_fn(batch)", size, "must be the number of examples in the batch, a positive integer")
+        return size
+
+
 def _budget(budget: Optional[FreshDataBudget], max_fresh_batches: Optional[int], max_fresh_samples: Optional[int]) -> FreshDataBudget:
     for key, value in (("max_fresh_batches", max_fresh_batches), ("max_fresh_samples", max_fresh_samples)):
         if value is not None:
@@ -97,6 +125,12 @@ class BatchEcho(BaseNode):
     - ``factor="auto"``: serve again while the next fresh batch is not ready (``ready()`` of the
       nearest background stage below), never more than ``max_factor`` times in all. ``agree``
       combines the "fresh batch ready" flag across processes (DDP) so every rank decides alike.
+
+    Every serve returns its own copy of the batch's containers (dicts, lists, tuples,
+    dataclasses) over the same tensors, so a consumer that pops a key or reassigns a field does
+    not change the echoes; in-place changes to the tensors themselves are seen by the echoes.
+    ``batch_size_fn`` tells the number of examples in a batch (default: the first dimension of
+    its first tensor); a batch whose size cannot be told counts as one example, with a warning.
 
     The state holds the source's state from *before* the current fresh batch, so a pipeline
     restored in the middle of an echo group fetches that batch again and finishes its group.
@@ -114,6 +148,7 @@ class BatchEcho(BaseNode):
         max_fresh_batches: Optional[int] = None,
         max_fresh_samples: Optional[int] = None,
         budget: Optional[FreshDataBudget] = None,
+        batch_size_fn: Optional[BatchSizeFn] = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -122,10 +157,13 @@ class BatchEcho(BaseNode):
         self.seed = non_negative_int("seed", seed)
         self.agree = agree
         self.budget = FreshFetched(_budget(budget, max_fresh_batches, max_fresh_samples))
+        self.count_examples = ExampleCounter(batch_size_fn)
+        self._warned_unknown_size = False
         self._ready = find_ready_probe(source) if self.factor == AUTO else None
         if self.factor == AUTO and self._ready is None:
             raise ConfigError("factor", AUTO, "needs a background stage below the echo (BackgroundQueue or Throttle)")
         self._current: Any = None
+        self._current_size = 0
         self._served = 0
         self._repeats = 0
         self._source_state_before: Optional[Dict[str, Any]] = None
@@ -167,6 +205,7 @@ class BatchEcho(BaseNode):
             # Resume inside an echo group: fetch its fresh batch again, without counting it twice.
             self._source_state_before = initial_state[self.SOURCE]
             self._current = next(self.source)
+            self._current_size = self._size_of(self._current)
             self._served, self._repeats = served, repeats
         self.budget_exhausted = False
 
@@ -175,9 +214,8 @@ class BatchEcho(BaseNode):
         fresh_index = self.budget.batches - 1
         if self._should_echo():
             self._served += 1
-            size = batch_size_of(self._current)
-            self.last_info = EchoInfo(fresh_index, self._served - 1, size, 0, True)
-            return self._current
+            self.last_info = EchoInfo(fresh_index, self._served - 1, self._current_size, 0, True)
+            return rebuild(self._current)
         if self.budget.exhausted():
             self.budget_exhausted = True
             self._current = None
@@ -188,12 +226,31 @@ class BatchEcho(BaseNode):
         except StopIteration:
             self._current = None
             raise
-        size = batch_size_of(batch)
+        size = self._size_of(batch)
         self.budget.add(size)
-        self._current, self._served = batch, 1
+        self._current, self._current_size, self._served = batch, size, 1
         self._repeats = self._draw_repeats(self.budget.batches - 1)
         self.last_info = EchoInfo(self.budget.batches - 1, 0, size, size, False)
-        return batch
+        return rebuild(batch)
+
+    def _size_of(self, batch: Any) -> int:
+        size = self.count_examples(batch)
+        if size is not None:
+            return size
+        kind = type(batch).__name__
+        if self.budget.budget.max_samples is not None:
+            raise ConfigError(
+                "max_fresh_samples", self.budget.budget.max_samples,
+                f"needs the number of examples in each batch, which cannot be told from a {kind}: pass batch_size_fn",
+            )
+        if not self._warned_unknown_size:
+            self._warned_unknown_size = True
+            warnings.warn(
+                f"cannot tell the number of examples in a batch of type {kind}: each batch counts as one sample "
+                "(fresh_samples counts fresh batches); pass batch_size_fn to count examples",
+                stacklevel=2,
+            )
+        return 1
 
     @override
     def get_state(self) -> Dict[str, Any]:
@@ -213,8 +270,12 @@ class ExampleEcho(BaseNode):
     Each example of a fresh batch is queued ``floor(factor)`` times plus once more with
     probability ``factor - floor(factor)``. Output batches of ``batch_size`` (default: the size
     of the first fresh batch) are drawn at random from a buffer kept at ``shuffle_buffer``
-    entries while fresh data lasts, then drained. Batches are tuples, lists or dicts of tensors
-    (or one tensor) whose first dimension indexes examples.
+    entries while fresh data lasts, then drained. Batches are tensors, or dicts, lists, tuples
+    and dataclasses of them, whose first dimension indexes examples; lists of strings or
+    numbers (ids, file names) are split per example too. ``batch_size_fn`` tells the number of
+    examples in a batch (default: the first dimension of its first tensor). A batch with a part
+    that is not per example (a per-batch string, a tensor of another length) is refused with a
+    :class:`ConfigError` when it is fetched, before it is served.
 
     Restoring a saved state resumes from the source position of that state; the examples that
     were waiting in the buffer at that moment are not replayed.
@@ -232,6 +293,7 @@ class ExampleEcho(BaseNode):
         max_fresh_batches: Optional[int] = None,
         max_fresh_samples: Optional[int] = None,
         budget: Optional[FreshDataBudget] = None,
+        batch_size_fn: Optional[BatchSizeFn] = None,
     ) -> None:
         super().__init__()
         if factor == AUTO:
@@ -242,6 +304,7 @@ class ExampleEcho(BaseNode):
         self.batch_size = positive_int("batch_size", batch_size) if batch_size is not None else None
         self.seed = non_negative_int("seed", seed)
         self.budget = FreshFetched(_budget(budget, max_fresh_batches, max_fresh_samples))
+        self.count_examples = ExampleCounter(batch_size_fn)
         self._generator = torch.Generator()
         self._entries: list[tuple[Any, int, bool]] = []  # (fresh batch, row, first serve?)
         self._source_done = False
@@ -273,7 +336,14 @@ class ExampleEcho(BaseNode):
             except StopIteration:
                 self._source_done = True
                 return
-            size = batch_size_of(batch)
+            size = self.count_examples(batch)
+            if size is None:
+                raise ConfigError(
+                    "kind", "example",
+                    f"cannot tell the number of examples in a batch of type {type(batch).__name__}: "
+                    "pass batch_size_fn, or use kind='batch'",
+                )
+            check_splittable(batch, size)
             if self.batch_size is None:
                 self.batch_size = size
             self.budget.add(size)

@@ -2,11 +2,14 @@
 
 Each optimizer needs to know where a fresh batch starts: ``DataEchoing`` calls
 ``start_fresh_batch()`` on every optimizer that has it; in a hand-written loop, call it yourself
-before the first step on each new batch.
+before the first step on each new batch. All three are real ``torch.optim.Optimizer`` objects
+whose ``param_groups[i]["lr"]`` is the step size they apply, so lr schedulers, Lightning's
+``LearningRateMonitor``, gradient clipping and checkpoints treat them as any optimizer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -21,6 +24,7 @@ from lightning_echo.core.echoed_updates import (
     theory_gd_step_size,
     theory_prox_parameters,
 )
+from lightning_echo.core.optimizer_wrapper import OptimizerWrapper
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_float, one_of, positive_float
 
@@ -43,7 +47,8 @@ class EchoedSGD(Optimizer):
     - ``rule="theory"``: Theorem 7, ``min(1/beta, rho/(K D) sqrt(B/T))`` from ``beta``, ``rho``,
       ``distance``, ``echo_factor``, ``batch_size``, ``fresh_batches``; with ``lr`` given too, it
       must not exceed ``1/beta``.
-    Every setting may differ per parameter group.
+    Every setting may differ per parameter group. Each group's ``"lr"`` holds the step size the
+    rule gives (set when the group is added), so a scheduler scales that step size.
 
     Example::
 
@@ -67,8 +72,12 @@ class EchoedSGD(Optimizer):
             batch_size=batch_size, fresh_batches=fresh_batches,
         )
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            group["effective_lr"] = self._step_size(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its ``"lr"`` becomes the step size its rule gives."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["lr"] = self._step_size(group)
 
     @staticmethod
     def _step_size(group: dict[str, Any]) -> float:
@@ -97,11 +106,25 @@ class EchoedSGD(Optimizer):
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is not None:
-                    param.add_(param.grad, alpha=-group["effective_lr"])
+                    param.add_(param.grad, alpha=-group["lr"])
         return loss
 
 
-class EchoedProx:
+@dataclass
+class _ProxState:
+    """``EchoedProx``'s own state, in one object (see :class:`OptimizerWrapper`)."""
+
+    gamma: float  # for groups added later without their own
+    pivots: list[list[torch.Tensor]]
+    sums: list[list[torch.Tensor]]
+    count: int = 0
+
+
+def _pivot_and_sum(group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    return [p.detach().clone() for p in group["params"]], [torch.zeros_like(p) for p in group["params"]]
+
+
+class EchoedProx(OptimizerWrapper):
     """Adds the proximal term ``gamma (w - w_pivot)`` to every gradient before ``optimizer`` steps.
 
     At each new fresh batch the pivot becomes the average of the previous group's inner
@@ -111,19 +134,25 @@ class EchoedProx:
     ``gamma=0`` it is exactly the wrapped optimizer. Per-group ``gamma`` comes from a
     ``"gamma"`` entry in the wrapped optimizer's parameter groups.
 
+    A real ``torch.optim.Optimizer`` sharing the wrapped one's ``param_groups`` and ``state``:
+    schedulers set the wrapped optimizer's lr; ``state_dict`` holds the wrapped optimizer's
+    state and, under ``"echoed_prox"``, the pivots.
+
     Example::
 
         optimizer = EchoedProx(torch.optim.SGD(model.parameters(), lr=0.1), gamma=0.05)
     """
 
+    STATE_KEY = "echoed_prox"
+    OWN_FIELDS = ("_prox",)
+
     def __init__(self, optimizer: Optimizer, gamma: float = 0.0) -> None:
-        self.optimizer = optimizer
         non_negative_float("gamma", gamma)
-        for group in optimizer.param_groups:
+        super().__init__(optimizer)
+        for group in self.param_groups:
             non_negative_float("gamma", group.setdefault("gamma", gamma))
-        self._pivots = [[p.detach().clone() for p in g["params"]] for g in optimizer.param_groups]
-        self._sums = [[torch.zeros_like(p) for p in g["params"]] for g in optimizer.param_groups]
-        self._count = 0
+        pivots, sums = zip(*(_pivot_and_sum(group) for group in self.param_groups))
+        self._prox = _ProxState(gamma, list(pivots), list(sums))
 
     @classmethod
     def with_sgd(cls, params: Iterable[Any], lr: float, gamma: float = 0.0, momentum: float = 0.0) -> "EchoedProx":
@@ -138,64 +167,56 @@ class EchoedProx:
         gamma, eta = theory_prox_parameters(beta, rho, distance, batch_size, fresh_batches)
         return cls(torch.optim.SGD(params, lr=eta), gamma=gamma)
 
-    # Behave like the wrapped optimizer for Lightning and schedulers.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.optimizer.defaults
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+    def _group_added(self, group: dict[str, Any], index: int) -> None:
+        non_negative_float("gamma", group.setdefault("gamma", self._prox.gamma))
+        pivots, sums = _pivot_and_sum(group)
+        self._prox.pivots.append(pivots)
+        self._prox.sums.append(sums)
 
     @property
     def pivots(self) -> list[list[torch.Tensor]]:
         """The current centres of the proximal term, per parameter group."""
-        return self._pivots
+        return self._prox.pivots
 
     def start_fresh_batch(self) -> None:
         """Move the pivot to the average of the iterates of the group that just ended."""
-        if self._count == 0:
+        prox = self._prox
+        if prox.count == 0:
             return
-        for pivots, sums in zip(self._pivots, self._sums):
+        for pivots, sums in zip(prox.pivots, prox.sums):
             for pivot, total in zip(pivots, sums):
-                pivot.copy_(total / self._count)
+                pivot.copy_(total / prox.count)
                 total.zero_()
-        self._count = 0
+        prox.count = 0
 
     @torch.no_grad()
     def step(self, closure: Closure = None) -> Optional[torch.Tensor]:
         loss = _run_closure(closure)
-        for group, pivots, sums in zip(self.optimizer.param_groups, self._pivots, self._sums):
-            params = [p for p in group["params"]]
+        prox = self._prox
+        for group, pivots, sums in zip(self.param_groups, prox.pivots, prox.sums):
+            params = list(group["params"])
             for param, total in zip(params, sums):
                 total.add_(param)
             with_grad = [(p, pv) for p, pv in zip(params, pivots) if p.grad is not None]
             prox_gradient_([p.grad for p, _ in with_grad], [p for p, _ in with_grad], [pv for _, pv in with_grad], group["gamma"])
-        self._count += 1
+        prox.count += 1
         self.optimizer.step()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
+    def _own_state(self) -> dict[str, Any]:
+        prox = self._prox
         return {
-            "optimizer": self.optimizer.state_dict(),
-            "pivots": [[p.clone() for p in g] for g in self._pivots],
-            "sums": [[s.clone() for s in g] for g in self._sums],
-            "count": self._count,
+            "pivots": [[p.clone() for p in g] for g in prox.pivots],
+            "sums": [[s.clone() for s in g] for g in prox.sums],
+            "count": prox.count,
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        for mine, saved in zip(self._pivots + self._sums, state_dict["pivots"] + state_dict["sums"]):
+    def _load_own_state(self, own: dict[str, Any]) -> None:
+        prox = self._prox
+        for mine, saved in zip(prox.pivots + prox.sums, own["pivots"] + own["sums"]):
             for tensor, value in zip(mine, saved):
                 tensor.copy_(value)
-        self._count = int(state_dict["count"])
+        prox.count = int(own["count"])
 
 
 class EchoedNesterov(Optimizer):

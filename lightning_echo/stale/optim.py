@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch.optim import Optimizer
 
+from lightning_echo.core.optimizer_wrapper import OptimizerWrapper
 from lightning_echo.core.step_sizes import (
     StepSizeRule,
     check_staleness,
@@ -65,7 +66,7 @@ class _Progress:
     last_staleness: Union[int, tuple[int, ...]] = 0
 
 
-class StalenessAwareOptimizer(Optimizer):
+class StalenessAwareOptimizer(OptimizerWrapper):
     """Wraps any optimizer; each step's lr is the group's lr times the rule's factor.
 
     ``tell(staleness, stale_params)`` before a step gives the staleness of the gradient(s) in
@@ -90,9 +91,8 @@ class StalenessAwareOptimizer(Optimizer):
         optimizer.step()             # an SGD step with lr 0.05; param_groups[0]["lr"] is 0.1 again
     """
 
-    # While Optimizer.__init__ runs it resets param_groups/state and re-adds every group; the
-    # groups are already the inner optimizer's, so those calls are skipped (see the setters).
-    _adopting = False
+    STATE_KEY = STATE_KEY
+    OWN_FIELDS = ("_progress",)
 
     def __init__(self, optimizer: Optimizer, rule: Union[StepSizeRule, str] = "constant", **rule_params: Any) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -110,12 +110,7 @@ class StalenessAwareOptimizer(Optimizer):
             rule = StepSizeRule.from_config(rule, rule_params)
         for index, group in enumerate(optimizer.param_groups):
             self._check_lr(group, index)
-        self.optimizer = optimizer
-        self._adopting = True
-        try:
-            super().__init__(optimizer.param_groups, optimizer.defaults)
-        finally:
-            self._adopting = False
+        super().__init__(optimizer)
         self._progress = _Progress(rule, last_lr=float(optimizer.param_groups[0]["lr"]))
 
     @property
@@ -148,26 +143,6 @@ class StalenessAwareOptimizer(Optimizer):
         """The last step's staleness as told: an int, or a tuple for several gradients (0: nothing told)."""
         return self._progress.last_staleness
 
-    # Shared with the inner optimizer, read through so they stay shared even after the inner
-    # optimizer's own load_state_dict replaces its lists.
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, groups: list[dict[str, Any]]) -> None:
-        if not self._adopting:
-            self.optimizer.param_groups = groups
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, state: Any) -> None:
-        if not self._adopting:
-            self.optimizer.state = state
-
     @staticmethod
     def _check_lr(group: dict[str, Any], index: int) -> None:
         if "lr" not in group:
@@ -175,16 +150,8 @@ class StalenessAwareOptimizer(Optimizer):
                 f"optimizer.param_groups[{index}]['lr']", None, "every parameter group needs an lr for the rule to scale"
             )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the wrapped optimizer (and so to this one)."""
-        if self._adopting:
-            return
-        self.optimizer.add_param_group(param_group)
-        self._check_lr(self.optimizer.param_groups[-1], len(self.optimizer.param_groups) - 1)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """The wrapped optimizer's ``zero_grad``."""
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+    def _group_added(self, group: dict[str, Any], index: int) -> None:
+        self._check_lr(group, index)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -267,6 +234,9 @@ class StalenessAwareOptimizer(Optimizer):
         return loss
 
     def _own_state(self) -> dict[str, Any]:
+        """Plain values only (rule settings, counters, a pending ``tell``), so a checkpoint stays
+        loadable with ``torch.load(weights_only=True)``; on load, the saved rule replaces the one
+        this wrapper was built with (as the saved lrs replace the built ones)."""
         progress, told = self._progress, None
         if progress.told is not None:
             taus, distances = progress.told
@@ -296,46 +266,6 @@ class StalenessAwareOptimizer(Optimizer):
             last_staleness=tuple(staleness) if isinstance(staleness, (list, tuple)) else int(staleness),
         )
         vars(self._progress).update(vars(loaded))  # in place: the object may be shared (see _Progress)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state dict plus this wrapper's own under ``"staleness_aware"``.
-
-        The own part holds only plain values (rule settings, counters, a pending ``tell``), so a
-        checkpoint stays loadable with ``torch.load(weights_only=True)``.
-        """
-        for hook in self._optimizer_state_dict_pre_hooks.values():
-            hook(self)
-        state_dict = dict(self.optimizer.state_dict())
-        state_dict[STATE_KEY] = self._own_state()
-        for hook in self._optimizer_state_dict_post_hooks.values():
-            result = hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        return state_dict
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load what :meth:`state_dict` saved: the inner optimizer's state, then the rule and counters.
-
-        The saved rule replaces the one this wrapper was built with (as the saved lrs replace
-        the built ones). A plain inner-optimizer state dict (no ``"staleness_aware"`` entry) loads
-        the inner state and leaves the wrapper's own as it is.
-        """
-        state_dict = dict(state_dict)
-        for hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        own = state_dict.pop(STATE_KEY, None)
-        self.optimizer.load_state_dict(state_dict)
-        if own is not None:
-            self._load_own_state(own)
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Optimizer.__getstate__ keeps only defaults/state/param_groups; this wrapper's are the
-        # inner optimizer's, so keep it and the own fields instead (hooks are dropped, as torch does).
-        return {"defaults": self.defaults, "optimizer": self.optimizer, "_progress": self._progress}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rule={self.rule!r}, optimizer={self.optimizer!r})"
