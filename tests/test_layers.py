@@ -16,7 +16,8 @@ LAYERS: dict[str, int] = {
     "errors": 0, "validation": 0, "records": 0,
     "core": 1,
     "data": 2,
-    "callbacks": 3, "echo": 3, "echoed_optim": 3, "stale": 3, "models": 3, "lightning_internals": 3,
+    "callbacks": 3, "echo": 3, "echoed_optim": 3, "stale": 3, "ps": 3, "models": 3,
+    "lightning_internals": 2,  # Lightning internals, used by the data layer too (loader lifetime)
     "report": 3,
     "app": 4,
     "cli": 5, "__main__": 5, "__init__": 5,

@@ -205,6 +205,7 @@ class ServerPolicy:
         self._pending: list[GradientRecord] = []
         self._tickets = 0
         self._started = False
+        self._retired: set[int] = set()
 
     @property
     def update_due(self) -> bool:
@@ -235,6 +236,20 @@ class ServerPolicy:
     def pending(self) -> tuple[GradientRecord, ...]:
         """Accepted gradients waiting for the next update."""
         return tuple(self._pending)
+
+    def retire(self, learner: int) -> None:
+        """``learner`` left for good (a real learner process died or stopped answering): its
+        running computation, if any, is dropped without counting as cancelled, and it is never
+        started again. Gradients it delivered before stay pending."""
+        if not 0 <= learner < self.spec.learners:
+            raise ValueError(f"learner {learner} does not exist (learners 0..{self.spec.learners - 1})")
+        self._retired.add(learner)
+        self._running.pop(learner, None)
+        self._ready.discard(learner)
+
+    def retired(self) -> tuple[int, ...]:
+        """Learners that :meth:`retire` removed, in index order."""
+        return tuple(sorted(self._retired))
 
     def on_arrival(self, learner: int, defer_start: bool = False) -> ArrivalDecision:
         """``learner``'s running computation delivered its gradient."""
@@ -276,7 +291,7 @@ class ServerPolicy:
         cancelled = self._cancellations()
         for learner in cancelled:
             del self._running[learner]
-        free = [learner for learner in range(self.spec.learners) if learner not in self._running]
+        free = [l for l in range(self.spec.learners) if l not in self._running and l not in self._retired]
         self._ready.update(free)
         starts = () if defer_start else self.start_ready()
         return UpdateDecision(self.version, gradients, cancelled, starts)
@@ -307,6 +322,7 @@ class ServerPolicy:
             "pending": [asdict(g) for g in self._pending],
             "tickets": self._tickets,
             "started": self._started,
+            "retired": sorted(self._retired),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -319,6 +335,7 @@ class ServerPolicy:
         self._pending = [GradientRecord(**g) for g in state["pending"]]
         self._tickets = int(state["tickets"])
         self._started = bool(state["started"])
+        self._retired = set(state.get("retired", ()))  # absent in states saved before retire() existed
 
 
 # -- the simulation --------------------------------------------------------------------------

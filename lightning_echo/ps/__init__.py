@@ -1,0 +1,49 @@
+"""A parameter server on real processes (torch.distributed, gloo channels): the server and
+learner loops that run the straggler-tolerant variants of :mod:`lightning_echo.core.schedule`
+across processes and machines. Design note: README.md here."""
+
+from lightning_echo.ps.learner import LearnerReport, learner_delays, run_learner
+from lightning_echo.ps.protocol import (
+    Kind,
+    Message,
+    ParameterLayout,
+    ParameterServerError,
+    ProtocolError,
+)
+from lightning_echo.ps.server import (
+    ParameterServer,
+    PendingUpdate,
+    ServerReport,
+    UpdateRecord,
+    plain_sgd,
+)
+from lightning_echo.ps.transport import (
+    SERVER_RANK,
+    PeerLost,
+    Transport,
+    connect,
+    learner_index,
+    learner_rank,
+)
+
+__all__ = [
+    "SERVER_RANK",
+    "Kind",
+    "LearnerReport",
+    "Message",
+    "ParameterLayout",
+    "ParameterServer",
+    "ParameterServerError",
+    "PeerLost",
+    "PendingUpdate",
+    "ProtocolError",
+    "ServerReport",
+    "Transport",
+    "UpdateRecord",
+    "connect",
+    "learner_delays",
+    "learner_index",
+    "learner_rank",
+    "plain_sgd",
+    "run_learner",
+]

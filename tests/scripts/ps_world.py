@@ -1,0 +1,226 @@
+"""Run parameter-server worlds (a server and P learners, gloo on CPU) on a tiny least-squares
+problem and write what every rank did: ``python ps_world.py SCENARIO.json OUT_DIR`` for one
+world, ``python ps_world.py --serve`` for one world per line of stdin (what the tests use).
+
+The launcher imports torch (and lightning_echo) once and forks the P + 1 ranks from its single
+Python thread, as a DataLoader forks its workers (spawning them would import everything P + 1
+more times per world: about 5 CPU-seconds each here). It joins every rank until the scenario's
+deadline, kills whatever is left, and writes ``launcher.json`` (exit codes, killed ranks).
+Each rank writes ``rank<r>.json``. Faults come from the scenario: a learner that kills itself
+(SIGKILL) or hangs at its n-th gradient, a server that kills itself at its n-th update, a
+learner that delivers a gradient of a cancelled computation on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lightning_echo.core.delays import ComputeTimes, DelayDistribution
+from lightning_echo.core.schedule import variant_spec
+from lightning_echo.ps import (
+    Kind,
+    ParameterServer,
+    connect,
+    learner_delays,
+    run_learner,
+)
+from lightning_echo.ps.transport import SERVER_RANK, learner_index
+
+ROWS, DIM, BATCH = 64, 5, 8
+
+
+def least_squares() -> tuple[torch.Tensor, torch.Tensor]:
+    """The same data on every rank: ``A`` (ROWS x DIM) and ``y``, float64."""
+    generator = torch.Generator().manual_seed(1234)
+    a = torch.randn(ROWS, DIM, generator=generator, dtype=torch.float64)
+    y = a @ torch.arange(1.0, DIM + 1, dtype=torch.float64) + 0.1 * torch.randn(ROWS, generator=generator, dtype=torch.float64)
+    return a, y
+
+
+def batch_rows(learner: int, count: int, learners: int) -> slice:
+    """Learner ``learner``'s ``count``-th mini-batch: learners take consecutive blocks in turn."""
+    blocks = ROWS // BATCH
+    block = (count * learners + learner) % blocks
+    return slice(block * BATCH, (block + 1) * BATCH)
+
+
+def gradient(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: slice) -> torch.Tensor:
+    """Gradient of ``0.5 * mean((A w - y)^2)`` over ``rows``."""
+    residual = a[rows] @ w - y[rows]
+    return a[rows].T @ residual / residual.numel()
+
+
+def loss(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    return float(0.5 * ((a @ w - y) ** 2).mean())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    spec = variant_spec(scenario["variant"], scenario["learners"], scenario.get("k"))
+    keep = bool(scenario.get("keep_stale_params"))
+    server = ParameterServer(transport, spec, torch.zeros(DIM, dtype=torch.float64), timeout=scenario["timeout"],
+                             keep_stale_params=keep)
+    records = []
+    kill_at = scenario.get("kill_server_at_update")
+    lr = scenario["lr"]
+    history = [server.params.clone()]  # the parameters of every version, to check the stale ones given
+    stale_checks = {"checked": 0, "wrong": 0}
+
+    def apply(avg: torch.Tensor, staleness: list[int], stale: Any) -> None:
+        if kill_at is not None and server.report.updates + 1 == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if keep:
+            before = server.version - 1  # the version this update overwrites
+            for tau, params in zip(staleness, stale):
+                stale_checks["checked"] += 1
+                stale_checks["wrong"] += not torch.equal(params, history[before - tau])
+        server.params.add_(avg, alpha=-lr)
+        history.append(server.params.clone())
+
+    initial = loss(a, y, server.params)
+    report = server.run(apply, max_updates=scenario["updates"], on_update=lambda r: records.append(dataclasses.asdict(r)))
+    return {
+        "report": dataclasses.asdict(report),
+        "records": records,
+        "params": server.params.tolist(),
+        "initial_loss": initial,
+        "final_loss": loss(a, y, server.params),
+        "stale_checks": stale_checks,
+    }
+
+
+def _learner(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    learner, learners = learner_index(transport.rank), scenario["learners"]
+    faults = scenario.get("faults", {}).get(str(learner), {})
+    versions: list[int] = []  # the version of every computation begun, in order
+
+    def compute(params: torch.Tensor, version: int) -> torch.Tensor:
+        count = len(versions)
+        versions.append(version)
+        if faults.get("kill_at_gradient") == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if faults.get("hang_at_gradient") == count:
+            time.sleep(600)
+        return gradient(a, y, params, batch_rows(learner, count, learners))
+
+    delay = None
+    if scenario.get("delays") is not None:
+        times = ComputeTimes(DelayDistribution("constant", value=1.0), speeds=scenario["delays"])
+        delay = learner_delays(times, learner)
+    if faults.get("crossing"):
+        _deliver_a_cancelled_gradient(transport, learner)
+    report = run_learner(transport, compute, delay)
+    return {"report": dataclasses.asdict(report), "versions": versions}
+
+
+def _deliver_a_cancelled_gradient(transport: Any, learner: int) -> None:
+    """Hold the first START until a cancellation replaces it, then push a (poisoned) gradient for
+    the cancelled one, as a learner whose push crossed the cancellation would; then push a real
+    gradient of zeros for the new START and go on as a normal learner."""
+    first = transport.recv_any(timeout=30)
+    second = transport.recv_any(timeout=30)
+    assert first.header.kind == second.header.kind == Kind.START, (first.header, second.header)
+    out = transport.new_message()
+    out.payload.fill_(1e6)
+    transport.send(SERVER_RANK, out, Kind.PUSH, learner, version=first.header.version, ticket=first.header.ticket)
+    out.payload.zero_()
+    transport.send(SERVER_RANK, out, Kind.PUSH, learner, version=second.header.version, ticket=second.header.ticket)
+    transport.release(first)
+    transport.release(second)
+
+
+def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: Path) -> None:
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"rank": rank}
+    began = time.monotonic()
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=30))
+        a, y = least_squares()
+        transport = connect(DIM, torch.float64, timeout=scenario["timeout"])
+        role = _server if rank == SERVER_RANK else _learner
+        result.update(role(scenario, transport, a, y), ok=True)
+    except BaseException as error:  # recorded for the test, which checks the message
+        result.update(ok=False, error_type=type(error).__name__, error=str(error), traceback=traceback.format_exc())
+    result["seconds"] = time.monotonic() - began
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0 if result["ok"] else 1)  # skip interpreter teardown: a daemon thread may still wait in gloo
+
+
+def launch(scenario: dict[str, Any], out: Path) -> None:
+    """Fork the world, wait for it until the scenario's deadline, kill what is left, write launcher.json."""
+    world = scenario["learners"] + 1
+    port = _free_port()
+    context = multiprocessing.get_context("fork")
+    ranks = [context.Process(target=_rank_main, args=(r, world, port, scenario, out), name=f"rank{r}") for r in range(world)]
+    began = time.monotonic()
+    for process in ranks:
+        process.start()
+    deadline = began + scenario["deadline"]
+    # A learner made to hang sleeps for minutes: once every other rank has ended, it is killed.
+    hung = {int(learner) + 1 for learner, fault in scenario.get("faults", {}).items() if "hang_at_gradient" in fault}
+    ended_at: dict[int, float] = {}
+    killed = []
+    try:
+        while len(ended_at) < world and time.monotonic() < deadline:
+            for rank, process in enumerate(ranks):
+                if rank not in ended_at and not process.is_alive():
+                    ended_at[rank] = time.monotonic() - began
+            if hung and set(range(world)) - hung <= set(ended_at):
+                deadline = min(deadline, time.monotonic() + 0.5)
+            time.sleep(0.02)
+    finally:
+        for rank, process in enumerate(ranks):
+            if process.is_alive():
+                process.kill()
+                killed.append(rank)
+            process.join(timeout=10)
+    summary = {
+        "exitcodes": [process.exitcode for process in ranks],
+        "ended_at": {str(r): t for r, t in ended_at.items()},
+        "killed": killed,
+        "leftover": [child.pid for child in multiprocessing.active_children()],
+    }
+    (out / "launcher.json").write_text(json.dumps(summary))
+
+
+def serve() -> None:
+    """Run worlds on request: each stdin line is ``SCENARIO_PATH<TAB>OUT_DIR``; answers ``done``.
+    The imports are paid once for every world of a test session."""
+    for line in sys.stdin:
+        scenario_path, out = line.rstrip("\n").split("\t")
+        launch(json.loads(Path(scenario_path).read_text()), Path(out))
+        print("done", flush=True)
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        launch(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()
