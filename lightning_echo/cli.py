@@ -5,6 +5,7 @@
     lightning-echo experiment=mnist_logreg data.root=~/data   # one run of a preset
     lightning-echo -m algorithm=sync,echo echo.factor=2,4 seed=0,1   # a sweep, then its report
     lightning-echo report DIR [DIR ...]            # HTML/PNG comparison report of finished runs
+    lightning-echo resume DIR [DIR ...]            # continue interrupted runs or sweeps
     lightning-echo --help                          # Hydra's help: groups and options
 """
 
@@ -22,11 +23,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.app.config import CONFIG_NAME, CONFIG_PATH, VERSION_BASE
+from lightning_echo.app.divergence import RunDiverged
+from lightning_echo.app.interrupt import SIGNALS, RunInterrupted
 from lightning_echo.app.job import run_training
 from lightning_echo.app.preflight import preflight
-from lightning_echo.app.sweep import LEDGER, JobOutcome
-from lightning_echo.errors import LightningEchoError, describe_error
-from lightning_echo.report.build import report_after_sweep
+from lightning_echo.app.resume_command import resume_main
+from lightning_echo.app.sweep import LEDGER, PlannedJob, finish_sweep, interrupted_command, job_label, run_sweep_job
+from lightning_echo.errors import LightningEchoError
 from lightning_echo.report.cli import report_main
 
 PROG = "lightning-echo"
@@ -45,63 +48,65 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             summary = run_training(cfg, output_dir, group=output_dir.name)
+        except RunDiverged as error:
+            print(f"{PROG}: {error}", file=sys.stderr)
+            print(f"outputs: {output_dir}")
+            sys.exit(error.exit_code)
         except LightningEchoError as error:
             _error_exit(error)
         print(summary.describe())
         print(f"outputs: {output_dir}")
         return summary.final_val_loss
-    # A multirun: every job shares the sweep's group id; a failing job is recorded and the
-    # sweep goes on, so one failure does not hide the other jobs' results.
-    sweep_dir = Path(hydra_cfg.sweep.dir)
-    overrides = hydra_cfg.job.override_dirname
-    LEDGER.sweep_dir = sweep_dir
-    LEDGER.report_settings = OmegaConf.to_container(cfg.get("report") or {}, resolve=True)
-    summary = None
-    try:
-        summary = run_training(cfg, output_dir, group=sweep_dir.name, name=overrides or None)
-        status, detail = "completed", summary.describe()
-    except Exception as error:  # noqa: BLE001 - reported per job and in the sweep summary
-        status, detail = "failed", describe_error(error)
-    outcome = JobOutcome(int(hydra_cfg.job.num), overrides, output_dir, status, detail)
-    LEDGER.record(outcome)
-    print(outcome.status_line(), flush=True)
+    # A multirun: every job shares the sweep's group id; each job's outcome is recorded in the
+    # ledger (and <sweep dir>/sweep.json), a failing job does not stop the others.
+    number = int(hydra_cfg.job.num)
+    if LEDGER.sweep_dir is None:  # the first job: the sweep's directory, settings and job labels
+        LEDGER.sweep_dir = Path(hydra_cfg.sweep.dir)
+        LEDGER.report_settings = OmegaConf.to_container(cfg.get("report") or {}, resolve=True)
+        naming = hydra_cfg.job.config.override_dirname
+        for job in LEDGER.plan:
+            job.name = job_label(job.overrides, naming.exclude_keys, naming.item_sep, naming.kv_sep)
+    planned = next((job for job in LEDGER.plan if job.number == number), None)
+    if planned is None:
+        LEDGER.plan.append(planned := PlannedJob(number, []))
+    planned.overrides = list(hydra_cfg.overrides.task)  # what Hydra ran, for a resume
+    planned.name = hydra_cfg.job.override_dirname
+    _, summary = run_sweep_job(cfg, number, output_dir, planned.name)
     return summary.final_val_loss if summary is not None else None
-
-
-def _finish_sweep() -> int:
-    """After a multirun: the per-sweep summary, the comparison report; the exit status."""
-    if not LEDGER.outcomes:
-        return 0
-    settings = LEDGER.report_settings
-    if settings.get("after_sweep", True) and LEDGER.sweep_dir is not None:
-        report_after_sweep(LEDGER.sweep_dir, settings)
-    for line in LEDGER.summary_lines():
-        print(line)
-    return 1 if LEDGER.failed else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``lightning-echo`` console script and ``python -m lightning_echo``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["report"]:
-        status = report_main(args[1:])
+    commands = {"report": report_main, "resume": resume_main}
+    if args[:1] and args[0] in commands:
+        status = commands[args[0]](args[1:])
         if status:
             sys.exit(status)
         return
-    LEDGER.outcomes.clear()
-    LEDGER.sweep_dir = None
+    with SIGNALS:
+        try:
+            status = _train(args)
+        except RunInterrupted as interruption:
+            status = interrupted_command(interruption)
+    if status:
+        sys.exit(status)
+
+
+def _train(args: list[str]) -> int:
+    """Check the command line, run its jobs with Hydra; the exit status."""
+    LEDGER.reset()
     parsed = get_args_parser().parse_args(args)
     hydra_only = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
     if not hydra_only:
         try:
-            preflight(parsed.overrides, multirun=parsed.multirun)
+            jobs = preflight(parsed.overrides, multirun=parsed.multirun)
         except LightningEchoError as error:
             _error_exit(error)
+        LEDGER.reset(plan=[PlannedJob(number, job) for number, job in enumerate(jobs)])
     sys.argv = [PROG] + args
     _hydra_job()
-    status = _finish_sweep()
-    if status:
-        sys.exit(status)
+    return finish_sweep()
 
 
 if __name__ == "__main__":

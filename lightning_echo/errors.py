@@ -20,7 +20,7 @@ class ConfigError(LightningEchoError, ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+        super().__init__(f"{key}={shown_value(value)} is not allowed: {allowed}")
 
     def with_prefix(self, prefix: str) -> "ConfigError":
         """The same error with the key qualified, e.g. ``data.`` + ``batch_size``."""
@@ -35,6 +35,21 @@ class DataFileError(LightningEchoError, FileNotFoundError):
 
 class IncompatibleDataError(LightningEchoError, ValueError):
     """A model cannot be trained on a dataset (e.g. a CNN on plain feature vectors)."""
+
+
+MAX_SHOWN_CHARS = 300  # long paths stay whole; a 5000-digit number does not fill the terminal
+
+
+def shown_value(value: Any) -> str:
+    """``repr(value)`` for a message, its middle cut out when it is very long (a 5000-digit
+    number stays one readable line): ``'99999999...99999' (5002 characters)``."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's limit for converting integers to text
+        return f"<an integer of about {len(format(value, 'x')) * 1.204:.0f} digits>"
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    return f"{text[:40]}...{text[-20:]} ({len(text)} characters)"
 
 
 def one_line(text: object, max_lines: Optional[int] = None) -> str:

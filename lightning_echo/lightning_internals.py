@@ -1,28 +1,57 @@
-"""The few places where lightning_echo reaches into Lightning internals (checked against Lightning 2.2-2.6).
+"""Every place where lightning_echo reaches into Lightning internals (checked against Lightning 2.2-2.6).
 
 Lightning 2.x has no public hook to wrap the train loader or to skip a host-to-device copy, so:
-- the fit loop's train data source is wrapped, so the echo stage is installed whenever Lightning
-  (re)loads the train loader, and a plain ``DataLoader`` still gets Lightning's own preparation
-  (``DistributedSampler`` under DDP, worker checks) before it is wrapped;
+
+- the fit loop's train data source (``fit_loop._data_source``) is wrapped, so the echo stage is
+  installed whenever Lightning (re)loads the train loader (``fit_loop._combined_loader = None``
+  makes it reload), and a plain ``DataLoader`` still gets Lightning's own preparation
+  (``_process_dataloader``: ``DistributedSampler`` under DDP, worker checks;
+  ``_resolve_overfit_batches``) before it is wrapped;
 - ``strategy.batch_to_device`` is wrapped on the instance while fitting, so an echoed batch reuses
   the device copy of its fresh batch;
 - ``LightningModule._on_before_batch_transfer`` (which runs the user's ``on_before_batch_transfer``)
   is wrapped on the instance while fitting, so an echo that reuses that device copy does not run
-  the hook again on a batch it has already run on.
-The wrapping functions return an undo callable.
+  the hook again on a batch it has already run on;
+- a loader with background threads learns that Lightning is done with it by impersonating a
+  ``DataLoader``'s ``_iterator`` attribute, which Lightning sets to None when ``fit`` ends
+  (``_shutdown_workers_and_reset_iterator``); the same function stops a ``DataLoader``'s workers;
+- while echoing, ``trainer.limit_train_batches`` is taken over (the echo stage applies it to fresh
+  batches) and ``fit_loop.epoch_loop.max_steps`` may be given a bound (see :func:`bound_max_steps`).
+
+Each access goes through :func:`_require`, so a Lightning release that renames one fails loudly
+with :class:`LightningInternalsChanged` instead of training without echoing;
+``tests/test_lightning_internals.py`` checks every one of them. The wrapping functions return an
+undo callable.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import abc
+from typing import Any, Callable, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader, _resolve_overfit_batches
 from pytorch_lightning.trainer.states import RunningStage, TrainerFn
-from pytorch_lightning.utilities.combined_loader import CombinedLoader
+from pytorch_lightning.utilities.combined_loader import CombinedLoader, _shutdown_workers_and_reset_iterator
 from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 
 Undo = Callable[[], None]
+SUPPORTED = "pytorch-lightning 2.2-2.6"
+
+
+class LightningInternalsChanged(RuntimeError):
+    """This Lightning release lacks an internal attribute lightning_echo relies on."""
+
+
+def _require(owner: Any, name: str) -> Any:
+    """``getattr(owner, name)``, or a clear error naming the attribute and the supported releases."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise LightningInternalsChanged(
+            f"lightning_echo needs {type(owner).__name__}.{name}, which pytorch-lightning {pl.__version__} does not "
+            f"have (supported: {SUPPORTED}); pin a supported release or report this"
+        ) from None
 
 
 class _WrappedSource:
@@ -48,7 +77,10 @@ class _WrappedSource:
 def wrap_train_source(trainer: "pl.Trainer", wrap: Callable[[Any], Any]) -> Undo:
     """Make every train loader Lightning requests pass through ``wrap``."""
     fit_loop = trainer.fit_loop
-    original = fit_loop._data_source
+    original = _require(fit_loop, "_data_source")
+    for method in ("dataloader", "is_defined", "is_module"):
+        _require(original, method)
+    _require(fit_loop, "_combined_loader")
     fit_loop._data_source = _WrappedSource(original, wrap)
     fit_loop._combined_loader = None  # force setup_data to request (and so wrap) the loader
 
@@ -60,7 +92,8 @@ def wrap_train_source(trainer: "pl.Trainer", wrap: Callable[[Any], Any]) -> Undo
 
 def validation_loader(trainer: "pl.Trainer") -> Any:
     """The validation loader (or DataModule / LightningModule providing it) the fit loop was given."""
-    return trainer.fit_loop.epoch_loop.val_loop._data_source.instance
+    source = _require(trainer.fit_loop.epoch_loop.val_loop, "_data_source")
+    return _require(source, "instance")
 
 
 def prepare_train_dataloader(trainer: "pl.Trainer", dataloader: Any) -> Any:
@@ -76,7 +109,7 @@ def prepare_train_dataloader(trainer: "pl.Trainer", dataloader: Any) -> Any:
 def wrap_batch_to_device(trainer: "pl.Trainer", wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
     """Replace ``trainer.strategy.batch_to_device`` by ``wrapper(original)`` on the instance."""
     strategy = trainer.strategy
-    original = strategy.batch_to_device
+    original = _require(strategy, "batch_to_device")
     strategy.batch_to_device = wrapper(original)  # type: ignore[method-assign]
 
     def undo() -> None:
@@ -91,7 +124,7 @@ def wrap_before_batch_transfer(
 ) -> Undo:
     """Replace ``pl_module._on_before_batch_transfer`` (Lightning's caller of the user's
     ``on_before_batch_transfer``, on the module or the DataModule) by ``wrapper(original)``."""
-    original = pl_module._on_before_batch_transfer
+    original = _require(pl_module, "_on_before_batch_transfer")
     pl_module._on_before_batch_transfer = wrapper(original)  # type: ignore[method-assign]
 
     def undo() -> None:
@@ -115,7 +148,7 @@ def is_training(trainer: "pl.Trainer") -> bool:
 def requested_devices(trainer: "pl.Trainer") -> int:
     """How many devices the Trainer was asked for (``devices=``), even where a single-device strategy
     silently uses one; 1 for ``"auto"`` or anything it cannot count."""
-    flag = getattr(trainer._accelerator_connector, "_devices_flag", 1)
+    flag = _require(_require(trainer, "_accelerator_connector"), "_devices_flag")
     if isinstance(flag, int):
         return max(flag, 1)
     if isinstance(flag, (list, tuple)):
@@ -123,3 +156,64 @@ def requested_devices(trainer: "pl.Trainer") -> int:
     if isinstance(flag, str) and flag.strip().lstrip("-").isdigit():
         return max(int(flag), 1)
     return 1
+
+
+# -- loaders Lightning is done with ------------------------------------------------------------------
+class ClosedWhenLightningResets(abc.ABC):
+    """Mixin: ``close()`` runs when Lightning is done with the loader.
+
+    When ``fit`` ends or fails, Lightning resets every train loader (``CombinedLoader.reset``), which
+    sets ``loader._iterator = None`` (``_shutdown_workers_and_reset_iterator``, meant for a
+    ``DataLoader``'s persistent iterator); this attribute stands in for it and calls ``close()``.
+    """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop what the loader runs in the background."""
+
+    @property
+    def _iterator(self) -> None:
+        return None
+
+    @_iterator.setter
+    def _iterator(self, value: Any) -> None:
+        if value is None:
+            self.close()
+
+
+def stop_dataloader_workers(dataloader: Any) -> None:
+    """Stop a ``DataLoader``'s persistent worker processes as Lightning does when ``fit`` ends
+    (its non-persistent workers stop when the iterator holding them is dropped)."""
+    _shutdown_workers_and_reset_iterator(dataloader)
+
+
+# -- Trainer limits that echoing redefines ---------------------------------------------------------
+def take_train_batch_limit(trainer: "pl.Trainer") -> tuple[Union[int, float], Undo]:
+    """Take ``trainer.limit_train_batches`` (also what ``overfit_batches`` sets) away from Lightning,
+    which would apply it to served, echoed batches, so that the echo stage can apply it to fresh
+    batches. Returns the limit and an undo; Lightning sees 1.0 (no limit) until then. A limit of 0
+    (no training) is left to Lightning."""
+    limit = _require(trainer, "limit_train_batches")
+    if limit == 0 or (isinstance(limit, float) and limit == 1.0):
+        return limit, lambda: None
+    trainer.limit_train_batches = 1.0
+
+    def undo() -> None:
+        trainer.limit_train_batches = limit
+
+    return limit, undo
+
+
+def bound_max_steps(trainer: "pl.Trainer", steps: int) -> Undo:
+    """Set ``max_steps`` to ``steps``, an upper bound on the optimizer steps of the run, where the
+    user set none; Lightning then reports it as ``trainer.estimated_stepping_batches`` for a train
+    loader without a length. Training still ends where it would have (the bound is never reached
+    earlier). Returns an undo."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    original = _require(epoch_loop, "max_steps")
+    epoch_loop.max_steps = steps
+
+    def undo() -> None:
+        epoch_loop.max_steps = original
+
+    return undo

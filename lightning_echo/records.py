@@ -6,15 +6,21 @@ Written by the command line as a run starts and ends; read by the report. One na
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 RUN_FILE = "run.json"
 
-# Run statuses: a run killed half-way keeps "running" (the report calls it crashed).
-RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+# Run statuses: a run killed half-way keeps "running" (the report calls it crashed); one stopped by
+# SIGINT or SIGTERM is "interrupted" (``lightning-echo resume`` continues it).
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+# A run stopped because its training loss stopped being finite (the command exits with
+# DIVERGED_EXIT_CODE; its wandb run is finished with that code).
+DIVERGED = "diverged"
+DIVERGED_EXIT_CODE = 3
 
 # Keys of the flat run config that describe the run rather than set it up: never used to tell
 # configurations apart (the seed is averaged over; the group is the sweep id).
@@ -29,16 +35,37 @@ class RunRecordFile:
     group: str
     name: str
     config: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
 
-    def write(self, status: str, error: Optional[str] = None, traceback: Optional[str] = None) -> None:
-        """Record ``status`` (running, completed, failed) atomically."""
+    def write(self, status: str, error: Optional[str] = None, traceback: Optional[str] = None, **details: Any) -> None:
+        """Record ``status`` (running, completed, failed, diverged, interrupted) atomically. ``details``
+        (e.g. ``resumes``, ``checkpoint``) are kept in ``self.details`` and written with every later status."""
+        self.details.update(details)
         content = {"status": status, "group": self.group, "name": self.name, "config": self.config,
-                   "error": error, "traceback": traceback, "updated_at": time.time()}
-        partial = self.path.with_suffix(".json.tmp")
-        partial.write_text(json.dumps(content, indent=2, default=str) + "\n")
-        partial.replace(self.path)
+                   "error": error, "traceback": traceback, "updated_at": time.time(), **self.details}
+        write_json(self.path, content)
 
 
 def read_run_record(directory: Path) -> dict[str, Any]:
     """The parsed ``run.json`` of a run directory."""
     return json.loads((directory / RUN_FILE).read_text())
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts, lists and tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Write ``content`` as strict JSON (a non-finite number becomes null, never a bare ``NaN``),
+    atomically: a reader never sees half a file."""
+    text = json.dumps(finite_json(content), indent=2, default=str, allow_nan=False) + "\n"
+    partial = path.with_suffix(path.suffix + ".tmp")
+    partial.write_text(text)
+    partial.replace(path)

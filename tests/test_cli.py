@@ -38,7 +38,7 @@ def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["model=cnn"], "model CNN does not fit data synthetic: the CNN needs image inputs"),
         (["data=least_squares"], "model LogisticRegression does not fit data least_squares"),
         (["model=logreg,mlp"], "a sweep needs multirun: add -m"),
-        (["modle=mlp"], "Could not override 'modle'"),
+        (["modle=mlp"], "modle='mlp' is not allowed: no such setting; did you mean model?"),
         (["data=mnist"], "mnist: missing train-images-idx3-ubyte(.gz)"),
         (["algorithm=echo", "echo.factor=0.5"], "echo.factor=0.5 is not allowed: must be a number >= 1 or 'auto'"),
         (["algorithm=echo", "echo.kind=bag"], "echo.kind='bag' is not allowed: must be one of batch, example"),
@@ -134,13 +134,12 @@ def test_wandb_offline_run_is_written_and_finished(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_wandb_run_is_finished_with_failure_code_when_the_job_fails(tmp_path) -> None:
-    # A data file that exists (passes the preflight check) but is corrupt fails while loading.
-    mnist = tmp_path / "data" / "mnist"
-    mnist.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (mnist / name).write_bytes(b"not an idx file")
+    # A download the run starts (preflight reads only files that are there) fails: nothing listens
+    # on this local port, so no network is used.
+    (tmp_path / "data").mkdir()
     result = run_cli(
-        ["logger=wandb", "data=mnist", f"data.root={tmp_path / 'data'}", *single_run_overrides()],
+        ["logger=wandb", "data=mnist", f"data.root={tmp_path / 'data'}", "data.download=true",
+         "+data.url=http://127.0.0.1:9/", *single_run_overrides()],
         cwd=tmp_path,
         env_extra={"WANDB_API_KEY": "", "NETRC": str(tmp_path / "no_netrc"), "WANDB_MODE": ""},
     )

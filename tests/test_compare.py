@@ -139,17 +139,18 @@ def test_a_failing_job_is_reported_and_does_not_hide_the_others(tmp_path) -> Non
 
     from lightning_echo.data.formats.idx import write_idx
 
-    good, corrupt = tmp_path / "good", tmp_path / "corrupt"
+    good, empty = tmp_path / "good", tmp_path / "empty"
     names = {"train": 64, "t10k": 32}
     generator = torch.Generator().manual_seed(0)
     for prefix, n in names.items():
         (good / "mnist").mkdir(parents=True, exist_ok=True)
         write_idx(good / "mnist" / f"{prefix}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=generator, dtype=torch.uint8))
         write_idx(good / "mnist" / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=generator, dtype=torch.uint8))
-    (corrupt / "mnist").mkdir(parents=True)  # present (passes the preflight check) but not idx files
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (corrupt / "mnist" / name).write_bytes(b"not an idx file")
-    result = run_cli(["-m", "experiment=single", "data=mnist", "model=logreg", f"data.root={good},{corrupt}",
+    # Job 1 has no files and downloads them when it starts (preflight reads only files that are
+    # there): nothing listens on this local port, so the download fails without using the network.
+    empty.mkdir()
+    result = run_cli(["-m", "experiment=single", "data=mnist", "model=logreg", f"data.root={good},{empty}",
+                      "data.download=true", "+data.url=http://127.0.0.1:9/",
                       "data.verify_checksums=false", "data.batch_size=16", "trainer.max_steps=10",
                       *quiet_trainer_overrides()], cwd=tmp_path)
     assert result.returncode == 1
@@ -161,8 +162,8 @@ def test_a_failing_job_is_reported_and_does_not_hide_the_others(tmp_path) -> Non
     failed = json.loads((sweep / "1" / "run.json").read_text())
     assert failed["status"] == "failed" and "Traceback" in failed["traceback"]
     assert json.loads((sweep / "0" / "summary.json").read_text())["optimizer_steps"] == 10
-    # The report still shows job 0 and says why job 1 is missing.
-    assert "warning: " in result.stdout and "left out" in result.stdout
+    # The report still shows job 0 and says (on stderr) why job 1 is missing.
+    assert f"warning: {sweep / '1'}: left out, no val/loss logged" in result.stderr
     assert (sweep / "report" / "index.html").is_file()
 
 
@@ -189,10 +190,10 @@ def test_report_marks_runs_without_the_metric_and_a_bad_metric(capsys, tmp_path)
     sweep = _sweep_dir(tmp_path)
     capsys.readouterr()
     main(["report", str(sweep), "--out", str(tmp_path / "r")])
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("warning:")]
-    # limit_val_batches=0 validates nothing: that run is left out with the reason, the other is reported.
-    assert any("left out, no val/loss logged" in line and "train/loss" in line for line in lines), out
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("warning:")]
+    # limit_val_batches=0 validates nothing: that run is left out with the reason (on stderr), the other is reported.
+    assert any("left out, no val/loss logged" in line and "train/loss" in line for line in lines), err
     assert "report: " in out
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(sweep), "--metric", "val/accuracy"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_echo.echo.labels import echo_label
+from lightning_echo.report import table
 from lightning_echo.report.aggregate import band, compare_runs, configuration_label, first_at_or_below
 from lightning_echo.report.runs import Point, Run, series_from_rows
 
@@ -109,3 +110,70 @@ def test_rows_become_points_at_the_progress_logged_at_or_before_their_step() -> 
     assert [(p.step, p.elapsed_s, p.fresh_samples, p.value) for p in series["val/loss"]] == [(0, 0.0, 0.0, 2.0), (5, 1.5, 320.0, 1.2)]
     assert [(p.step, p.elapsed_s) for p in series["train/loss"]] == [(4, 0.0)]
     assert set(series) == {"val/loss", "train/loss"}
+
+
+def resolved_run(name: str, overrides: list[str], values: list[float], seconds_per_step: float = 1.0,
+                 status: str = "completed") -> Run:
+    """A run with the record the command line writes for ``experiment=single`` plus ``overrides``
+    (flat keys and the whole resolved config), logging ``values`` at steps 0, 10, 20, ..."""
+    from lightning_echo.app.config import compose_config
+    from lightning_echo.app.job import flat_run_config
+
+    config = flat_run_config(compose_config(["experiment=single", *overrides]), "g")
+    points = [Point(10 * i, 10 * i * seconds_per_step, 40.0 * i, v) for i, v in enumerate(values)]
+    return Run(Path(name), name, "g", config, status, "csv", {"val/loss": points})
+
+
+def test_runs_are_seeds_only_when_their_whole_resolved_config_is_equal_but_the_seed() -> None:
+    runs = [
+        # Seeds of one configuration: they differ only in the seed and in settings that cannot
+        # change the result (where outputs go, the progress bar, the echo settings sync never reads).
+        resolved_run("a0", ["model=mlp", "model.hidden_sizes=[8]", "seed=0", "paths.output_root=/a"], [2.0, 1.0]),
+        resolved_run("a1", ["model=mlp", "model.hidden_sizes=[8]", "seed=1", "paths.output_root=/b",
+                            "trainer.enable_progress_bar=false", "echo.factor=4"], [2.0, 1.2]),
+        resolved_run("b0", ["model=mlp", "model.hidden_sizes=[256]", "seed=0"], [2.0, 0.8]),
+        resolved_run("c0", ["model=logreg", "seed=0"], [2.0, 0.9]),
+    ]
+    by_label = {c.label: [run.name for run in c.runs] for c in compare_runs(runs).configurations}
+    assert by_label == {"sync, model=MLP, model.hidden_sizes=[8]": ["a0", "a1"],
+                        "sync, model=MLP, model.hidden_sizes=[256]": ["b0"],
+                        "sync, model=LogisticRegression": ["c0"]}
+
+
+def test_runs_on_different_data_get_their_own_target_and_baseline() -> None:
+    small, large = "data.n_examples=1024", "data.n_examples=2048"
+    runs = [
+        resolved_run("sync-small", [small], [2.0, 1.5, 1.0]),
+        resolved_run("echo-small", [small, "algorithm=echo"], [2.0, 1.0, 0.9]),
+        resolved_run("sync-large", [large], [1.0, 0.7, 0.5]),
+        resolved_run("echo-large", [large, "algorithm=echo"], [1.0, 0.5, 0.45]),
+    ]
+    comparison = compare_runs(runs)
+    assert [(t.data, t.value) for t in comparison.targets] == [
+        (small, pytest.approx(1.0 * 1.01)), (large, pytest.approx(0.5 * 1.01))]
+    assert comparison.target is None and any("different data" in w for w in comparison.warnings)
+    by_label = {c.label: c for c in comparison.configurations}
+    assert by_label[f"echo x2, {large}"].baseline == f"sync, {large}"
+    # each echo run reaches its own data's target at step 10, its baseline at step 20
+    assert by_label[f"echo x2, {small}"].speedup == pytest.approx(2.0)
+    assert by_label[f"echo x2, {large}"].speedup == pytest.approx(2.0)
+
+
+def test_a_diverged_run_sets_no_target_final_loss_or_time_to_target() -> None:
+    runs = [
+        make_run("s0", [2.0, 1.0, 0.5], 1.0, seed=0),
+        make_run("s1", [2.0], 1.0, status="diverged", seed=1),  # only its loss before training was finite
+        make_run("e", [2.0, 0.5, 0.4], 1.0, algorithm="echo", echo_factor=2),
+    ]
+    comparison = compare_runs(runs)
+    assert comparison.target == pytest.approx(0.5 * 1.01)  # not from the diverged run's 2.0
+    sync = next(c for c in comparison.configurations if c.label == "sync")
+    assert sync.final_mean == 0.5 and [run.name for run in sync.counted] == ["s0"]
+    assert len(sync.reached) == 1
+    row = next(row for row in table.rows(comparison) if row[0] == "sync")
+    assert row[1] == "2 (1 diverged)" and row[2] == "20.0 (1/2 reached)" and row[5] == "0.5000"
+    assert any("s1: diverged" in w and "sets no target" in w for w in comparison.warnings)
+    # A configuration whose every run diverged has no final loss, no time to target, no speed-up.
+    alone = compare_runs([make_run("d", [2.0], 1.0, status="diverged", algorithm="echo", echo_factor=2), runs[0]])
+    diverged_row = next(row for row in table.rows(alone) if row[0] == "echo x2")
+    assert diverged_row[2:] == ["diverged (0/1)"] * 3 + ["diverged", "-"]

@@ -75,7 +75,7 @@ def build_optimizer_factory(cfg: DictConfig) -> Callable[..., torch.optim.Optimi
         factory([torch.nn.Parameter(torch.zeros(1))])
     except ConfigError as error:
         raise error.with_prefix("optimizer.") from None
-    except ValueError as error:  # torch's own argument checks, e.g. "Invalid momentum value: -1"
+    except (ValueError, TypeError) as error:  # torch's own checks ("Invalid momentum value: -1"), unknown arguments
         raise ConfigError("optimizer", cfg.optimizer.get("_target_"), str(error)) from None
     return factory
 
@@ -174,9 +174,10 @@ def build_trainer(
     except TypeError as error:
         raise ConfigError("trainer", "...", f"bad Trainer argument: {error}") from None
     except Exception as error:
-        if type(error).__name__ == "MisconfigurationException":
-            first_line = str(error).strip().splitlines()[0]
-            raise ConfigError("trainer", _short(kwargs), first_line) from None
+        # Lightning refuses bad values with MisconfigurationException or ValueError (precision=weird),
+        # and an accelerator whose package is missing with ImportError (accelerator=tpu without XLA).
+        if type(error).__name__ == "MisconfigurationException" or isinstance(error, (ValueError, ImportError)):
+            raise ConfigError("trainer", _short(kwargs), one_line(error, max_lines=1)) from None
         raise
 
 

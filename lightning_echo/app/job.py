@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import functools
+import os
+import socket
 import sys
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
@@ -22,17 +24,26 @@ from lightning_echo.app.builders import (
     build_model,
     build_trainer,
 )
+from lightning_echo.app.checkpoint import build_last_checkpoint
+from lightning_echo.app.divergence import RunDiverged, divergence_hint
+from lightning_echo.app.interrupt import SIGNALS, RunInterrupted, interruption_signal
+from lightning_echo.app.resume import ResumePoint, keep_csv_history
+from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.records import (
     ALGORITHM_KEYS,
     BASELINE,
     CLOCK,
     COMPLETED,
+    DIVERGED,
+    DIVERGED_EXIT_CODE,
     FAILED,
+    INTERRUPTED,
     LABEL,
     RUN_FILE,
     RUNNING,
     RunRecordFile,
+    write_json,
 )
 
 
@@ -53,6 +64,7 @@ class RunSummary:
     output_dir: str
     clock: str = "wall_clock"
     simulated_s: Optional[float] = None
+    status: str = COMPLETED
 
     def describe(self) -> str:
         """One line for the terminal."""
@@ -68,38 +80,80 @@ class RunSummary:
         )
 
 
-def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None, name: Optional[str] = None) -> RunSummary:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _watching_signals(function: _F) -> _F:
+    @functools.wraps(function)
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with SIGNALS:
+            return function(*args, **kwargs)
+
+    return watched  # type: ignore[return-value]
+
+
+@_watching_signals
+def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None, name: Optional[str] = None,
+                 resume: Optional[ResumePoint] = None) -> RunSummary:
     """Train as ``cfg`` says, writing logs, ``run.json`` and ``summary.json`` into ``output_dir``.
 
     ``group`` is the id shared by the runs of one sweep (wandb group, ``group`` config key) and
     ``name`` the run's label in it. ``run.json`` says ``running`` until the run ends, then
     ``completed`` or ``failed`` (with the error): a run killed half-way stays ``running``.
+    A run whose training loss stops being finite is stopped, recorded as ``diverged`` (with
+    ``summary.json``) and raises :class:`RunDiverged`. SIGINT or SIGTERM stops it as
+    ``interrupted`` and raises :class:`RunInterrupted` (SIGTERM after saving the checkpoint
+    ``checkpoint`` settings ask for). ``resume`` continues the run in ``output_dir`` from its checkpoint.
     """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     group = group or output_dir.name
     flat = flat_run_config(cfg, group)
-    record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]),
-                           config={k: v for k, v in flat.items() if k != "config"})
-    record.write(status=RUNNING)
+    record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]), config=flat,
+                           details=resume.record() if resume is not None else {})
+    record.write(status=RUNNING, pid=os.getpid(), host=socket.gethostname())
+    resumed = resume is not None and resume.checkpoint is not None
+    trainer = last_checkpoint = None
     try:
         datamodule = build_datamodule(cfg)
         model = build_model(cfg, datamodule.spec)
-        callbacks = build_callbacks(cfg)
+        guard = DivergenceGuard()
+        callbacks = [*build_callbacks(cfg), guard]
+        last_checkpoint = build_last_checkpoint(cfg, output_dir)
+        if last_checkpoint is not None:
+            callbacks.append(last_checkpoint)
         loggers = build_loggers(cfg, output_dir, group=group, name=name)
+        replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resumed else None
         for logger in loggers:
             logger.log_hyperparams(flat)
+        if replay_history is not None:
+            replay_history()
         trainer = build_trainer(cfg, output_dir, callbacks, loggers)
         initial_val_loss = final_val_loss = None
-        if cfg.get("validate_before_training", True):
+        if resumed:
+            initial_val_loss = resume.initial_val_loss
+        elif cfg.get("validate_before_training", True):
             initial_val_loss = _validation_loss(trainer, model, datamodule)
-        trainer.fit(model, datamodule=datamodule)
-        final_val_loss = _validation_loss(trainer, model, datamodule)
+            SIGNALS.raise_if_received()
+        record.write(status=RUNNING, initial_val_loss=initial_val_loss)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resumed else None)
+        SIGNALS.raise_if_received()
+        # The final validation replaces the callback metrics: read the training loss first.
+        final_train_loss = _metric(trainer.callback_metrics, "train/loss")
+        if guard.divergence is None:  # a diverged model's validation loss says nothing more
+            final_val_loss = _validation_loss(trainer, model, datamodule)
     except BaseException as error:
-        finish_wandb(exit_code=1)
-        record.write(status=FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-        raise
-    finish_wandb(exit_code=0)
+        signum = interruption_signal(error)
+        if signum is None:
+            finish_wandb(exit_code=1)
+            record.write(status=FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+            raise
+        interrupted = _interruption(signum, output_dir, trainer, last_checkpoint)
+        finish_wandb(exit_code=interrupted.exit_code)
+        record.write(status=INTERRUPTED, error=str(interrupted),
+                     checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+        raise interrupted from None
+    finish_wandb(exit_code=0 if guard.divergence is None else DIVERGED_EXIT_CODE)
     progress = next(c for c in callbacks if isinstance(c, TrainingProgress))
     summary = RunSummary(
         algorithm=str(cfg.algorithm.name),
@@ -111,15 +165,32 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         elapsed_s=progress.elapsed_s,
         initial_val_loss=initial_val_loss,
         final_val_loss=final_val_loss,
-        final_train_loss=_metric(trainer.callback_metrics, "train/loss"),
+        final_train_loss=final_train_loss,
         output_dir=str(output_dir),
         clock=progress.clock,
         simulated_s=progress.ledger.clock_s,
+        status=COMPLETED if guard.divergence is None else DIVERGED,
     )
+    diverged = RunDiverged(guard.divergence, divergence_hint(cfg)) if guard.divergence is not None else None
     if trainer.is_global_zero:
-        (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        record.write(status=COMPLETED)
+        write_json(output_dir / "summary.json", asdict(summary))
+        record.write(status=summary.status, error=str(diverged) if diverged else None)
+    if diverged is not None:
+        raise diverged
     return summary
+
+
+def _interruption(signum: int, output_dir: Path, trainer: Optional[pl.Trainer],
+                  last_checkpoint: Optional[Any]) -> RunInterrupted:
+    """The RunInterrupted a run raises: where it stopped and what a resume starts from."""
+    saved = last_checkpoint.path if last_checkpoint is not None and last_checkpoint.path.is_file() else None
+    where = f"at step {trainer.global_step if trainer is not None else 0}; "
+    if saved is None:
+        where += "no checkpoint: a resume starts the run over"
+    else:
+        step = last_checkpoint.saved_step
+        where += f"checkpoint {saved}" + (f" (step {step})" if step is not None else "")
+    return RunInterrupted(signum, where, run_dir=output_dir, checkpoint=saved)
 
 
 def finish_wandb(exit_code: int) -> None:

@@ -1,18 +1,19 @@
 """Check every job of a command line before any work starts.
 
 Each problem becomes one line naming the setting, the value and what is allowed: an unknown
-group option, a bad value, a missing dataset file, a model that does not fit the data.
+group option or key, a bad value (also in the settings of an algorithm not in use), a missing
+dataset file, a model that does not fit the data, an output directory that cannot be written.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -31,16 +32,14 @@ from lightning_echo.app.config import (
     group_options,
     hydra_context,
 )
+from lightning_echo.app.checkpoint import build_last_checkpoint
+from lightning_echo.app.data_check import check_dataset_readable
+from lightning_echo.app.outputs import check_logger_paths, refuse_used_output_dir
+from lightning_echo.app.overrides import check_known_keys, is_group_override, parse_overrides, quoted_override
+from lightning_echo.app.resume import refuse_checkpoint_overrides
+from lightning_echo.app.value_checks import check_algorithm_settings, check_integer_sizes, check_report_settings
 from lightning_echo.errors import ConfigError, one_line
-from lightning_echo.validation import non_negative_int
-
-
-def parse_overrides(overrides: Sequence[str]) -> list[Override]:
-    """Parse command-line overrides with Hydra's grammar; syntax errors become ConfigError."""
-    try:
-        return OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as error:
-        raise ConfigError("overrides", " ".join(overrides), one_line(error, max_lines=2)) from None
+from lightning_echo.validation import boolean, random_seed, writable_directory
 
 
 def check_group_choices(overrides: Sequence[Override]) -> None:
@@ -61,62 +60,111 @@ def expand_jobs(overrides: Sequence[Override], multirun: bool) -> list[list[str]
     if not multirun:
         for override in overrides:
             if override.is_sweep_override():
-                raise ConfigError(
-                    override.key_or_group, override.input_line.split("=", 1)[-1], "a sweep needs multirun: add -m"
-                )
+                key, _, value = override.input_line.partition("=")
+                raise ConfigError(key, value, "a sweep needs multirun: add -m (or, if the commas belong to the "
+                                  f"value, quote it: {quoted_override(key, value)})")
         return [[o.input_line for o in overrides]]
     batches = BasicSweeper.split_arguments(list(overrides), None)
     return [list(job) for batch in batches for job in batch]
 
 
-def configured_sweep(overrides: Sequence[Override]) -> tuple[bool, list[str]]:
-    """Whether the config itself asks for a multirun (``hydra.mode``, as the default comparison
-    does) and the sweep parameters it sets (``hydra.sweeper.params``)."""
+def compose_with_hydra(overrides: Sequence[Override]) -> DictConfig:
+    """The config with its ``hydra`` node, composed from the overrides that are not sweeps (what
+    Hydra composes to decide the run mode and the output directory)."""
     fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
     try:
         with hydra_context():
-            cfg = compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
+            return compose(config_name=CONFIG_NAME, overrides=fixed, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError("overrides", " ".join(fixed), one_line(error, max_lines=2)) from None
+        raise _compose_error(fixed, error) from None
+
+
+def configured_sweep(cfg: DictConfig) -> tuple[bool, list[str]]:
+    """Whether the config itself asks for a multirun (``hydra.mode``, as the default comparison
+    does) and the sweep parameters it sets (``hydra.sweeper.params``)."""
     mode = str(OmegaConf.select(cfg, "hydra.mode", default=None) or "")
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
     return mode.endswith("MULTIRUN"), [f"{key}={value}" for key, value in params.items()]
 
 
+def check_output_dir(cfg: DictConfig, overrides: Sequence[Override], multirun: bool) -> Path:
+    """Refuse an output directory (``hydra.run.dir``, or ``hydra.sweep.dir`` for a multirun; both
+    under ``paths.output_root`` unless set) that is a file or cannot be written."""
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        path = Path(str(OmegaConf.select(cfg, dir_key)))
+        output_root = OmegaConf.select(cfg, "paths.output_root")
+    except OmegaConfBaseException as error:
+        raise ConfigError(dir_key, "?", one_line(error, max_lines=1)) from None
+    if any(o.key_or_group == dir_key for o in overrides):
+        return writable_directory(dir_key, str(path), path)
+    return writable_directory("paths.output_root", output_root, path)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Build every object of the run from ``cfg`` without training; raise on the first problem."""
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as error:
         raise ConfigError(getattr(error, "full_key", "config") or "config", "?", one_line(error, max_lines=2)) from None
-    non_negative_int("seed", cfg.get("seed"))
+    random_seed("seed", cfg.get("seed"))
+    boolean("validate_before_training", cfg.get("validate_before_training", True))
+    check_report_settings(cfg.get("report") or {})
+    check_integer_sizes(container)
     datamodule = build_datamodule(cfg)
     build_model(cfg, datamodule.spec)
     build_callbacks(cfg)
+    build_last_checkpoint(cfg, run_dir=None)
+    check_logger_paths(cfg)
+    check_algorithm_settings(cfg)
     with _quiet_lightning():
         build_trainer(cfg, output_dir=None)
-    datamodule.check_files()
+    try:
+        datamodule.check_files()
+    except ConfigError as error:
+        raise error.with_prefix("data.") from None
+    check_dataset_readable(datamodule)
 
 
-def preflight(overrides: Sequence[str], multirun: bool) -> int:
-    """Validate every job the command line would run; returns the number of jobs."""
-    parsed = parse_overrides([o for o in overrides])
+def preflight(overrides: Sequence[str], multirun: bool) -> list[list[str]]:
+    """Validate every job the command line would run; returns each job's overrides, in launch order."""
+    parsed = parse_overrides(overrides)
+    refuse_checkpoint_overrides(parsed)
     with hydra_context():
         check_group_choices(parsed)
-        config_multirun, params = configured_sweep(parsed)
+        # The run mode and the sweep the config sets depend on its groups and hydra.* alone.
+        config_multirun, params = configured_sweep(
+            compose_with_hydra([o for o in parsed if is_group_override(o, GROUPS) or o.is_hydra_override()]))
         if config_multirun:
             # Hydra puts the config's sweep parameters first; the command line wins per key.
             parsed = parse_overrides(params) + parsed
             check_group_choices(parsed)
-        jobs = expand_jobs(parsed, multirun or config_multirun)
+        multirun = multirun or config_multirun
+        jobs = expand_jobs(parsed, multirun)
+        bases: dict[tuple[str, ...], DictConfig] = {}
         for job in jobs:
-            job = [o for o in job if not o.lstrip("+~").startswith("hydra")]
-            try:
-                cfg = compose_config(job)
-            except (HydraException, OmegaConfBaseException) as error:
-                raise ConfigError("overrides", " ".join(job), one_line(error, max_lines=2)) from None
-            validate_config(cfg)
-    return len(jobs)
+            job_overrides = [o for o in parse_overrides(job) if not o.is_hydra_override()]
+            groups = tuple(o.input_line for o in job_overrides if is_group_override(o, GROUPS))
+            if groups not in bases:
+                bases[groups] = _compose(groups)
+            check_known_keys(job_overrides, bases[groups], GROUPS)
+            validate_config(_compose([o.input_line for o in job_overrides]))
+        output_dir = check_output_dir(compose_with_hydra(parsed), parsed, multirun)
+        refuse_used_output_dir(output_dir, parsed, multirun)
+    return jobs
+
+
+def _compose(overrides: Sequence[str]) -> DictConfig:
+    try:
+        return compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise _compose_error(overrides, error) from None
+
+
+def _compose_error(overrides: Sequence[str], error: Exception) -> ConfigError:
+    # Hydra's "To append to your config use +key=value" would lead to a key nobody reads.
+    lines = [line for line in str(error).splitlines() if not line.strip().startswith("To append to your config")]
+    return ConfigError("overrides", " ".join(overrides), one_line("\n".join(lines), max_lines=2))
 
 
 @contextmanager

@@ -15,12 +15,14 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from lightning_echo.callbacks.divergence import Divergence, DivergenceGuard, divergence_guard
 from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.core.optimum import logistic_regression_optimum
 from lightning_echo.data.modules.synthetic import least_squares_optimum
 from lightning_echo.echoed_optim.averaging import parameters_at_iterates
 from lightning_echo.errors import ConfigError
 from lightning_echo.models import LinearRegression, LogisticRegression
+from lightning_echo.records import write_json
 from lightning_echo.validation import positive_float, positive_int
 
 RESULT_FILE = "target.json"
@@ -37,6 +39,11 @@ class TargetLoss(pl.Callback):
     a computed optimum is kept there, keyed by the data and the model, for the next run. ``optimum`` is computed at fit start
     for logistic and linear regression when not given. The result is written to
     ``<default_root_dir>/target.json`` when training ends.
+
+    Divergence is the Trainer's :class:`~lightning_echo.callbacks.divergence.DivergenceGuard`'s to
+    decide (one is added when there is none): each full loss is reported to it with the bound
+    ``divergence_factor x`` the initial loss, and the guard stops the run at the first loss above
+    that bound or not finite (``divergence_factor=None``: only a loss that is not finite).
 
     Example::
 
@@ -64,7 +71,7 @@ class TargetLoss(pl.Callback):
         self.stop_at_target = stop_at_target
         self.chunk_size = positive_int("chunk_size", chunk_size)
         if divergence_factor is not None and positive_float("divergence_factor", divergence_factor) <= 1:
-            raise ConfigError("divergence_factor", divergence_factor, "must be > 1, or null to never stop a diverging run")
+            raise ConfigError("divergence_factor", divergence_factor, "must be > 1, or null to stop only on a loss that is not finite")
         self.divergence_factor = divergence_factor
         if not isinstance(at_iterates, bool):
             raise ConfigError("at_iterates", at_iterates, "must be true or false")
@@ -75,14 +82,29 @@ class TargetLoss(pl.Callback):
         self.reached_loss: Optional[float] = None
         self.initial_loss: Optional[float] = None
         self.last_loss: Optional[float] = None
-        self.diverged = False
+        self._guard: Optional[DivergenceGuard] = None
 
     @property
     def target(self) -> Optional[float]:
         """The loss to reach: ``optimum * (1 + relative_gap)``."""
         return None if self.optimum is None else self.optimum * (1.0 + self.relative_gap)
 
+    @property
+    def divergence(self) -> Optional[Divergence]:
+        """Where the run diverged (as the Trainer's ``DivergenceGuard`` recorded it), or None."""
+        return self._guard.divergence if self._guard is not None else None
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the run was stopped as diverged."""
+        return self.divergence is not None
+
     # -- Lightning hooks --------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._guard = divergence_guard(trainer, add=True)
+
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         x, y = self._training_tensors(trainer)
@@ -106,16 +128,15 @@ class TargetLoss(pl.Callback):
             self.reached_loss = loss
             if self.stop_at_target:
                 trainer.should_stop = True
-        if self.divergence_factor is not None and self._diverging(loss):
-            self.diverged = True
-            trainer.should_stop = True
+        if self._guard is not None:
+            self._guard.observe(trainer, "train/full_loss", loss, self._divergence_limit())
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and trainer.default_root_dir:
             path = Path(trainer.default_root_dir) / RESULT_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.result(trainer), indent=2) + "\n")
+            write_json(path, self.result(trainer))
 
     # -- results ----------------------------------------------------------------------------
     def result(self, trainer: pl.Trainer) -> dict[str, Any]:
@@ -131,6 +152,7 @@ class TargetLoss(pl.Callback):
             "initial_loss": self.initial_loss,
             "last_loss": self.last_loss,
             "diverged": self.diverged,
+            "divergence": self.divergence.as_dict() if self.divergence is not None else None,
             "final_step": int(trainer.global_step),
             "final_fresh_samples": self._fresh_samples(trainer, int(trainer.global_step)),
             "every_n_steps": self.every_n_steps,
@@ -153,9 +175,10 @@ class TargetLoss(pl.Callback):
         self.reached_loss = state_dict.get("reached_loss")
 
     # -- helpers ----------------------------------------------------------------------------
-    def _diverging(self, loss: float) -> bool:
-        assert self.divergence_factor is not None and self.initial_loss is not None
-        return not math.isfinite(loss) or loss > self.divergence_factor * max(self.initial_loss, 1e-12)
+    def _divergence_limit(self) -> Optional[float]:
+        if self.divergence_factor is None or self.initial_loss is None or not math.isfinite(self.initial_loss):
+            return None
+        return self.divergence_factor * max(self.initial_loss, 1e-12)
 
     @staticmethod
     def _training_tensors(trainer: pl.Trainer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,10 @@
 """How many times each fresh batch (or example) is served: the echo-factor rules.
 
 - a number ``e >= 1``: ``floor(e)`` times, plus once more with probability ``e - floor(e)``
-  (Choi et al.'s rule for non-integer factors), drawn from a seeded generator;
+  (Choi et al.'s rule for non-integer factors), drawn from a seeded generator; where the number
+  of fresh batches in a pass is known, the extra serves are spread over exactly
+  ``round((e - floor(e)) * n)`` of its ``n`` batches, so every pass has the same length
+  (:func:`draw_pass_repeats`, :func:`steps_per_pass`);
 - ``"auto"``: serve again only while the next fresh batch is not ready, at most ``max_factor``
   times in all (see :func:`adaptive_should_echo`).
 """
@@ -43,6 +46,29 @@ def draw_repeats(factor: float, generator: torch.Generator) -> int:
         return int(whole)
     extra = torch.rand((), generator=generator, dtype=torch.float64).item() < fraction
     return int(whole) + int(extra)
+
+
+def extra_serves(factor: float, fresh_batches: int) -> int:
+    """How many of ``fresh_batches`` batches are served ``floor(factor) + 1`` times in one pass
+    at a fixed ``factor``: ``(factor - floor(factor)) * fresh_batches``, rounded half up."""
+    return math.floor((factor - math.floor(factor)) * fresh_batches + 0.5)
+
+
+def steps_per_pass(factor: float, fresh_batches: int) -> int:
+    """Optimizer steps in one pass over ``fresh_batches`` batches at a fixed ``factor``:
+    ``floor(factor) * fresh_batches + extra_serves(factor, fresh_batches)``."""
+    return math.floor(factor) * fresh_batches + extra_serves(factor, fresh_batches)
+
+
+def draw_pass_repeats(factor: float, fresh_batches: int, generator: torch.Generator) -> torch.Tensor:
+    """Times to serve each of the ``fresh_batches`` batches of one pass: ``floor(factor)``, and once
+    more for ``extra_serves`` of them drawn at random without replacement, so each batch is served
+    ``factor`` times on average (up to the rounding) and the pass is exactly
+    ``steps_per_pass(factor, fresh_batches)`` steps."""
+    repeats = torch.full((fresh_batches,), math.floor(factor), dtype=torch.int64)
+    chosen = torch.randperm(fresh_batches, generator=generator)[: extra_serves(factor, fresh_batches)]
+    repeats[chosen] += 1
+    return repeats
 
 
 def adaptive_should_echo(served: int, max_factor: int, fresh_ready: bool) -> bool:

@@ -214,6 +214,11 @@ class IterableNode(BaseNode):
         self._count += 1
         return item
 
+    def close(self) -> None:
+        """Drop the current iterator: a ``DataLoader`` iterator stops its worker processes when
+        dropped. The next ``reset`` iterates afresh."""
+        self._iterator = None
+
     @override
     def get_state(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {self.COUNT: self._count}

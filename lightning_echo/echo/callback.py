@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence, Union
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
@@ -16,7 +17,7 @@ from lightning_echo.core.echo_factor import (
     AUTO,
     EchoFactor,
     check_echo_factor,
-    is_integer_factor,
+    steps_per_pass,
 )
 from lightning_echo.core.progress import (
     WALL_CLOCK,
@@ -29,7 +30,8 @@ from lightning_echo.data.nodes import IterableNode
 from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline
 from lightning_echo import lightning_internals as _lightning
 from lightning_echo.echo.loader import EchoLoader
-from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEcho, check_batch_size_fn
+from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEcho, PassLimit, check_batch_size_fn
+from lightning_echo.echo.rank_zero_return import RankZeroReturn
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import non_negative_int, one_of, positive_int
 
@@ -64,7 +66,25 @@ class DataEchoing(pl.Callback):
     - ``training_step(self, dataloader_iter)`` is supported: each batch it takes is counted
       (fresh or echo) and it moves batches to the device itself, as without echoing.
     - ``trainer.train_dataloader`` reads the wrapped loader's attributes through
-      (``dataset``, ``sampler``, ``batch_size``, ...).
+      (``dataset``, ``sampler``, ``batch_size``, ...), so Lightning calls the sampler's
+      ``set_epoch`` every epoch, on every rank under DDP.
+
+    How it meets the Trainer's options:
+
+    - ``limit_train_batches`` / ``overfit_batches`` count fresh batches (echo groups are never cut
+      short); while fitting, ``trainer.limit_train_batches`` reads 1.0.
+    - With a number as ``factor`` (``kind="batch"``) an epoch of ``n`` fresh batches is exactly
+      ``floor(factor) * n + round((factor - floor(factor)) * n)`` steps (the extra serves of a
+      non-integer factor are spread over each epoch) and Lightning is given that length. With
+      ``"auto"`` or ``kind="example"`` it is not known: an epoch-bounded run gets the bound
+      (``max_factor`` or ``ceil(factor)`` steps per fresh batch) as ``max_steps``, for
+      ``trainer.estimated_stepping_batches``, and a fractional ``val_check_interval`` is refused.
+    - Lightning's tuners detach every callback while they search: they search on fresh batches.
+    - A second ``fit`` on the same Trainer keeps counting, as ``global_step`` does; a new Trainer
+      starts from zero. Under ``ddp_spawn`` the callback in the launching process reports rank 0's
+      counters after ``fit``.
+    - The echo stage's threads and the ``DataLoader``'s worker processes stop when ``fit`` returns
+      or fails.
 
     Args:
         factor: times each fresh batch is served: a number >= 1 (non-integer: ``floor`` times
@@ -133,7 +153,10 @@ class DataEchoing(pl.Callback):
         self._steps_on_iterator = False
         self._taken: list[EchoInfo] = []  # batches the current step took itself (dataloader_iter)
         self._undo: list[Callable[[], None]] = []
+        self._undo_max_steps: Optional[Callable[[], None]] = None
+        self._fresh_limit: Union[int, float] = 1.0  # Lightning's limit_train_batches, applied to fresh batches
         self._trainer: Optional[pl.Trainer] = None
+        self._from_rank_zero = RankZeroReturn()  # counters of a ddp_spawn run, for the launching process
 
     # -- the progress source (lightning_echo.core.progress.ProgressSource) ----------------------------
     clock = WALL_CLOCK
@@ -158,6 +181,11 @@ class DataEchoing(pl.Callback):
     # -- counters, read from the run's TrainingProgress --------------------------------------------
     @property
     def _ledger(self) -> ProgressLedger:
+        received = self._from_rank_zero.received()
+        if received is not None:  # this process launched a ddp_spawn run: rank 0's counts
+            ledger = ProgressLedger()
+            ledger.load_state_dict(received)
+            return ledger
         return self._progress.ledger if self._progress is not None else ProgressLedger()
 
     @property
@@ -196,6 +224,7 @@ class DataEchoing(pl.Callback):
         if stage != "fit":
             return
         self._trainer = trainer
+        self._from_rank_zero.forget()
         self._progress = training_progress(trainer, add=True)
         assert self._progress is not None
         self._budget = self._progress.tighten_budget(self.max_fresh_samples, self.max_fresh_batches)
@@ -206,39 +235,99 @@ class DataEchoing(pl.Callback):
             )
         if isinstance(_lightning.validation_loader(trainer), EchoLoader):
             raise ConfigError("val_dataloaders", "an EchoLoader", "echoing applies to the train loader only")
+        self._check_validation_interval(trainer)
         self._steps_on_iterator = _lightning.steps_on_dataloader_iter(pl_module)
+        self._fresh_limit, undo_limit = _lightning.take_train_batch_limit(trainer)
+        self._undo.append(undo_limit)
         self._undo.append(_lightning.wrap_train_source(trainer, lambda loader: self._echo_loader(trainer, loader)))
         self._undo.append(_lightning.wrap_before_batch_transfer(pl_module, self._before_transfer))
         self._undo.append(_lightning.wrap_batch_to_device(trainer, self._transfer))
 
+    def _check_validation_interval(self, trainer: pl.Trainer) -> None:
+        """Refuse a fraction-of-an-epoch ``val_check_interval`` where an epoch's steps are not known."""
+        interval = trainer.val_check_interval
+        if not isinstance(interval, float) or interval == 1.0 or self.knows_epoch_length:
+            return
+        stage = "factor='auto'" if self.factor == AUTO else "kind='example'"
+        raise ConfigError(
+            "val_check_interval", interval,
+            f"with DataEchoing({stage}) the number of optimizer steps in an epoch is not known in advance: "
+            "validate every N steps (val_check_interval=N, an int; check_val_every_n_epoch=None to count across "
+            "epochs), or echo with a number as factor and kind='batch'",
+        )
+
+    @property
+    def knows_epoch_length(self) -> bool:
+        """True when an epoch's number of optimizer steps follows from its number of fresh batches
+        (batch echoing with a number as factor); it is then known wherever the loader has a length."""
+        return self.kind == "batch" and self.factor != AUTO
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not isinstance(trainer.train_dataloader, EchoLoader):
+            raise _lightning.LightningInternalsChanged(
+                "DataEchoing could not install its echo stage on the train loader (the train loader is a "
+                f"{type(trainer.train_dataloader).__name__}) with pytorch-lightning {pl.__version__} "
+                f"(supported: {_lightning.SUPPORTED})"
+            )
+
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._release()
+        if trainer.global_rank == 0:
+            self._from_rank_zero.send(self._ledger.state_dict())  # to the launching process of a ddp_spawn run
+        else:
+            self._from_rank_zero.close()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Lightning calls no teardown hook when fit fails, and resets the train loader (stopping its
+        # threads and worker processes) only when the exception lands outside validation: release
+        # everything here, so that nothing outlives fit and the Trainer is as it was.
+        self._release()
+
+    def _release(self) -> None:
+        """Undo what ``setup`` changed on the Trainer and stop the echo loader's threads and workers."""
         while self._undo:
             self._undo.pop()()
+        if self._undo_max_steps is not None:
+            self._undo_max_steps()
+            self._undo_max_steps = None
         if self._loader is not None:
             self._loader.close()
         self._device_batch, self._device_versions = None, None
 
-    def _echo_loader(self, trainer: pl.Trainer, loader: Any) -> EchoLoader:
+    def _echo_loader(self, trainer: pl.Trainer, loader: Any) -> Any:
         if self._loader is not None:
             self._loader.close()
+            self._loader = None
+        if not any(callback is self for callback in trainer.callbacks):
+            # Lightning's tuners (lr_find, scale_batch_size) detach every callback while they
+            # search: they train on fresh batches, as without echoing.
+            return loader
         if isinstance(loader, (list, tuple, dict)) or type(loader).__name__ == "CombinedLoader":
             raise ConfigError("train_dataloaders", type(loader).__name__, "DataEchoing echoes a single train loader")
-        meter, closers, length = None, [], None
+        meter, closers = None, []
         reuse = self.kind == "batch"
+        fresh_per_epoch: Optional[int] = None
 
         def make_echo(node: BaseNode) -> BaseNode:
             nonlocal echo_node
-            echo_node = self._echo_node(trainer, node)
+            if fresh_per_epoch is not None and fresh_per_epoch != inner_length:
+                node = PassLimit(node, fresh_per_epoch)
+            echo_node = self._echo_node(trainer, node, fresh_per_epoch)
             return echo_node
 
         echo_node: Any = None
         if isinstance(loader, DataPipeline):
+            inner_length = _length_or_none(loader)
+            fresh_per_epoch = fresh_batches_per_epoch(inner_length, self._fresh_limit)
             root = loader.build(insert=make_echo, placement=self.placement)
             meter = loader.meter
             closers.append(loader.close)
             reuse = reuse and self.placement == "after_augmentation"
-            inner_length = _length_or_none(loader)
         else:
             if self.placement == "before_augmentation":
                 raise ConfigError(
@@ -247,19 +336,49 @@ class DataEchoing(pl.Callback):
             if isinstance(loader, DataLoader):
                 loader = _lightning.prepare_train_dataloader(trainer, loader)
             inner_length = _length_or_none(loader)
-            node: BaseNode = IterableNode(loader)
+            fresh_per_epoch = fresh_batches_per_epoch(inner_length, self._fresh_limit)
+            iterable = IterableNode(loader)
+            node: BaseNode = iterable
             if self.factor == AUTO:
                 node = BackgroundQueue(node)
                 closers.append(node.close)
+            closers.append(iterable.close)  # a DataLoader's worker processes stop with its iterator
+            if isinstance(loader, DataLoader):
+                closers.append(lambda: _lightning.stop_dataloader_workers(loader))  # persistent workers
             root = make_echo(node)
-        if self.kind == "batch" and is_integer_factor(self.factor) and inner_length is not None:
-            length = inner_length * int(self.factor)
+        length = self._epoch_steps(fresh_per_epoch)
+        if length is None:
+            self._bound_max_steps(trainer, fresh_per_epoch)
         self._loader = EchoLoader(root, echo_node, length, meter, reuse, closers, wrapped=loader)
         if self._steps_on_iterator:
             self._loader.on_serve = self._taken_by_step
         return self._loader
 
-    def _echo_node(self, trainer: pl.Trainer, source: BaseNode) -> BaseNode:
+    def _epoch_steps(self, fresh_per_epoch: Optional[int]) -> Optional[int]:
+        """Optimizer steps in an epoch of ``fresh_per_epoch`` fresh batches, where it is known."""
+        if fresh_per_epoch is None or not self.knows_epoch_length:
+            return None
+        return steps_per_pass(float(self.factor), fresh_per_epoch)
+
+    def _bound_max_steps(self, trainer: pl.Trainer, fresh_per_epoch: Optional[int]) -> None:
+        """Without a known epoch length, give an epoch-bounded run a ``max_steps`` it cannot
+        exceed (``max_factor`` or ``ceil(factor)`` serves per fresh batch, over the fresh batches
+        of ``max_epochs`` epochs or the fresh-batch budget), so that
+        ``trainer.estimated_stepping_batches`` is that bound instead of -1."""
+        if self._undo_max_steps is not None:
+            self._undo_max_steps()
+            self._undo_max_steps = None
+        if trainer.max_steps != -1 or trainer.max_epochs in (None, -1):
+            return
+        fresh_total = [fresh_per_epoch * trainer.max_epochs] if fresh_per_epoch is not None else []
+        if self._budget.max_batches is not None:
+            fresh_total.append(self._budget.max_batches)
+        if not fresh_total:
+            return  # a loader without a length and no budget: Lightning's own answer (-1) stands
+        serves = self.max_factor if self.factor == AUTO else math.ceil(float(self.factor))
+        self._undo_max_steps = _lightning.bound_max_steps(trainer, min(fresh_total) * serves)
+
+    def _echo_node(self, trainer: pl.Trainer, source: BaseNode, fresh_per_epoch: Optional[int] = None) -> BaseNode:
         if self.kind == "example":
             return ExampleEcho(
                 source, float(self.factor), self.shuffle_buffer, None, self.seed, budget=self._budget,
@@ -272,7 +391,8 @@ class DataEchoing(pl.Callback):
             strategy = trainer.strategy
             agree = lambda ready: strategy.reduce_boolean_decision(ready, all=True)  # noqa: E731
         return BatchEcho(
-            source, self.factor, self.max_factor, self.seed, agree, budget=self._budget, batch_size_fn=self.batch_size_fn
+            source, self.factor, self.max_factor, self.seed, agree, budget=self._budget, batch_size_fn=self.batch_size_fn,
+            pass_batches=fresh_per_epoch or None,
         )
 
     # -- batch transfer: the hooks run once per fresh batch; every step gets its own containers -----
@@ -367,6 +487,23 @@ class DataEchoing(pl.Callback):
             fresh_samples=sum(info.fresh_samples for info in infos),
             fresh_batches=fresh_batches,
         )
+
+
+def fresh_batches_per_epoch(length: Optional[int], limit: Union[int, float]) -> Optional[int]:
+    """Fresh batches in an epoch of a loader of ``length`` batches (None: unknown) under Lightning's
+    ``limit_train_batches`` (an int: at most that many batches; a float: that fraction of them)."""
+    if isinstance(limit, float) and limit == 1.0:
+        return length
+    if isinstance(limit, int):
+        return limit if length is None else min(length, limit)
+    if length is None:
+        raise ConfigError(
+            "limit_train_batches", limit, "a fraction needs a train loader with a length: give a number of fresh batches (an int)"
+        )
+    fresh = int(length * limit)
+    if fresh == 0:
+        raise ConfigError("limit_train_batches", limit, f"{limit} of {length} fresh batches is none: give at least {1 / length:.3g}")
+    return fresh
 
 
 def _length_or_none(loader: Any) -> Optional[int]:

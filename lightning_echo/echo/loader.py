@@ -24,6 +24,9 @@ class EchoLoader(StopsAtLightningTeardown):
       iterates the loader itself, where nothing else would consume ``served``);
     - ``state_dict`` accounts for Lightning's one-batch prefetch when the loader has no length
       (Lightning then holds one batch it has not trained on yet);
+    - ``len()`` is ``length``, the optimizer steps of one epoch, where that is known in advance
+      (batch echoing with a number as factor over a loader with a length); without it Lightning
+      treats the loader as an iterable of unknown length;
     - the step time between batches is recorded in ``meter`` (for ``slowdown`` throttles);
     - the public attributes of ``wrapped``, the user's loader (``dataset``, ``sampler``,
       ``batch_size``, ...), read through, as code written for the plain loader expects.
@@ -101,6 +104,6 @@ class EchoLoader(StopsAtLightningTeardown):
         self._loader.load_state_dict(state_dict)
 
     def close(self) -> None:
-        """Stop every background thread under this loader."""
+        """Stop every background thread and worker process under this loader (iterating again restarts them)."""
         for close in self._closers:
             close()

@@ -23,7 +23,9 @@ from lightning_echo.core.echo_factor import (
     EchoFactor,
     adaptive_should_echo,
     check_echo_factor,
+    draw_pass_repeats,
     draw_repeats,
+    is_integer_factor,
 )
 from lightning_echo.core.progress import FreshDataBudget
 from lightning_echo.data.background import find_ready_probe
@@ -117,11 +119,47 @@ def _budget(budget: Optional[FreshDataBudget], max_fresh_batches: Optional[int],
     return (budget or FreshDataBudget()).merged(max_fresh_samples, max_fresh_batches)
 
 
+class PassLimit(BaseNode):
+    """The first ``limit`` items of each pass over ``source`` (Lightning's ``limit_train_batches``
+    applied to fresh batches, below the echo stage)."""
+
+    SOURCE, TAKEN = "source", "taken"
+
+    def __init__(self, source: BaseNode, limit: int) -> None:
+        super().__init__()
+        self.source = source
+        self.limit = non_negative_int("limit", limit)
+        self._taken = 0
+
+    @override
+    def reset(self, initial_state: Optional[Dict[str, Any]] = None) -> None:
+        super().reset(initial_state)
+        self.source.reset(None if initial_state is None else initial_state[self.SOURCE])
+        self._taken = 0 if initial_state is None else int(initial_state[self.TAKEN])
+
+    @override
+    def next(self) -> Any:
+        if self._taken >= self.limit:
+            raise StopIteration
+        item = next(self.source)
+        self._taken += 1
+        return item
+
+    @override
+    def get_state(self) -> Dict[str, Any]:
+        return {self.SOURCE: self.source.state_dict(), self.TAKEN: self._taken}
+
+
 class BatchEcho(BaseNode):
     """Serve every fresh batch of ``source`` ``factor`` times (batch echoing).
 
     - ``factor`` a number >= 1: ``floor(factor)`` times plus once more with probability
       ``factor - floor(factor)``; the draw for fresh batch ``i`` depends only on ``(seed, i)``.
+      With ``pass_batches`` (the number of fresh batches one pass of ``source`` yields), the extra
+      serves of a non-integer factor are instead spread over exactly
+      ``round((factor - floor(factor)) * pass_batches)`` batches of each pass, drawn at random
+      from ``(seed, first fresh index of the pass)``: every pass is then exactly
+      ``steps_per_pass(factor, pass_batches)`` steps, a length Lightning can be given.
     - ``factor="auto"``: serve again while the next fresh batch is not ready (``ready()`` of the
       nearest background stage below), never more than ``max_factor`` times in all. ``agree``
       combines the "fresh batch ready" flag across processes (DDP) so every rank decides alike.
@@ -136,7 +174,7 @@ class BatchEcho(BaseNode):
     restored in the middle of an echo group fetches that batch again and finishes its group.
     """
 
-    SOURCE, SERVED, REPEATS = "source", "served", "repeats"
+    SOURCE, SERVED, REPEATS, PASS_START = "source", "served", "repeats", "pass_start"
 
     def __init__(
         self,
@@ -149,12 +187,16 @@ class BatchEcho(BaseNode):
         max_fresh_samples: Optional[int] = None,
         budget: Optional[FreshDataBudget] = None,
         batch_size_fn: Optional[BatchSizeFn] = None,
+        pass_batches: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.factor = check_echo_factor(factor, max_factor)
         self.max_factor = max_factor
         self.seed = non_negative_int("seed", seed)
+        self.pass_batches = positive_int("pass_batches", pass_batches) if pass_batches is not None else None
+        self._pass_start = 0  # fresh index of the first batch of the current pass
+        self._pass_repeats: Optional[torch.Tensor] = None
         self.agree = agree
         self.budget = FreshFetched(_budget(budget, max_fresh_batches, max_fresh_samples))
         self.count_examples = ExampleCounter(batch_size_fn)
@@ -173,8 +215,14 @@ class BatchEcho(BaseNode):
     def _draw_repeats(self, fresh_index: int) -> int:
         if self.factor == AUTO:
             return self.max_factor
-        if float(self.factor).is_integer():
+        if is_integer_factor(self.factor):
             return int(self.factor)
+        position = fresh_index - self._pass_start
+        if self.pass_batches is not None and 0 <= position < self.pass_batches:
+            if self._pass_repeats is None:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._pass_start + 7_919)
+                self._pass_repeats = draw_pass_repeats(float(self.factor), self.pass_batches, generator)
+            return int(self._pass_repeats[position])
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + fresh_index)
         return draw_repeats(float(self.factor), generator)
 
@@ -194,11 +242,14 @@ class BatchEcho(BaseNode):
         super().reset(initial_state)
         self._current, self._served, self._repeats = None, 0, 0
         self.last_info = None
+        self._pass_repeats = None
         if initial_state is None:
             self.source.reset(None)
             self._source_state_before = None
+            self._pass_start = self.budget.batches
             return
         self.budget.load(initial_state)
+        self._pass_start = int(initial_state.get(self.PASS_START, 0))
         self.source.reset(initial_state[self.SOURCE])
         served, repeats = int(initial_state[self.SERVED]), int(initial_state[self.REPEATS])
         if served > 0:
@@ -259,6 +310,7 @@ class BatchEcho(BaseNode):
             self.SOURCE: self._source_state_before if in_group else self.source.state_dict(),
             self.SERVED: self._served if in_group else 0,
             self.REPEATS: self._repeats if in_group else 0,
+            self.PASS_START: self._pass_start,
         }
         state.update(self.budget.state())  # includes the current batch, which a restore re-fetches uncounted
         return state

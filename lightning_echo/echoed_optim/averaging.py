@@ -87,6 +87,11 @@ class EchoIterateAveraging(pl.Callback):
             self._backup = None
 
     @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Interrupted during validation (a SIGTERM checkpoint comes next): put the live weights back.
+        self.on_validation_end(trainer, pl_module)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average, "count": self.count}
 
@@ -123,3 +128,8 @@ class EvaluateAtIterates(pl.Callback):
         if self._at_iterates is not None:
             self._at_iterates.__exit__(None, None, None)
             self._at_iterates = None
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # Interrupted during validation (a SIGTERM checkpoint comes next): back to the look-ahead point.
+        self.on_validation_end(trainer, pl_module)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from lightning_echo.errors import describe_error
 from lightning_echo.report import table
 from lightning_echo.report.aggregate import Comparison, compare_runs
 from lightning_echo.report.figures import write_figures
@@ -52,18 +54,33 @@ def write_report(
     return Report(comparison, html, figures)
 
 
+def print_report(report: Report) -> None:
+    """The target, the table, the warnings and where the page is; the runs left out (with the
+    reason) go to stderr."""
+    comparison = report.comparison
+    print(f"target: {comparison.target_rule}")
+    print(report.text_table)
+    left_out = set(comparison.left_out)
+    for warning in comparison.warnings:
+        if warning not in left_out:
+            print(f"warning: {warning}")
+    print(f"report: {report.html}", flush=True)
+    for line in comparison.left_out:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
 def report_after_sweep(sweep_dir: Path, settings: dict[str, Any]) -> Optional[Report]:
     """The end of a multirun: print the comparison table and where the report is. A report that
-    cannot be built is one printed line; the sweep's own results stay as they are."""
+    cannot be built is one printed line; the sweep's own results and summary stay as they are."""
     try:
         report = write_report([sweep_dir], sweep_dir / "report", metric=settings.get("metric", "val/loss"),
                               target_loss=settings.get("target_loss"), target_gap=settings.get("target_gap", 0.01))
     except ReportInputError as error:
         print(f"no comparison report: {error}")
         return None
-    print(f"\ntarget: {report.comparison.target_rule}")
-    print(report.text_table)
-    for warning in report.comparison.warnings:
-        print(f"warning: {warning}")
-    print(f"report: {report.html}")
+    except Exception as error:  # noqa: BLE001 - the sweep's summary still follows; the report is secondary
+        print(f"no comparison report: {describe_error(error)}")
+        return None
+    print()
+    print_report(report)
     return report

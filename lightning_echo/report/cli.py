@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_echo.errors import ConfigError, LightningEchoError
-from lightning_echo.report.build import write_report
+from lightning_echo.report.build import print_report, write_report
+from lightning_echo.validation import writable_directory
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,11 +42,7 @@ def report_main(argv: Sequence[str]) -> int:
         out = args.out or (args.paths[0] / "report")
         report = write_report(args.paths, out, metric=args.metric, target_loss=args.target,
                               target_gap=args.target_gap, title=args.title)
-        print(f"target: {report.comparison.target_rule}")
-        print(report.text_table)
-        for warning in report.comparison.warnings:
-            print(f"warning: {warning}")
-        print(f"report: {report.html}")
+        print_report(report)
         if args.wandb:
             print(f"wandb report: {_publish_to_wandb(report, args)}")
     except LightningEchoError as error:
@@ -59,6 +56,11 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--target", args.target, "must be a finite number")
     if not (math.isfinite(args.target_gap) and args.target_gap >= 0):
         raise ConfigError("--target-gap", args.target_gap, "must be a finite number >= 0")
+    # Before reading any run: a report that cannot be written is refused in one line.
+    if args.out is not None:
+        writable_directory("--out", str(args.out), args.out)
+    elif args.paths[0].is_dir():
+        writable_directory("--out", str(args.paths[0] / "report"), args.paths[0] / "report")
 
 
 def _publish_to_wandb(report: object, args: argparse.Namespace) -> Optional[str]:

@@ -1,11 +1,15 @@
 """A self-contained HTML page of a comparison: figures embedded as data URIs, the speed-up table,
-warnings, and every run with its status."""
+warnings, and every run with its status.
+
+The page is shared, and everything in it that comes from run directories (names, groups,
+statuses, labels, settings, errors, paths) is escaped: a run cannot put markup into it."""
 
 from __future__ import annotations
 
 import base64
 from html import escape
 from pathlib import Path
+from typing import Sequence
 
 from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
 from lightning_echo.report import table
@@ -17,12 +21,14 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
 th { background: #f2f2f2; }
 .warn { color: #a04000; }
-.failed, .crashed { color: #b00020; font-weight: bold; }
+.failed, .crashed, .diverged, .unreadable, .interrupted { color: #b00020; font-weight: bold; }
 figure { display: inline-block; margin: 0.5em; }
 img { max-width: 100%; }
 """
 
 
+# The statuses that get a CSS class (any other status is shown as text only).
+_STATUS_CLASSES = {"failed", "crashed", "diverged", "unreadable", "interrupted"}
 _CLOCK_NOTES = {
     WALL_CLOCK: "Time is wall-clock training time without validation.",
     SIMULATED: "Time is simulated time (the simulated cluster's clock), not wall-clock time.",
@@ -45,17 +51,27 @@ def write_html(comparison: Comparison, figures: dict[str, Path], path: Path, tit
         parts.append(f"<figure><img alt='{escape(comparison.metric)} against {escape(axis)}' "
                      f"src='data:image/png;base64,{encoded}'><figcaption>{escape(figure_path.name)}</figcaption></figure>")
     parts.append("<h2>Runs</h2>")
-    run_rows = [[escape(run.name), escape(run.group), f"<span class='{run.status}'>{run.status}</span>", str(run.last_step),
-                 run.source, escape(str(run.path))] + ([escape(run.error)] if run.error else [""])
+    run_rows = [[run.name, run.group, _status(run.status), str(run.last_step), run.source, str(run.path), run.error or ""]
                 for run in comparison.runs]
-    parts.append(_html_table(["run", "group", "status", "last step", "source", "directory", "error"], run_rows, escaped=True))
+    parts.append(_html_table(["run", "group", "status", "last step", "source", "directory", "error"], run_rows))
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
 
-def _html_table(header: list[str], rows: list[list[str]], escaped: bool = False) -> str:
+class Markup(str):
+    """HTML built here from escaped parts: the one kind of table cell written as is."""
+
+
+def _status(status: str) -> Markup:
+    css = f" class='{status}'" if status in _STATUS_CLASSES else ""
+    return Markup(f"<span{css}>{escape(status)}</span>")
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A table whose cells are escaped, except :class:`Markup`."""
     cells = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if escaped else escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, Markup) else escape(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
     return f"<table><tr>{cells}</tr>{body}</table>"

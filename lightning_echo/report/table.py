@@ -19,7 +19,8 @@ def header(comparison: Comparison) -> list[str]:
 
 
 def rows(comparison: Comparison) -> list[list[str]]:
-    """One row per configuration; "not reached (0/3)" when no run got to the target."""
+    """One row per configuration; "not reached (0/3)" when no run got to the target, "diverged
+    (0/3)" when every run diverged (a run that diverged never counts as reaching it)."""
     return [_row(c) for c in comparison.configurations]
 
 
@@ -30,12 +31,14 @@ def _row(configuration: Configuration) -> list[str]:
     runs = str(total) + (f" ({len(incomplete)} {'/'.join(sorted(set(incomplete)))})" if incomplete else "")
     suffix = f" ({reached}/{total} reached)" if 0 < reached < total else ""
     if reached == 0:
-        time = fresh = steps = f"not reached (0/{total})"
+        time = fresh = steps = f"{'not reached' if configuration.counted else 'diverged'} (0/{total})"
     else:
         time = f"{configuration.mean_to_target('elapsed_s'):.1f}{suffix}"
         fresh = f"{configuration.mean_to_target('fresh_samples'):.0f}"
         steps = f"{configuration.mean_to_target('step'):.0f}"
-    final = _mean_std(configuration.final_mean, configuration.final_std, total)
+    final = _mean_std(configuration.final_mean, configuration.final_std, len(configuration.counted))
+    if not configuration.counted:
+        final = "diverged"
     if configuration.is_sync and configuration.baseline == configuration.label:
         speedup = "1.00 (baseline)"
     elif configuration.speedup is not None:

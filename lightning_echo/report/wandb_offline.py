@@ -33,10 +33,13 @@ class OfflineRun:
 
 
 def iter_record_bytes(path: Path) -> Iterator[bytes]:
-    """Yield the serialized records of a ``.wandb`` file in order."""
+    """Yield the serialized records of a ``.wandb`` file in order.
+
+    Raises ValueError when the file is not a wandb run file or ends inside a record (truncated).
+    """
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
-        raise ValueError(f"{path}: not a wandb run file (bad header)")
+        raise ValueError(f"{Path(path).name}: not a wandb run file (bad header)")
     position, pending = _FILE_HEADER, b""
     while position + _CHUNK_HEADER <= len(data):
         left_in_block = _BLOCK - position % _BLOCK
@@ -48,11 +51,17 @@ def iter_record_bytes(path: Path) -> Iterator[bytes]:
         if kind == 0 and length == 0:  # zero padding at the end of a block
             position += left_in_block - _CHUNK_HEADER
             continue
+        if kind not in (_FULL, _FIRST, _MIDDLE, _LAST) or length > left_in_block - _CHUNK_HEADER:
+            raise ValueError(f"{Path(path).name}: corrupt at byte {position - _CHUNK_HEADER} (chunk type {kind}, length {length})")
+        if position + length > len(data):
+            raise ValueError(f"{Path(path).name}: truncated (the file ends inside a record)")
         pending += data[position : position + length]
         position += length
         if kind in (_FULL, _LAST):
             yield pending
             pending = b""
+    if pending or data[position:].strip(b"\0"):
+        raise ValueError(f"{Path(path).name}: truncated (the file ends inside a record)")
 
 
 def _items(updates: Any) -> dict[str, Any]:
@@ -64,7 +73,9 @@ def _items(updates: Any) -> dict[str, Any]:
 
 
 def read_offline_run(run_dir_or_file: Path) -> OfflineRun:
-    """Parse an ``offline-run-*`` directory (or its ``run-*.wandb`` file)."""
+    """Parse an ``offline-run-*`` directory (or its ``run-*.wandb`` file); ValueError when it is
+    truncated or corrupt."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2  # wandb is heavy: only when a wandb run is read
 
     path = Path(run_dir_or_file)
@@ -74,7 +85,10 @@ def read_offline_run(run_dir_or_file: Path) -> OfflineRun:
     run = OfflineRun(path=files[0])
     for raw in iter_record_bytes(files[0]):
         record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+        try:
+            record.ParseFromString(raw)
+        except DecodeError as error:
+            raise ValueError(f"{files[0].name}: a record that does not parse ({error})") from None
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.group, run.name = record.run.run_id, record.run.run_group, record.run.display_name

@@ -27,8 +27,9 @@ _TOKEN_WITH_TWO_COLONS = re.compile(rb":[^\s:]*:")
 def read_libsvm(path: Path, num_features: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a LIBSVM file into dense ``x`` (float32, ``[n, num_features]``) and raw labels ``y`` (float64).
 
-    Blank lines and ``#`` comments are ignored. A malformed line, or an index outside
-    ``1..num_features``, raises a one-line DataFileError naming the file and the line number.
+    Blank lines and ``#`` comments are ignored. A malformed line, an index outside
+    ``1..num_features``, or a label or value that is NaN, infinite or beyond float32 raises a
+    one-line DataFileError naming the file and the line number.
     """
     path = Path(path)
     source = str(path)
@@ -51,9 +52,26 @@ def read_libsvm(path: Path, num_features: int) -> tuple[torch.Tensor, torch.Tens
             f"{source}: line {line_numbers[rows[first]]}: feature index {indices[first]:g} is outside "
             f"1..{num_features} (indices are 1-based integers)"
         )
+    _check_finite(source, line_numbers, y, values, rows)
     x = np.zeros((n, num_features), dtype=np.float32)
     x[rows, indices.astype(np.int64) - 1] = values
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _check_finite(source: str, line_numbers: list[int], y: np.ndarray, values: np.ndarray, rows: np.ndarray) -> None:
+    """Refuse NaN or infinite labels and feature values, and values that overflow float32 (which
+    would train to NaN)."""
+    bad_labels = ~np.isfinite(y)
+    if bad_labels.any():
+        first = int(np.argmax(bad_labels))
+        raise DataFileError(f"{source}: line {line_numbers[first]}: label {y[first]} is not a finite number")
+    bad_values = ~np.isfinite(values) | (np.abs(values) > np.finfo(np.float32).max)
+    if bad_values.any():
+        first = int(np.argmax(bad_values))
+        raise DataFileError(
+            f"{source}: line {line_numbers[rows[first]]}: feature value {values[first]:g} is not a finite "
+            f"float32 number (|value| <= {np.finfo(np.float32).max:.4g})"
+        )
 
 
 def _split_lines(data: bytes) -> tuple[list[int], list[bytes], list[bytes]]:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
 from lightning_echo.data.background import ThrottleSpec
+from lightning_echo.data.lifetime import ThreadedLoaders
 from lightning_echo.data.pipeline import throttled_loader
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError
@@ -87,6 +88,7 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
         self._splits: Optional[ArraySplits] = None
         # Set to simulate a slow loader: train_dataloader() then returns a throttled DataPipeline.
         self.throttle: Optional[ThrottleSpec] = None
+        self._threaded_loaders = ThreadedLoaders()
 
     @property
     @abc.abstractmethod
@@ -135,7 +137,7 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
     def train_dataloader(self) -> Any:
         if self.throttle is not None:
             spec = self.throttle
-            return throttled_loader(
+            return self._threaded_loaders.add(throttled_loader(
                 self.train_dataset,
                 self.batch_size,
                 seed=self.seed,
@@ -144,7 +146,7 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
                 jitter=spec.jitter,
                 jitter_param=spec.jitter_param,
                 queue_size=spec.queue_size,
-            )
+            ))
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_dataset,
@@ -154,6 +156,11 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        # Stop the throttled loader's producer thread also when fit fails during validation.
+        self._threaded_loaders.close_all()
 
     @override
     def val_dataloader(self) -> DataLoader:

@@ -15,6 +15,7 @@ from lightning_echo.data.modules.array import (
     download_dir,
 )
 from lightning_echo.errors import ConfigError, DataFileError
+from lightning_echo.validation import writable_directory
 
 VERIFY_HINT = "; set data.verify_checksums=false to accept a custom file"
 
@@ -88,12 +89,14 @@ class FileDataModule(ArrayDataModule):
         )
 
     def check_files(self) -> None:
-        """Raise DataFileError when a file is missing and ``download`` is off (cheap: reads nothing)."""
+        """Raise DataFileError when a file is missing and ``download`` is off, ConfigError when it is
+        on but the download directory cannot be written (cheap: reads nothing)."""
         _, missing = self.locate()
         if not missing:
             return
         if self.download:
-            download_dir(self.root, self.folder)  # raises ConfigError when there is nowhere to download to
+            # ConfigError when there is nowhere to download to, or it cannot be written
+            writable_directory("root", self.root, download_dir(self.root, self.folder))
             return
         raise self._missing_error(missing)
 

@@ -1,0 +1,355 @@
+"""Interruptions and resume: SIGTERM / Ctrl-C end runs and sweeps as ``interrupted`` with the
+conventional exit status, SIGTERM saves a checkpoint first, ``lightning-echo resume`` continues
+runs and sweeps exactly, no loader thread outlives an interrupted run; and where runs write.
+
+Signals are real: sent by a callback of the run itself at a chosen step (in-process tests) or by
+the test to a console-script subprocess once the run has saved its first checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from conftest import console_script, run_cli, single_run_overrides
+from lightning_echo.app.config import compose_config
+from lightning_echo.app.interrupt import RunInterrupted
+from lightning_echo.app.job import run_training
+from lightning_echo.app.resume import resume_point, saved_config
+from lightning_echo.app.resume_command import resume_main
+from lightning_echo.cli import main
+
+THREAD_PREFIX = "lightning_echo-"
+SMALL = [
+    "experiment=single", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.max_steps=40",
+    "validate_before_training=false", "data.n_examples=512", "data.batch_size=32",
+    "trainer.val_check_interval=10", "trainer.check_val_every_n_epoch=null", "+data.val_batch_size=16",
+]
+THROTTLED = ["loader=fixed_rate", "loader.seconds_per_batch=0.001"]
+
+
+class SignalAtStep(pl.Callback):
+    """Sends ``signum`` to this process once, when training reaches ``step`` (after that step, or
+    during the validation that follows it); ``marker`` remembers it was sent, across a resume."""
+
+    def __init__(self, step: int, marker: str, signum: int = signal.SIGTERM, in_validation: bool = False) -> None:
+        self.step, self.marker, self.signum, self.in_validation = step, Path(marker), signum, in_validation
+
+    def _send(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not self.in_validation:
+            self._send(trainer)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.in_validation:
+            self._send(trainer)
+
+
+def _killer(tmp_path: Path, step: int, signum: int, in_validation: bool = False) -> list[str]:
+    node = "+algorithm.callbacks.signal_at_step"
+    return [f"{node}._target_={__name__}.SignalAtStep", f"{node}.step={step}", f"{node}.marker={tmp_path / 'signal_sent'}",
+            f"{node}.signum={int(signum)}", f"{node}.in_validation={str(in_validation).lower()}"]
+
+
+def _save_config(cfg, run_dir: Path) -> None:
+    from omegaconf import OmegaConf
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def _assert_same_training_state(a: Path, b: Path) -> None:
+    """Same optimizer step, parameters and optimizer state, bit for bit."""
+    ca, cb = _checkpoint(a), _checkpoint(b)
+    assert ca["global_step"] == cb["global_step"]
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for key in ca["state_dict"]:
+        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
+    for sa, sb in zip(ca["optimizer_states"], cb["optimizer_states"], strict=True):
+        for index, state in sa["state"].items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, sb["state"][index][name]), (index, name)
+    summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    for key in ("optimizer_steps", "fresh_samples", "final_val_loss", "final_train_loss"):
+        assert summary_a[key] == summary_b[key], key
+
+
+def _metric_rows(run_dir: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """Each metrics.csv row as (step, the metrics it holds), without wall-clock columns."""
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return sorted((int(float(r["step"])), tuple(sorted(k for k, v in r.items() if v and k != "step"))) for r in rows)
+
+
+def _interrupt_and_resume(tmp_path: Path, overrides: list[str], step: int, signum: int, in_validation: bool = False) -> tuple[Path, Path, RunInterrupted]:
+    """An uninterrupted run and one stopped by ``signum`` at ``step`` then resumed; their directories."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_training(compose_config(SMALL + overrides), whole)
+    cfg = compose_config(SMALL + overrides + _killer(tmp_path, step, signum, in_validation))
+    _save_config(cfg, split)
+    with pytest.raises(RunInterrupted) as stopped:
+        run_training(cfg, split)
+    record = json.loads((split / "run.json").read_text())
+    assert record["status"] == "interrupted" and stopped.value.signum == signum
+    point = resume_point(split)
+    assert 0 < point.step <= step
+    run_training(saved_config(split), split, resume=point)
+    assert json.loads((split / "run.json").read_text())["status"] == "completed"
+    return whole, split, stopped.value
+
+
+# -- resume equals the uninterrupted run ---------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, step, signum, in_validation",
+    [
+        pytest.param(THROTTLED + ["algorithm=sync"], 7, signal.SIGTERM, False, id="sync-sigterm"),
+        # 7 = 2 * 3 + 1: the signal lands in the middle of an echo group
+        pytest.param(THROTTLED + ["algorithm=echo", "echo.factor=3"], 7, signal.SIGTERM, False, id="echo3-sigterm-mid-group"),
+        # Ctrl-C saves nothing: the resume starts from the periodic checkpoint at step 5
+        pytest.param(THROTTLED + ["algorithm=echo", "echo.factor=2.5", "checkpoint.every_n_steps=5"], 7, signal.SIGINT, False,
+                     id="echo2.5-ctrl-c-periodic-checkpoint"),
+        # SIGTERM during a validation that runs at Nesterov's iterates (swapped in for validation)
+        pytest.param(THROTTLED + ["algorithm=echo_nesterov"], 10, signal.SIGTERM, True, id="echo-nesterov-sigterm-in-validation"),
+    ],
+)
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, overrides, step, signum, in_validation) -> None:
+    whole, split, stopped = _interrupt_and_resume(tmp_path, overrides, step, signum, in_validation)
+    _assert_same_training_state(whole, split)
+    record = json.loads((split / "run.json").read_text())
+    assert [r["step"] for r in record["resumes"]] == [5 if signum == signal.SIGINT else step]
+    if signum == signal.SIGTERM:
+        assert stopped.checkpoint is not None and f"checkpoint {stopped.checkpoint} (step {step})" in str(stopped)
+    if signum == signal.SIGTERM and not in_validation:  # stopped at a step: each metric logged once, as in the whole run
+        assert _metric_rows(split) == _metric_rows(whole)
+
+
+def test_sigterm_saves_a_checkpoint_at_the_step_it_stops(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = compose_config(SMALL + THROTTLED + ["trainer.max_steps=12", "trainer.val_check_interval=100"] + _killer(tmp_path, 4, signal.SIGTERM))
+    with pytest.raises(RunInterrupted) as stopped:
+        run_training(cfg, run_dir)
+    assert stopped.value.exit_code == 143 and stopped.value.signal_name == "SIGTERM"
+    assert _checkpoint(run_dir)["global_step"] == 4  # saved by the stop: the periodic one is every 5 minutes
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"] and record["checkpoint"]
+    assert not (run_dir / "summary.json").exists()
+
+
+def test_final_train_loss_is_recorded(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    summary = run_training(compose_config(SMALL + ["trainer.max_steps=6"]), run_dir)
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as stream:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(stream) if r.get("train/loss")]
+    assert summary.final_train_loss is not None and summary.final_train_loss == pytest.approx(losses[-1])
+    assert json.loads((run_dir / "summary.json").read_text())["final_train_loss"] == summary.final_train_loss
+
+
+# -- no thread outlives an interrupted run ---------------------------------------------------------
+def _pipeline_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
+def _no_pipeline_threads(deadline_s: float = 5.0) -> bool:
+    end = time.monotonic() + deadline_s
+    while _pipeline_threads() and time.monotonic() < end:
+        time.sleep(0.02)
+    return not _pipeline_threads()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param(["loader=fixed_rate", "loader.seconds_per_batch=0.01"], id="throttled-loader"),
+        pytest.param(["loader=none", "algorithm=echo", "echo.factor=auto"], id="echo-auto-background-queue"),
+    ],
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_no_loader_thread_outlives_a_run_interrupted_during_validation(tmp_path, overrides, signum) -> None:
+    assert _no_pipeline_threads(), "threads left over by an earlier test"
+    cfg = compose_config(SMALL + overrides + ["trainer.max_steps=30", "trainer.val_check_interval=4"]
+                         + _killer(tmp_path, 4, signum, in_validation=True))
+    with pytest.raises(RunInterrupted):
+        run_training(cfg, tmp_path / "run")
+    assert (tmp_path / "signal_sent").exists()
+    assert _no_pipeline_threads(), [t.name for t in _pipeline_threads()]
+
+
+# -- the command line ------------------------------------------------------------------------------
+def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, f"the command ended before {path} appeared: {process.communicate()}"
+        assert time.monotonic() < end, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([console_script(), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+CLI_RUN = single_run_overrides() + [
+    "loader=fixed_rate", "loader.seconds_per_batch=0.015", "trainer.max_steps=300", "checkpoint.every_n_steps=10",
+    "validate_before_training=false", "data.n_examples=2048", "data.batch_size=32",
+]
+
+
+@pytest.mark.slow
+def test_console_script_sigterm_then_resume_equals_the_uninterrupted_run(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    process = _start(CLI_RUN + [f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    _wait_for(run_dir / "checkpoints" / "last.ckpt", process)  # training has started
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 143, err[-3000:]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted", record
+    stopped_at = _checkpoint(run_dir)["global_step"]
+    assert 10 <= stopped_at < 300
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("lightning-echo: interrupted by SIGTERM: at step ") and "SystemExit" not in err
+    assert last_line.endswith(f"continue it with: lightning-echo resume {run_dir}")
+
+    resumed = run_cli(["resume", str(run_dir)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run_dir} from {run_dir / 'checkpoints' / 'last.ckpt'} (step {stopped_at})" in resumed.stdout
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and [r["step"] for r in record["resumes"]] == [stopped_at]
+
+    whole = tmp_path / "whole"
+    run_training(compose_config(CLI_RUN), whole)
+    _assert_same_training_state(whole, run_dir)
+    assert _metric_rows(run_dir) == _metric_rows(whole)
+
+    again = run_cli(["resume", str(run_dir)], cwd=tmp_path)
+    assert again.returncode == 0 and f"{run_dir}: completed; nothing to resume" in again.stdout
+
+
+@pytest.mark.slow
+def test_console_script_ctrl_c_in_a_sweep_then_resume_finishes_it(tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    process = _start(["-m", "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"] + CLI_RUN, cwd=tmp_path)
+    _wait_for(sweep_dir / "1" / "checkpoints" / "last.ckpt", process)  # job 1 is training
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 130, err[-3000:]
+    assert "SystemExit" not in err and "Traceback" not in err
+    assert "[job 0] completed" in out and "[job 1] INTERRUPTED" in out
+    assert "sweep interrupted by SIGINT: 3 jobs, 1 completed, 0 failed, 1 interrupted, 1 not run" in out
+    assert "  not run: job 2 (" in out and f"continue it with: lightning-echo resume {sweep_dir}" in out
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert plan["status"] == "interrupted" and [j["status"] for j in plan["jobs"]] == ["completed", "interrupted", "pending"]
+    assert "seed=2" in plan["jobs"][2]["overrides"]
+    assert json.loads((sweep_dir / "1" / "run.json").read_text())["status"] == "interrupted"
+    assert not (sweep_dir / "2").exists()
+
+    resumed = run_cli(["resume", str(sweep_dir)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[job 1] completed" in resumed.stdout and "[job 2] completed" in resumed.stdout
+    assert "sweep: 3 jobs, 3 completed, 0 failed" in resumed.stdout
+    plan = json.loads((sweep_dir / "sweep.json").read_text())
+    assert plan["status"] == "finished" and [j["status"] for j in plan["jobs"]] == ["completed"] * 3
+    for number in range(3):
+        summary = json.loads((sweep_dir / str(number) / "summary.json").read_text())
+        assert summary["optimizer_steps"] == 300 and summary["seed"] == number
+    assert (sweep_dir / "report" / "index.html").is_file()
+
+
+# -- bad input: one line, before anything is written -----------------------------------------------
+def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["+ckpt_path=/tmp/x.ckpt"], "ckpt_path='/tmp/x.ckpt' is not allowed: runs do not start from a checkpoint given on the command line; continue an interrupted run or sweep with: lightning-echo resume DIR"),
+        (["ckpt_path=last.ckpt"], "ckpt_path='last.ckpt' is not allowed: runs do not start"),
+        (["+trainer.ckpt_path=a.ckpt"], "trainer.ckpt_path='a.ckpt' is not allowed: runs do not start"),
+        (["logger.csv.version=../../../x"], "logger.csv.version='../../../x' is not allowed: must be a folder name inside the run directory"),
+        (["logger.csv.name=/tmp/elsewhere"], "logger.csv.name='/tmp/elsewhere' is not allowed: must be a folder name inside"),
+        (["checkpoint.every_n_steps=0"], "checkpoint.every_n_steps=0 is not allowed: must be a positive integer"),
+        (["checkpoint.every_n_minutes=null"], "checkpoint.every_n_minutes=None is not allowed: set checkpoint.every_n_minutes or"),
+    ],
+)
+def test_bad_checkpoint_and_output_settings_are_one_line(capsys, tmp_path, args, expected) -> None:
+    err = _main_error(capsys, args + single_run_overrides())
+    assert err.startswith("lightning-echo: error: ") and expected in err
+    assert not (tmp_path / "le_outputs").exists()
+
+
+def test_a_second_sweep_into_the_same_directory_is_refused(capsys, tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    main(["-m", "seed=0", f"hydra.sweep.dir={sweep_dir}", "trainer.max_steps=3", "validate_before_training=false",
+          "report.after_sweep=false", *single_run_overrides()])
+    first = (sweep_dir / "0" / "run.json").read_text()
+    capsys.readouterr()
+    err = _main_error(capsys, ["-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", *single_run_overrides()])
+    assert f"hydra.sweep.dir='{sweep_dir}' is not allowed: it holds an earlier sweep" in err
+    assert (sweep_dir / "0" / "run.json").read_text() == first and not (sweep_dir / "1").exists()
+
+
+def test_a_corrupted_dataset_file_is_refused_before_any_run_directory(capsys, tmp_path) -> None:
+    from lightning_echo.data.formats.idx import write_idx
+
+    mnist = tmp_path / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        write_idx(mnist / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), generator=generator, dtype=torch.uint8))
+        write_idx(mnist / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=generator, dtype=torch.uint8))
+    images = mnist / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])  # a truncated download
+    err = _main_error(capsys, ["data=mnist", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false", *single_run_overrides()])
+    assert str(images) in err and "cannot read or decompress" in err
+    assert not (tmp_path / "le_outputs").exists(), "the run directory was created before the data was checked"
+
+
+def test_resume_refuses_what_is_not_a_run_or_sweep_directory(capsys, tmp_path) -> None:
+    assert resume_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lightning-echo: error: resume=") and "neither a run directory" in err[0]
+    assert resume_main([str(tmp_path / "missing")]) == 2
+
+
+def test_resume_refuses_a_run_that_a_live_process_is_running(capsys, tmp_path) -> None:
+    import socket
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            (run_dir / "run.json").write_text(json.dumps(
+                {"status": "running", "group": "g", "name": "sync", "config": {}, "pid": other.pid, "host": socket.gethostname()}))
+            assert resume_main([str(run_dir)]) == 2
+        finally:
+            other.kill()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"its run.json says it is still running (process {other.pid})" in err[0]
