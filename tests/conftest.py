@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,28 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
     return subprocess.run(
         [console_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Run ``lightning_echo.cli.main(args)`` in process: it must exit 2 with one stderr line, returned."""
+    from lightning_echo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def quiet_trainer(callbacks: list, **kwargs: Any) -> Any:
+    """A CPU Trainer with no logger, checkpoints, progress bar, summary, sanity check or validation
+    (``kwargs`` override any of these)."""
+    import pytorch_lightning as pl
+
+    settings: dict[str, Any] = dict(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    settings.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **settings)

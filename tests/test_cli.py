@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, single_run_overrides
+from conftest import main_error, run_cli, single_run_overrides
 from lightning_echo.report.wandb_offline import find_offline_runs, read_offline_run
 from lightning_echo.cli import main
-
-
-def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -48,14 +39,14 @@ def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
     ],
 )
 def test_bad_input_is_one_clear_line(capsys, tmp_path, args, expected) -> None:
-    err = _main_error(capsys, args + single_run_overrides())
+    err = main_error(capsys, args + single_run_overrides())
     assert err.startswith("lightning-echo: error: ")
     assert expected in err
     assert not (tmp_path / "le_outputs").exists(), "nothing may be written before the input is checked"
 
 
 def test_missing_dataset_names_where_it_looked(capsys, tmp_path) -> None:
-    err = _main_error(capsys, ["data=covtype", f"data.root={tmp_path}"])
+    err = main_error(capsys, ["data=covtype", f"data.root={tmp_path}"])
     assert "covtype.libsvm.binary.scale" in err and str(tmp_path / "covtype") in err
     assert "data.download=true" in err
     assert list(tmp_path.iterdir()) == [] or all(p.name == "le_outputs" for p in tmp_path.iterdir())

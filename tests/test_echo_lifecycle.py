@@ -23,6 +23,7 @@ from pytorch_lightning.tuner import Tuner
 from torch.utils.data import DataLoader, IterableDataset, Sampler, TensorDataset
 from torchdata.nodes import Loader
 
+from conftest import quiet_trainer
 from lightning_echo.core.echo_factor import steps_per_pass
 from lightning_echo.data.nodes import IterableNode
 from lightning_echo.echo import DataEchoing
@@ -34,12 +35,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_echo_epochs.py"
 
 
 def make_trainer(callbacks: list, **kwargs: Any) -> pl.Trainer:
-    settings = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_epochs=1,
-    )
-    settings.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **settings)
+    return quiet_trainer(callbacks, **{"max_epochs": 1, **kwargs})
 
 
 def indexed_examples(n: int = N) -> TensorDataset:

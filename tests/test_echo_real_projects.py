@@ -19,6 +19,7 @@ from pytorch_lightning.demos.boring_classes import BoringModel, RandomDataset
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from conftest import quiet_trainer
 from lightning_echo.echo import DataEchoing, EchoedNesterov, EchoedProx, EchoedSGD
 from lightning_echo.errors import ConfigError
 from lightning_echo.stale.optim import StalenessAwareOptimizer
@@ -27,12 +28,7 @@ N, BATCH, FEATURES = 64, 8, 32  # 8 fresh batches per epoch
 
 
 def make_trainer(callbacks: list, **kwargs: Any) -> pl.Trainer:
-    settings = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_epochs=1,
-    )
-    settings.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **settings)
+    return quiet_trainer(callbacks, **{"max_epochs": 1, **kwargs})
 
 
 class Records(Dataset):

@@ -22,7 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import console_script, run_cli, single_run_overrides
+from conftest import console_script, main_error, run_cli, single_run_overrides
 from lightning_echo.app.config import compose_config
 from lightning_echo.app.interrupt import RunInterrupted
 from lightning_echo.app.job import run_training
@@ -277,15 +277,6 @@ def test_console_script_ctrl_c_in_a_sweep_then_resume_finishes_it(tmp_path) -> N
 
 
 # -- bad input: one line, before anything is written -----------------------------------------------
-def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -299,7 +290,7 @@ def _main_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
     ],
 )
 def test_bad_checkpoint_and_output_settings_are_one_line(capsys, tmp_path, args, expected) -> None:
-    err = _main_error(capsys, args + single_run_overrides())
+    err = main_error(capsys, args + single_run_overrides())
     assert err.startswith("lightning-echo: error: ") and expected in err
     assert not (tmp_path / "le_outputs").exists()
 
@@ -310,7 +301,7 @@ def test_a_second_sweep_into_the_same_directory_is_refused(capsys, tmp_path) -> 
           "report.after_sweep=false", *single_run_overrides()])
     first = (sweep_dir / "0" / "run.json").read_text()
     capsys.readouterr()
-    err = _main_error(capsys, ["-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", *single_run_overrides()])
+    err = main_error(capsys, ["-m", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", *single_run_overrides()])
     assert f"hydra.sweep.dir='{sweep_dir}' is not allowed: it holds an earlier sweep" in err
     assert (sweep_dir / "0" / "run.json").read_text() == first and not (sweep_dir / "1").exists()
 
@@ -326,7 +317,7 @@ def test_a_corrupted_dataset_file_is_refused_before_any_run_directory(capsys, tm
         write_idx(mnist / f"{prefix}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=generator, dtype=torch.uint8))
     images = mnist / "train-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[: images.stat().st_size // 2])  # a truncated download
-    err = _main_error(capsys, ["data=mnist", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false", *single_run_overrides()])
+    err = main_error(capsys, ["data=mnist", f"data.root={tmp_path / 'data'}", "data.verify_checksums=false", *single_run_overrides()])
     assert str(images) in err and "cannot read or decompress" in err
     assert not (tmp_path / "le_outputs").exists(), "the run directory was created before the data was checked"
 
