@@ -3,8 +3,12 @@
 The main entry points::
 
     from lightning_echo import DataEchoing, TrainingProgress, throttle, throttled_loader
+
+It builds on ``pytorch_lightning`` or on ``lightning.pytorch``, whichever the process imported
+first (see :mod:`lightning_echo.lightning_namespace`).
 """
 
+from lightning_echo import lightning_namespace  # noqa: F401  (first: it picks the Lightning package)
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.core.smoothness import estimate_smoothness
 from lightning_echo.data.pipeline import DataPipeline, throttle, throttled_loader

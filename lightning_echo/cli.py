@@ -4,6 +4,7 @@
                                                    # on throttled synthetic data, table + report
     lightning-echo experiment=mnist_logreg data.root=~/data   # one run of a preset
     lightning-echo -m algorithm=sync,echo echo.factor=2,4 seed=0,1   # a sweep, then its report
+    lightning-echo experiment=single trainer=ddp   # on 2 devices: one process each (app/launch.py)
     lightning-echo report DIR [DIR ...]            # HTML/PNG comparison report of finished runs
     lightning-echo resume DIR [DIR ...]            # continue interrupted runs or sweeps
     lightning-echo --help                          # Hydra's help: groups and options
@@ -26,10 +27,12 @@ from lightning_echo.app.config import CONFIG_NAME, CONFIG_PATH, VERSION_BASE
 from lightning_echo.app.divergence import RunDiverged
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted
 from lightning_echo.app.job import run_training
+from lightning_echo.app.launch import RankFailed
 from lightning_echo.app.preflight import preflight
 from lightning_echo.app.resume_command import resume_main
 from lightning_echo.app.sweep import LEDGER, PlannedJob, finish_sweep, interrupted_command, job_label, run_sweep_job
 from lightning_echo.errors import LightningEchoError
+from lightning_echo.records import RUN_FILE
 from lightning_echo.report.cli import report_main
 
 PROG = "lightning-echo"
@@ -52,6 +55,9 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
             print(f"{PROG}: {error}", file=sys.stderr)
             print(f"outputs: {output_dir}")
             sys.exit(error.exit_code)
+        except RankFailed as error:  # one process of a multi-device run failed; run.json has its traceback
+            print(f"{PROG}: {error} [see {output_dir / RUN_FILE}]", file=sys.stderr)
+            sys.exit(1)
         except LightningEchoError as error:
             _error_exit(error)
         print(summary.describe())

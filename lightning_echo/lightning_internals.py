@@ -1,4 +1,5 @@
-"""Every place where lightning_echo reaches into Lightning internals (checked against Lightning 2.2-2.6).
+"""Every place where lightning_echo reaches into Lightning internals (checked against Lightning 2.2-2.6,
+as ``pytorch_lightning`` and as ``lightning.pytorch``: see :mod:`lightning_echo.lightning_namespace`).
 
 Lightning 2.x has no public hook to wrap the train loader or to skip a host-to-device copy, so:
 
@@ -27,16 +28,15 @@ undo callable.
 from __future__ import annotations
 
 import abc
+import inspect
+import logging
+from types import ModuleType
 from typing import Any, Callable, Union
 
-import pytorch_lightning as pl
-from pytorch_lightning.trainer.connectors.data_connector import _process_dataloader, _resolve_overfit_batches
-from pytorch_lightning.trainer.states import RunningStage, TrainerFn
-from pytorch_lightning.utilities.combined_loader import CombinedLoader, _shutdown_workers_and_reset_iterator
-from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+from lightning_echo.lightning_namespace import MODULE, import_lightning, pl
 
 Undo = Callable[[], None]
-SUPPORTED = "pytorch-lightning 2.2-2.6"
+SUPPORTED = "pytorch-lightning / lightning 2.2-2.6"
 
 
 class LightningInternalsChanged(RuntimeError):
@@ -49,9 +49,27 @@ def _require(owner: Any, name: str) -> Any:
         return getattr(owner, name)
     except AttributeError:
         raise LightningInternalsChanged(
-            f"lightning_echo needs {type(owner).__name__}.{name}, which pytorch-lightning {pl.__version__} does not "
+            f"lightning_echo needs {_owner_name(owner)}.{name}, which {MODULE} {pl.__version__} does not "
             f"have (supported: {SUPPORTED}); pin a supported release or report this"
         ) from None
+
+
+def _owner_name(owner: Any) -> str:
+    return owner.__name__ if isinstance(owner, ModuleType) else type(owner).__name__
+
+
+def _from_lightning(path: str, *names: str) -> tuple[Any, ...]:
+    """``from <chosen Lightning>.<path> import <names>``, each checked by :func:`_require`."""
+    module = import_lightning(path)
+    return tuple(_require(module, name) for name in names)
+
+
+_process_dataloader, _resolve_overfit_batches = _from_lightning(
+    "trainer.connectors.data_connector", "_process_dataloader", "_resolve_overfit_batches")
+RunningStage, TrainerFn = _from_lightning("trainer.states", "RunningStage", "TrainerFn")
+CombinedLoader, _shutdown_workers_and_reset_iterator = _from_lightning(
+    "utilities.combined_loader", "CombinedLoader", "_shutdown_workers_and_reset_iterator")
+(is_param_in_hook_signature,) = _from_lightning("utilities.signature_utils", "is_param_in_hook_signature")
 
 
 class _WrappedSource:
@@ -158,6 +176,21 @@ def requested_devices(trainer: "pl.Trainer") -> int:
     return 1
 
 
+def seed_everything_quietly(seed: int) -> None:
+    """``seed_everything(seed, workers=True)`` without its "Seed set to" log line. Lightning 2.2
+    has no ``verbose`` argument; its seed logger is raised to WARNING for the call instead."""
+    if "verbose" in inspect.signature(pl.seed_everything).parameters:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        return
+    logger = logging.getLogger(pl.seed_everything.__module__)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        pl.seed_everything(seed, workers=True)
+    finally:
+        logger.setLevel(level)
+
+
 # -- loaders Lightning is done with ------------------------------------------------------------------
 class ClosedWhenLightningResets(abc.ABC):
     """Mixin: ``close()`` runs when Lightning is done with the loader.
@@ -217,3 +250,51 @@ def bound_max_steps(trainer: "pl.Trainer", steps: int) -> Undo:
         epoch_loop.max_steps = original
 
     return undo
+
+
+# -- a parameter server's processes ----------------------------------------------------------------
+def lift_fit_limits(trainer: "pl.Trainer") -> Undo:
+    """Let the fit loop run until ``trainer.should_stop``: no ``max_steps``, ``max_epochs``,
+    ``min_steps`` or ``min_epochs`` (a parameter server's learner ends when the server says so,
+    whatever the Trainer's limits). Returns an undo."""
+    fit_loop = trainer.fit_loop
+    epoch_loop = fit_loop.epoch_loop
+    saved = {
+        (fit_loop, "max_epochs"): _require(fit_loop, "max_epochs"),
+        (fit_loop, "min_epochs"): _require(fit_loop, "min_epochs"),
+        (epoch_loop, "max_steps"): _require(epoch_loop, "max_steps"),
+        (epoch_loop, "min_steps"): _require(epoch_loop, "min_steps"),
+    }
+    fit_loop.max_epochs, fit_loop.min_epochs = -1, None
+    epoch_loop.max_steps, epoch_loop.min_steps = -1, None
+
+    def undo() -> None:
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
+
+    return undo
+
+
+(_SubprocessScriptLauncher, _set_num_threads_if_needed) = _from_lightning(
+    "strategies.launchers.subprocess_script", "_SubprocessScriptLauncher", "_set_num_threads_if_needed")
+
+
+class _LauncherWithoutObserver(_SubprocessScriptLauncher):  # type: ignore[misc, valid-type]
+    """Lightning's ``devices=N`` launcher (it re-runs the script as N - 1 child processes) without
+    its child-process observer, which kills every process once one child ends with an error."""
+
+    def launch(self, function: Callable[..., Any], *args: Any, trainer: Any = None, **kwargs: Any) -> Any:
+        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        if not self.cluster_environment.creates_processes_externally:
+            _require(self, "_call_children_scripts")()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
+
+
+def use_launcher_that_outlives_its_children(strategy: Any, num_processes: int, num_nodes: int) -> None:
+    """Give ``strategy`` (a DDP-style strategy) Lightning's subprocess launcher, minus the observer
+    that SIGKILLs all processes when one child process fails: a parameter server carries on when
+    a learner dies. The processes are started as under ``DDPStrategy`` (or not at all when a
+    launcher such as torchrun or SLURM started them)."""
+    _require(strategy, "_launcher")
+    strategy._launcher = _LauncherWithoutObserver(strategy.cluster_environment, num_processes, num_nodes)

@@ -14,6 +14,7 @@ PACKAGE = Path(lightning_echo.__file__).parent
 # Lowest first. A module may import lightning_echo modules of its own rank or lower.
 LAYERS: dict[str, int] = {
     "errors": 0, "validation": 0, "records": 0,
+    "lightning_namespace": 0,  # picks pytorch_lightning or lightning.pytorch (imports it by name, not by statement)
     "core": 1,
     "data": 2,
     "callbacks": 3, "echo": 3, "echoed_optim": 3, "stale": 3, "ps": 3, "models": 3,
@@ -30,6 +31,9 @@ FORBIDDEN: dict[int, set[str]] = {
     3: {"hydra", "omegaconf"},
 }
 REPORT_FORBIDDEN = {"pytorch_lightning", "lightning", "torchdata", "hydra", "omegaconf"}
+# Importing it imports Lightning: it counts as Lightning for FORBIDDEN.
+NAMESPACE_MODULE = "lightning_echo.lightning_namespace"
+LIGHTNING_ROOTS = {"pytorch_lightning", "lightning"}
 
 
 def _layer_of(module: str) -> tuple[str, int]:
@@ -66,19 +70,33 @@ def test_every_module_has_a_layer() -> None:
         _layer_of(module)
 
 
-def test_imports_point_down() -> None:
+def _violations(module: str, imported: list[str]) -> list[str]:
+    top, rank = _layer_of(module)
     problems = []
-    for module, path in _modules():
-        top, rank = _layer_of(module)
-        for name in _imports(path):
-            root = name.split(".")[0]
-            if root == "lightning_echo":
-                other_top, other_rank = _layer_of(name)
-                if other_rank > rank:
-                    problems.append(f"{module} (layer {rank}) imports {name} (layer {other_rank})")
-            elif root in FORBIDDEN.get(rank, set()) or (top == "report" and root in REPORT_FORBIDDEN):
-                problems.append(f"{module} (layer {rank}) imports {root}")
+    for name in imported:
+        root = name.split(".")[0]
+        if name == NAMESPACE_MODULE:
+            root = "pytorch_lightning"
+        if root == "lightning_echo":
+            other_top, other_rank = _layer_of(name)
+            if other_rank > rank:
+                problems.append(f"{module} (layer {rank}) imports {name} (layer {other_rank})")
+        elif root in FORBIDDEN.get(rank, set()) or (top == "report" and root in REPORT_FORBIDDEN):
+            problems.append(f"{module} (layer {rank}) imports {name}")
+    return problems
+
+
+def test_imports_point_down() -> None:
+    problems = [p for module, path in _modules() for p in _violations(module, _imports(path))]
     assert not problems, "\n".join(problems)
+
+
+def test_lightning_is_imported_only_through_the_namespace_module() -> None:
+    # Each of pytorch_lightning and lightning.pytorch works alone (README "pytorch_lightning or
+    # lightning"): no module names either package; they import the chosen one from NAMESPACE_MODULE.
+    direct = [f"{module} imports {name}" for module, path in _modules() for name in _imports(path)
+              if name.split(".")[0] in LIGHTNING_ROOTS]
+    assert not direct, "\n".join(direct) + f"\nimport Lightning from {NAMESPACE_MODULE} (pl, import_lightning) instead"
 
 
 def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
@@ -88,3 +106,9 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     assert _imports(bad) == ["pytorch_lightning", "lightning_echo.app", "lightning_echo.cli"]
     assert _layer_of("lightning_echo.app.job")[1] > _layer_of("lightning_echo.core.progress")[1]
     assert "pytorch_lightning" in FORBIDDEN[_layer_of("lightning_echo.core.progress")[1]]
+    # A core module importing the namespace module imports Lightning; a data module may.
+    core = tmp_path / "core_module.py"
+    core.write_text("from lightning_echo.lightning_namespace import pl\n")
+    assert _violations("lightning_echo.core.progress", _imports(core)) == [
+        "lightning_echo.core.progress (layer 1) imports lightning_echo.lightning_namespace"]
+    assert _violations("lightning_echo.data.pipeline", _imports(core)) == []

@@ -7,6 +7,8 @@ at run time with :class:`LightningInternalsChanged` instead of training silently
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 import time
 from typing import Any
 
@@ -17,16 +19,12 @@ from pytorch_lightning.demos.boring_classes import BoringModel, RandomDataset
 from pytorch_lightning.utilities.combined_loader import CombinedLoader
 from torch.utils.data import DataLoader, SequentialSampler
 
+from conftest import quiet_trainer
 from lightning_echo import lightning_internals as internals
 
 
 def make_trainer(callbacks: list, **kwargs: Any) -> pl.Trainer:
-    settings = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_steps=3,
-    )
-    settings.update(kwargs)
-    return pl.Trainer(callbacks=callbacks, **settings)
+    return quiet_trainer(callbacks, **{"max_steps": 3, **kwargs})
 
 
 def loader(n: int = 64, **kwargs: Any) -> DataLoader:
@@ -54,8 +52,29 @@ class Probe(pl.Callback):
 
 
 def test_a_missing_internal_is_a_loud_error_naming_it() -> None:
-    with pytest.raises(internals.LightningInternalsChanged, match=r"needs object\._combined_loader, which pytorch-lightning .* \(supported: pytorch-lightning 2\.2-2\.6\)"):
+    with pytest.raises(internals.LightningInternalsChanged, match=r"needs object\._combined_loader, which (pytorch_lightning|lightning\.pytorch) 2\.\d+\.\d+ does not have \(supported: pytorch-lightning / lightning 2\.2-2\.6\)"):
         internals._require(object(), "_combined_loader")
+
+
+def test_seeding_is_quiet_on_every_supported_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lightning 2.2's seed_everything has no verbose flag: its logger is silenced for the call.
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")
+    monkeypatch.setenv("PL_SEED_WORKERS", "0")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    seed_logger = logging.getLogger(pl.seed_everything.__module__)
+    seed_logger.addHandler(handler)
+    try:
+        internals.seed_everything_quietly(7)
+        first = torch.rand(3)
+        internals.seed_everything_quietly(7)
+        assert torch.equal(first, torch.rand(3)) and records == []
+        pl.seed_everything(7, workers=True)  # the line it hides
+        assert [record.getMessage() for record in records] == ["Seed set to 7"]
+    finally:
+        seed_logger.removeHandler(handler)
+    assert seed_logger.level == logging.NOTSET and os.environ["PL_SEED_WORKERS"] == "1"
 
 
 def test_the_fit_loop_has_the_train_source_and_combined_loader_attributes() -> None:
@@ -218,3 +237,30 @@ def test_the_multiprocessing_iterator_has_the_attributes_lightning_stops_workers
     iterator = iter(workers)
     assert callable(getattr(iterator, "_shutdown_workers", None)) and iterator._workers
     del iterator
+
+
+def test_lifted_fit_limits_let_only_should_stop_end_the_fit() -> None:
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.global_step >= 12
+
+    undo: list[Any] = []
+    probe = Probe(lambda trainer, pl_module: undo.append(internals.lift_fit_limits(trainer)))
+    trainer = make_trainer([probe, StopAt()], max_steps=2, max_epochs=1, min_steps=20)
+    trainer.fit(BoringModel(), loader())  # 8 batches per epoch
+    assert trainer.global_step == 12  # past max_steps, max_epochs, and stopped before min_steps
+    undo[0]()
+    assert (trainer.max_steps, trainer.max_epochs, trainer.min_steps) == (2, 1, 20)
+
+
+def test_the_launcher_without_observer_is_lightnings_subprocess_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytorch_lightning.strategies import DDPStrategy
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    assert callable(getattr(_SubprocessScriptLauncher, "_call_children_scripts", None))
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as in a process a launcher started: nothing to start here
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # the launcher leaves the threads alone
+    strategy = make_trainer([], devices=1, strategy=DDPStrategy()).strategy
+    internals.use_launcher_that_outlives_its_children(strategy, num_processes=1, num_nodes=1)
+    assert isinstance(strategy.launcher, _SubprocessScriptLauncher)
+    assert strategy.launcher.launch(lambda value: value * 2, 21) == 42 and strategy.launcher.procs == []

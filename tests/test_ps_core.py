@@ -269,7 +269,8 @@ def test_async_carries_on_without_a_killed_and_a_hung_learner(launcher: subproce
     server = _ok(world[0])
     report = server["report"]
     assert report["updates"] == updates and set(report["lost"]) == {"2", "3"}
-    assert "Connection closed by peer" in report["lost"]["2"]
+    # gloo reports the dead peer as "closed" (EOF) or "reset" (RST), depending on which end wrote last
+    assert "Connection closed by peer" in report["lost"]["2"] or "Connection reset by peer" in report["lost"]["2"]
     assert "no gradient within ps.timeout=1.5 s" in report["lost"]["3"]
     assert report["used_per_learner"][2] <= 2 and report["used_per_learner"][3] <= 1
     assert _ok(world[1])["report"]["stopped"] and _ok(world[2])["report"]["stopped"]

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import Logger
 
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.data.background import ThrottleSpec
 from lightning_echo.data.modules.array import ArrayDataModule
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError, IncompatibleDataError, one_line
+from lightning_echo.lightning_namespace import pl
 from lightning_echo.report.wandb_credentials import wandb_has_credentials
 from lightning_echo.validation import positive_float
+
+Logger = pl.loggers.Logger
 
 
 def _instantiate(node: DictConfig, prefix: str, **runtime_kwargs: Any) -> Any:
@@ -216,3 +219,17 @@ def algorithm_is_baseline(cfg: DictConfig) -> bool:
     if isinstance(node, DictConfig):
         return bool(_instantiate(node, "algorithm.baseline."))
     return bool(node)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's "GPU available: ..." lines while building a Trainer only to check it."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

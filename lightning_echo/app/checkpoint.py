@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig
-from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import import_lightning, pl
 from lightning_echo.validation import boolean, positive_float, positive_int
+
+TrainerFn = import_lightning("trainer.states").TrainerFn
+SIGTERMException = import_lightning("utilities.exceptions").SIGTERMException
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"

@@ -3,6 +3,8 @@ settings to look at."""
 
 from __future__ import annotations
 
+from typing import Union
+
 from omegaconf import DictConfig
 
 from lightning_echo.app.builders import algorithm_keys
@@ -20,9 +22,12 @@ class RunDiverged(LightningEchoError):
 
     exit_code = DIVERGED_EXIT_CODE
 
-    def __init__(self, divergence: Divergence, hint: str) -> None:
-        self.divergence = divergence
-        super().__init__(f"training diverged: {divergence.describe()}; {hint}")
+    def __init__(self, divergence: Union[Divergence, str], hint: str) -> None:
+        """``divergence``: where it diverged, or that as described by the process that trained (a rank)."""
+        self.divergence = divergence if isinstance(divergence, Divergence) else None
+        self.described = divergence.describe() if isinstance(divergence, Divergence) else divergence
+        self.hint = hint
+        super().__init__(f"training diverged: {self.described}; {hint}")
 
 
 def divergence_hint(cfg: DictConfig) -> str:

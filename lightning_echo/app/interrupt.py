@@ -8,18 +8,23 @@ SIGTERM during Lightning's ``fit``/``validate`` is Lightning's to handle: its ow
 calls ours, that only records the signal) lets the current step finish and then raises
 ``SIGTERMException``, so the run can save a consistent checkpoint before it stops
 (:class:`~lightning_echo.app.checkpoint.LastCheckpoint`). Everywhere else, and for SIGINT
-always, the signal raises :class:`RunInterrupted` at once.
+always, the signal raises :class:`RunInterrupted` at once. Code that must act on a signal at points of
+its own (a job supervising the processes of a multi-device run) enters :meth:`SignalWatch.noting`.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from lightning_echo.lightning_namespace import import_lightning
+
+SIGTERMException = import_lightning("utilities.exceptions").SIGTERMException
+
 
 WATCHED = (signal.SIGINT, signal.SIGTERM)
 
@@ -55,11 +60,14 @@ class SignalWatch:
     """Turns SIGINT and SIGTERM into :class:`RunInterrupted` while entered (re-entrant; a no-op
     outside the main thread, where Python cannot install signal handlers).
 
-    ``received`` is the first signal received since the outermost ``with``.
+    ``received`` is the first signal received since the outermost ``with``; ``count`` counts the
+    signals received.
     """
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.count = 0
+        self._noting = 0
         self._depth = 0
         self._previous: dict[int, Any] = {}
         self._handler = self._on_signal  # one bound method, to recognise it with ``is``
@@ -86,9 +94,22 @@ class SignalWatch:
         if self.received is not None:
             raise RunInterrupted(self.received)
 
+    @contextmanager
+    def noting(self) -> Iterator[None]:
+        """Within it, a signal is only noted (``received``, ``count``), never raised: the code
+        inside looks at ``count`` at points where it can act on it."""
+        self._noting += 1
+        try:
+            yield
+        finally:
+            self._noting -= 1
+
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        self.count += 1
         if self.received is None:
             self.received = signum
+        if self._noting:
+            return
         if signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is not self._handler:
             # Lightning's handler is installed (fit or validate is running) and has called this one:
             # it stops after the current step and raises SIGTERMException.

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 import sys
+import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_echo import lightning_internals
 from lightning_echo.app.builders import (
     algorithm_is_baseline,
     algorithm_keys,
@@ -24,12 +26,14 @@ from lightning_echo.app.builders import (
     build_model,
     build_trainer,
 )
-from lightning_echo.app.checkpoint import build_last_checkpoint
+from lightning_echo.app.checkpoint import build_last_checkpoint, last_checkpoint_path
 from lightning_echo.app.divergence import RunDiverged, divergence_hint
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted, interruption_signal
+from lightning_echo.app.launch import RankFailed, RankRun, RankSpec, processes_for, run_ranks
 from lightning_echo.app.resume import ResumePoint, keep_csv_history
 from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import TrainingProgress
+from lightning_echo.lightning_namespace import pl
 from lightning_echo.records import (
     ALGORITHM_KEYS,
     BASELINE,
@@ -43,6 +47,7 @@ from lightning_echo.records import (
     RUN_FILE,
     RUNNING,
     RunRecordFile,
+    read_run_record,
     write_json,
 )
 
@@ -94,7 +99,7 @@ def _watching_signals(function: _F) -> _F:
 
 @_watching_signals
 def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None, name: Optional[str] = None,
-                 resume: Optional[ResumePoint] = None) -> RunSummary:
+                 resume: Optional[ResumePoint] = None, rank: Optional[RankRun] = None) -> RunSummary:
     """Train as ``cfg`` says, writing logs, ``run.json`` and ``summary.json`` into ``output_dir``.
 
     ``group`` is the id shared by the runs of one sweep (wandb group, ``group`` config key) and
@@ -104,26 +109,46 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
     ``summary.json``) and raises :class:`RunDiverged`. SIGINT or SIGTERM stops it as
     ``interrupted`` and raises :class:`RunInterrupted` (SIGTERM after saving the checkpoint
     ``checkpoint`` settings ask for). ``resume`` continues the run in ``output_dir`` from its checkpoint.
+
+    A run on several devices (``trainer.devices=2``) is trained by one process per device, which
+    this process starts and supervises (:mod:`lightning_echo.app.launch`): a rank that fails
+    raises :class:`~lightning_echo.app.launch.RankFailed`. ``rank`` is given in those processes:
+    only rank 0 writes ``run.json`` and ``summary.json``, and no rank makes directories.
     """
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if rank is None:
+        processes = processes_for(cfg)
+        if processes > 1:
+            return _run_in_ranks(cfg, output_dir, group, name, resume, processes)
+    lightning_internals.seed_everything_quietly(cfg.seed)
     group = group or output_dir.name
     flat = flat_run_config(cfg, group)
+    writes = rank is None or rank.writes_records
+    if rank is not None:  # what the supervising job recorded: its pid and host, the resumes
+        details = dict(rank.record_details)
+    else:
+        details = resume.record() if resume is not None else {}
     record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]), config=flat,
-                           details=resume.record() if resume is not None else {})
-    record.write(status=RUNNING, pid=os.getpid(), host=socket.gethostname())
+                           details=details)
+
+    def note(status: str, **fields: Any) -> None:
+        if writes:
+            record.write(status=status, **fields)
+
+    if rank is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        note(RUNNING, pid=os.getpid(), host=socket.gethostname())
     resumed = resume is not None and resume.checkpoint is not None
     trainer = last_checkpoint = None
     try:
         datamodule = build_datamodule(cfg)
         model = build_model(cfg, datamodule.spec)
         guard = DivergenceGuard()
-        callbacks = [*build_callbacks(cfg), guard]
+        callbacks = [*build_callbacks(cfg), guard, *(rank.callbacks if rank is not None else ())]
         last_checkpoint = build_last_checkpoint(cfg, output_dir)
         if last_checkpoint is not None:
             callbacks.append(last_checkpoint)
         loggers = build_loggers(cfg, output_dir, group=group, name=name)
-        replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resumed else None
+        replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resumed and writes else None
         for logger in loggers:
             logger.log_hyperparams(flat)
         if replay_history is not None:
@@ -135,7 +160,7 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         elif cfg.get("validate_before_training", True):
             initial_val_loss = _validation_loss(trainer, model, datamodule)
             SIGNALS.raise_if_received()
-        record.write(status=RUNNING, initial_val_loss=initial_val_loss)
+        note(RUNNING, initial_val_loss=initial_val_loss)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resumed else None)
         SIGNALS.raise_if_received()
         # The final validation replaces the callback metrics: read the training loss first.
@@ -146,12 +171,12 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         signum = interruption_signal(error)
         if signum is None:
             finish_wandb(exit_code=1)
-            record.write(status=FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+            note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
             raise
         interrupted = _interruption(signum, output_dir, trainer, last_checkpoint)
         finish_wandb(exit_code=interrupted.exit_code)
-        record.write(status=INTERRUPTED, error=str(interrupted),
-                     checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+        note(INTERRUPTED, error=str(interrupted),
+             checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
         raise interrupted from None
     finish_wandb(exit_code=0 if guard.divergence is None else DIVERGED_EXIT_CODE)
     progress = next(c for c in callbacks if isinstance(c, TrainingProgress))
@@ -174,9 +199,58 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
     diverged = RunDiverged(guard.divergence, divergence_hint(cfg)) if guard.divergence is not None else None
     if trainer.is_global_zero:
         write_json(output_dir / "summary.json", asdict(summary))
-        record.write(status=summary.status, error=str(diverged) if diverged else None)
+        note(summary.status, error=str(diverged) if diverged else None)
     if diverged is not None:
         raise diverged
+    return summary
+
+
+def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name: Optional[str],
+                  resume: Optional[ResumePoint], processes: int) -> RunSummary:
+    """Train the run in ``processes`` rank processes and record how it ended (see :func:`run_training`)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    group = group or output_dir.name
+    flat = flat_run_config(cfg, group)
+    details = {**(resume.record() if resume is not None else {}), "pid": os.getpid(), "host": socket.gethostname(),
+               "processes": processes}
+    record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]), config=flat,
+                           details=details)
+    record.write(status=RUNNING)
+    resumed = resume is not None and resume.checkpoint is not None
+    spec = RankSpec(config=OmegaConf.to_container(cfg, resolve=True), run_dir=str(output_dir), group=group, name=name,
+                    world_size=processes, record_details=details,
+                    checkpoint=str(resume.checkpoint) if resumed else None, step=resume.step if resumed else 0)
+    result = run_ranks(spec)
+    written = read_run_record(output_dir)  # rank 0's record, with what it measured (initial_val_loss, ...)
+    written.update(ranks=result.progress(), updated_at=time.time())
+    zero = result.rank_zero or {}
+    if result.interrupted_by is not None:
+        checkpoint = last_checkpoint_path(output_dir)
+        where = zero.get("detail") if zero.get("status") == INTERRUPTED else (
+            "stopped outside a training step; " + (f"checkpoint {checkpoint}" if checkpoint.is_file()
+                                                   else "no checkpoint: a resume starts the run over"))
+        interrupted = RunInterrupted(result.interrupted_by, str(where), run_dir=output_dir,
+                                     checkpoint=checkpoint if checkpoint.is_file() else None)
+        written.update(status=INTERRUPTED, error=str(interrupted),
+                       checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+        write_json(output_dir / RUN_FILE, written)
+        raise interrupted
+    failure = result.first_failure()
+    if failure is not None:
+        line = failure.describe(processes)
+        written.update(status=FAILED, error=line, traceback=(failure.outcome or {}).get("traceback"))
+        write_json(output_dir / RUN_FILE, written)
+        raise RankFailed(line)
+    summary = RunSummary(**json.loads((output_dir / "summary.json").read_text()))
+    divergence = result.divergence()
+    if divergence is not None:  # rank 0's loss may have stayed finite at the step another rank's did not
+        diverged = RunDiverged(str(divergence.get("divergence")), str(divergence.get("hint")))
+        summary.status = DIVERGED
+        write_json(output_dir / "summary.json", asdict(summary))
+        written.update(status=DIVERGED, error=str(diverged))
+        write_json(output_dir / RUN_FILE, written)
+        raise diverged
+    write_json(output_dir / RUN_FILE, written)
     return summary
 
 

@@ -7,10 +7,8 @@ dataset file, a model that does not fit the data, an output directory that canno
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -24,6 +22,7 @@ from lightning_echo.app.builders import (
     build_datamodule,
     build_model,
     build_trainer,
+    quiet_lightning,
 )
 from lightning_echo.app.config import (
     CONFIG_NAME,
@@ -34,6 +33,7 @@ from lightning_echo.app.config import (
 )
 from lightning_echo.app.checkpoint import build_last_checkpoint
 from lightning_echo.app.data_check import check_dataset_readable
+from lightning_echo.app.launch import processes_to_start
 from lightning_echo.app.outputs import check_logger_paths, refuse_used_output_dir
 from lightning_echo.app.overrides import check_known_keys, is_group_override, parse_overrides, quoted_override
 from lightning_echo.app.resume import refuse_checkpoint_overrides
@@ -117,8 +117,9 @@ def validate_config(cfg: DictConfig) -> None:
     build_last_checkpoint(cfg, run_dir=None)
     check_logger_paths(cfg)
     check_algorithm_settings(cfg)
-    with _quiet_lightning():
-        build_trainer(cfg, output_dir=None)
+    with quiet_lightning():
+        trainer = build_trainer(cfg, output_dir=None)
+    processes_to_start(cfg, trainer)
     try:
         datamodule.check_files()
     except ConfigError as error:
@@ -165,18 +166,3 @@ def _compose_error(overrides: Sequence[str], error: Exception) -> ConfigError:
     # Hydra's "To append to your config use +key=value" would lead to a key nobody reads.
     lines = [line for line in str(error).splitlines() if not line.strip().startswith("To append to your config")]
     return ConfigError("overrides", " ".join(overrides), one_line("\n".join(lines), max_lines=2))
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's "GPU available: ..." lines while building a Trainer only to check it."""
-    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from lightning_echo.lightning_namespace import MODULE
+
 OUTPUT_ENV_VAR = "LIGHTNING_ECHO_OUTPUT"
 
 
@@ -15,10 +17,19 @@ def default_output_root() -> str:
     return str(Path(os.environ.get(OUTPUT_ENV_VAR) or Path.home() / "lightning_echo").expanduser())
 
 
+def lightning_path(name: str) -> str:
+    """``name`` (e.g. ``loggers.CSVLogger``) under the Lightning lightning_echo builds on:
+    ``pytorch_lightning.loggers.CSVLogger`` or ``lightning.pytorch.loggers.CSVLogger``, so that a
+    config's ``_target_: ${le.lightning:loggers.CSVLogger}`` follows the chosen namespace."""
+    return f"{MODULE}.{name}"
+
+
 def register_resolvers() -> None:
     """Register the ``le.*`` resolvers; safe to call more than once."""
     if not OmegaConf.has_resolver("le.output_root"):
         OmegaConf.register_new_resolver("le.output_root", default_output_root)
+    if not OmegaConf.has_resolver("le.lightning"):
+        OmegaConf.register_new_resolver("le.lightning", lightning_path)
 
 
 register_resolvers()

@@ -21,11 +21,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import CSVLogger, Logger
 
 from lightning_echo.app.checkpoint import last_checkpoint_path
 from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import pl
 from lightning_echo.records import COMPLETED, RUN_FILE, RUNNING, read_run_record
+
+CSVLogger, Logger = pl.loggers.CSVLogger, pl.loggers.Logger
 
 SAVED_CONFIG = Path(".hydra") / "config.yaml"
 CHECKPOINT_KEYS = ("ckpt_path", "trainer.ckpt_path", "resume_from_checkpoint", "trainer.resume_from_checkpoint")

@@ -23,6 +23,7 @@ from lightning_echo.app.divergence import RunDiverged
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted
 from lightning_echo.app.overrides import parse_overrides
 from lightning_echo.app.job import run_training
+from lightning_echo.app.launch import RankFailed
 from lightning_echo.app.preflight import validate_config
 from lightning_echo.app.resume import (
     FINAL_STATUSES,
@@ -146,6 +147,9 @@ def resume_run(run: RunToResume) -> int:
     except RunDiverged as error:
         print(f"lightning-echo: {error}", file=sys.stderr)
         return error.exit_code
+    except RankFailed as error:  # one process of a multi-device run failed; run.json has its traceback
+        print(f"lightning-echo: {error} [see {run.run_dir / RUN_FILE}]", file=sys.stderr)
+        return 1
     print(summary.describe())
     print(f"outputs: {run.run_dir}")
     return 0

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
+from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
 from lightning_echo.validation import positive_int
 
 TRAIN_LOSS = "train/loss"
@@ -66,6 +66,7 @@ class DivergenceGuard(pl.Callback):
     """
 
     def __init__(self, every_n_steps: int = 1) -> None:
+        warn_if_other_lightning_imported(self)
         self.every_n_steps = positive_int("every_n_steps", every_n_steps)
         self.divergence: Optional[Divergence] = None
         self._batch_step = 0
@@ -81,6 +82,10 @@ class DivergenceGuard(pl.Callback):
                 self.divergence = found
                 trainer.should_stop = True
         return self.divergence
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        require_same_lightning(trainer, self)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, Optional
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities.data import extract_batch_size
 from typing_extensions import override
 
 from lightning_echo.core.progress import (
@@ -17,6 +15,9 @@ from lightning_echo.core.progress import (
     ProgressSource,
     StepReport,
 )
+from lightning_echo.lightning_namespace import import_lightning, pl, require_same_lightning, warn_if_other_lightning_imported
+
+extract_batch_size = import_lightning("utilities.data").extract_batch_size
 
 
 class TrainingProgress(pl.Callback):
@@ -50,6 +51,7 @@ class TrainingProgress(pl.Callback):
     ELAPSED_S = ProgressLedger.ELAPSED_S
 
     def __init__(self, max_fresh_samples: Optional[int] = None, max_fresh_batches: Optional[int] = None) -> None:
+        warn_if_other_lightning_imported(self)
         self.ledger = ProgressLedger(FreshDataBudget(max_fresh_samples, max_fresh_batches))
         self.source: Optional[ProgressSource] = None
         self._start: Optional[float] = None
@@ -94,6 +96,10 @@ class TrainingProgress(pl.Callback):
         return self.ledger.budget
 
     # -- Lightning hooks ---------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        require_same_lightning(trainer, self)
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.source = find_progress_source(trainer)

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from typing_extensions import override
@@ -21,6 +20,7 @@ from lightning_echo.core.optimum import logistic_regression_optimum
 from lightning_echo.data.modules.synthetic import least_squares_optimum
 from lightning_echo.echoed_optim.averaging import parameters_at_iterates
 from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
 from lightning_echo.models import LinearRegression, LogisticRegression
 from lightning_echo.records import write_json
 from lightning_echo.validation import positive_float, positive_int
@@ -61,6 +61,7 @@ class TargetLoss(pl.Callback):
         at_iterates: bool = True,
         cache_dir: Optional[str] = None,
     ) -> None:
+        warn_if_other_lightning_imported(self)
         if optimum is not None and (isinstance(optimum, bool) or not isinstance(optimum, (int, float)) or not math.isfinite(optimum)):
             raise ConfigError("optimum", optimum, "must be a finite number, or null to compute it at fit start")
         self.optimum: Optional[float] = float(optimum) if optimum is not None else None
@@ -102,6 +103,7 @@ class TargetLoss(pl.Callback):
     # -- Lightning hooks --------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        require_same_lightning(trainer, self)
         if stage == "fit":
             self._guard = divergence_guard(trainer, add=True)
 

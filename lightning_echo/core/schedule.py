@@ -212,12 +212,15 @@ class ServerPolicy:
         """K accepted gradients are waiting: :meth:`apply_update` must come next."""
         return len(self._pending) >= self.rules.k
 
-    def initial_starts(self) -> list[int]:
-        """Every learner starts at version 0."""
+    def initial_starts(self, version: int = 0) -> list[int]:
+        """Every learner starts at ``version`` (0, or the version a resumed run continues from)."""
         if self._started:
             raise RuntimeError("initial_starts() was already called")
+        if version < 0:
+            raise ValueError(f"version must be >= 0, got {version}")
         self._started = True
-        self._running = {learner: 0 for learner in range(self.spec.learners)}
+        self.version = version
+        self._running = {learner: version for learner in range(self.spec.learners)}
         return list(range(self.spec.learners))
 
     def running(self) -> dict[int, int]:

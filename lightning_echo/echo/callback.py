@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Optional, Sequence, Union
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 from torchdata.nodes import BaseNode
 from typing_extensions import override
@@ -33,7 +31,10 @@ from lightning_echo.echo.loader import EchoLoader
 from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEcho, PassLimit, check_batch_size_fn
 from lightning_echo.echo.rank_zero_return import RankZeroReturn
 from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import import_lightning, pl, require_same_lightning, warn_if_other_lightning_imported
 from lightning_echo.validation import non_negative_int, one_of, positive_int
+
+rank_zero_warn = import_lightning("utilities").rank_zero_warn
 
 KINDS = ("batch", "example")
 
@@ -130,6 +131,7 @@ class DataEchoing(pl.Callback):
         max_fresh_samples: Optional[int] = None,
         batch_size_fn: Optional[BatchSizeFn] = None,
     ) -> None:
+        warn_if_other_lightning_imported(self)
         self.factor = check_echo_factor(factor, max_factor)
         self.kind = one_of("kind", kind, KINDS)
         if kind == "example" and factor == AUTO:
@@ -221,6 +223,7 @@ class DataEchoing(pl.Callback):
     # -- installation ----------------------------------------------------------------------------
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        require_same_lightning(trainer, self)
         if stage != "fit":
             return
         self._trainer = trainer

@@ -5,12 +5,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
 from lightning_echo.callbacks.progress import find_progress_source
 from lightning_echo.core.progress import ProgressSource
+from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
 
 
 @contextmanager
@@ -42,11 +42,16 @@ class EchoIterateAveraging(pl.Callback):
     """
 
     def __init__(self, use_for_validation: bool = True) -> None:
+        warn_if_other_lightning_imported(self)
         self.use_for_validation = use_for_validation
         self.average: Optional[list[torch.Tensor]] = None
         self.count = 0
         self._backup: Optional[list[torch.Tensor]] = None
         self._source: Optional[ProgressSource] = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        require_same_lightning(trainer, self)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -114,7 +119,12 @@ class EvaluateAtIterates(pl.Callback):
     """
 
     def __init__(self) -> None:
+        warn_if_other_lightning_imported(self)
         self._at_iterates: Optional[Any] = None
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        require_same_lightning(trainer, self)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, Iterable, Optional
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
 from typing_extensions import override
 
 from lightning_echo.data.spec import DataSpec
+from lightning_echo.lightning_namespace import pl
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -64,15 +64,15 @@ class SupervisedModule(pl.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         output = self(x)
-        self.log("val/loss", self.loss(output, y), on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/loss", self.loss(output, y), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.spec.num_classes is not None:
             accuracy = (output.argmax(dim=-1) == y).float().mean()
-            self.log("val/acc", accuracy, on_step=False, on_epoch=True)
+            self.log("val/acc", accuracy, on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
-        self.log("test/loss", self.loss(self(x), y), on_step=False, on_epoch=True)
+        self.log("test/loss", self.loss(self(x), y), on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:

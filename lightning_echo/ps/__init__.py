@@ -2,7 +2,7 @@
 learner loops that run the straggler-tolerant variants of :mod:`lightning_echo.core.schedule`
 across processes and machines. Design note: README.md here."""
 
-from lightning_echo.ps.learner import LearnerReport, learner_delays, run_learner
+from lightning_echo.ps.learner import LearnerReport, LearnerSession, Work, learner_delays, run_learner
 from lightning_echo.ps.protocol import (
     Kind,
     Message,
@@ -30,6 +30,7 @@ __all__ = [
     "SERVER_RANK",
     "Kind",
     "LearnerReport",
+    "LearnerSession",
     "Message",
     "ParameterLayout",
     "ParameterServer",
@@ -40,6 +41,7 @@ __all__ = [
     "ServerReport",
     "Transport",
     "UpdateRecord",
+    "Work",
     "connect",
     "learner_delays",
     "learner_index",
@@ -47,3 +49,13 @@ __all__ = [
     "plain_sgd",
     "run_learner",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``ParameterServerStrategy`` (the Lightning strategy) is imported on first use, so that this
+    package stays importable without Lightning."""
+    if name in ("ParameterServerStrategy", "STRATEGY_NAME"):
+        from lightning_echo.ps import strategy
+
+        return getattr(strategy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

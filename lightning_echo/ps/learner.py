@@ -1,7 +1,8 @@
 """A learner's loop on real processes: wait for a START, compute the gradient, deliver it.
 
-Independent of Lightning: the caller gives ``compute_gradient(params_flat, version) ->
-grad_flat``. An optional injected delay (a straggler model from
+Independent of Lightning: :class:`LearnerSession` is the protocol one gradient at a time (a
+Lightning strategy takes one training step per gradient); :func:`run_learner` loops over it with
+``compute_gradient(params_flat, version) -> grad_flat``. An optional injected delay (a straggler model from
 :mod:`lightning_echo.core.delays`) sets how long each computation takes in all: after computing,
 the learner sleeps for the rest of the drawn time, so the server sees the drawn compute times
 (when the real computation is shorter). While it sleeps it watches for the server: a newer
@@ -66,6 +67,162 @@ class _Stop(Exception):
         self.retired = retired
 
 
+@dataclass(frozen=True)
+class Work:
+    """A computation the server asked for: the gradient at ``params`` (version ``version``).
+    ``params`` is a view into a receive buffer, valid until :meth:`LearnerSession.deliver` or
+    :meth:`LearnerSession.fail`."""
+
+    version: int
+    ticket: int
+    params: torch.Tensor
+    began: float  # time.monotonic() when the learner took it
+
+
+class LearnerSession:
+    """One learner's side of the protocol, one gradient at a time: :meth:`next_work`, compute,
+    :meth:`deliver`; :meth:`close` at the end. :func:`run_learner` is this loop; a Lightning
+    strategy drives it one training step per gradient.
+
+    ``injected_delay()`` draws how long each computation takes in all, counted from
+    :meth:`next_work`; :meth:`deliver` sleeps out the rest while watching for the server (a newer
+    START cancels the work, a STOP ends the session). ``server_timeout`` (default: twice the
+    transport's timeout, so the server first settles its own timeouts with the other learners) is
+    the longest the learner waits for the server. Raises :class:`ParameterServerError` when the
+    server is gone, silent for too long, ends the run with an error, or drops this learner.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        injected_delay: Optional[Callable[[], float]] = None,
+        server_timeout: Optional[float] = None,
+    ) -> None:
+        self.transport = transport
+        self.injected_delay = injected_delay
+        self.limit = 2 * transport.timeout if server_timeout is None else float(server_timeout)
+        self.report = LearnerReport(learner_index(transport.rank))
+        self._out = transport.new_message()
+        self._held: Optional[Inbound] = None  # a START that cancelled the last work, to be taken next
+        self._work: Optional[Inbound] = None
+        self._began = 0.0
+        self._ended = False  # this learner sent its final message (BYE or ERROR)
+        self._closed = False
+
+    @property
+    def learner(self) -> int:
+        """This learner's index."""
+        return self.report.learner
+
+    @property
+    def stopped(self) -> bool:
+        """True once the server has ended the session with STOP."""
+        return self.report.stopped
+
+    @property
+    def gradient_buffer(self) -> torch.Tensor:
+        """The outgoing flat gradient: write into it, then :meth:`deliver` without an argument."""
+        return self._out.payload
+
+    def next_work(self) -> Optional[Work]:
+        """Wait for the next START (the newest, if several are queued); ``None`` once the server
+        sent STOP (after answering BYE)."""
+        if self.report.stopped:
+            return None
+        if self._work is not None:
+            raise RuntimeError("deliver() or fail() must follow next_work()")
+        try:
+            held, self._held = self._held, None
+            inbound = held if held is not None else _wait_for_work(self.transport, self.report, self.limit)
+            self._work = _latest(self.transport, self.report, inbound)
+        except _Stop as stop:
+            self._goodbye(stop)
+            return None
+        except ParameterServerError:
+            self._ended = True  # the server is gone or ended the run: it takes no more messages
+            raise
+        self._began = time.monotonic()
+        header = self._work.header
+        return Work(header.version, header.ticket, self._work.payload, self._began)
+
+    def deliver(self, gradient: Optional[torch.Tensor] = None) -> bool:
+        """Push the gradient of the current work (``gradient``, or what the caller wrote into
+        :attr:`gradient_buffer`) once the injected delay has passed. Returns False when the work
+        was dropped instead: a newer START cancelled it (taken by the next :meth:`next_work`) or
+        the server sent STOP."""
+        work = self._work
+        if work is None:
+            raise RuntimeError("next_work() must come first")
+        header = work.header
+        try:
+            if gradient is not None:
+                self._out.payload.copy_(gradient.detach().reshape(-1))
+        except BaseException:
+            self.fail()
+            raise
+        self._release_work()
+        computed = time.monotonic()
+        self.report.compute_s += computed - self._began
+        until = self._began + self.injected_delay() if self.injected_delay is not None else computed
+        try:
+            newer = _next_message(self.transport, self.learner, until)  # sleeps out the injected delay, watching
+            self.report.injected_s += time.monotonic() - computed
+            if newer is not None:  # a newer START cancels this work (STOP and ERROR raise)
+                self._held = _accept(self.transport, self.report, newer)
+                self.report.cancelled += 1
+                return False
+            _send(self.transport, self._out, Kind.PUSH, self.learner, header.version, header.ticket)
+        except _Stop as stop:
+            self._goodbye(stop)
+            return False
+        except ParameterServerError:
+            self._ended = True
+            raise
+        self.report.pushed += 1
+        return True
+
+    def fail(self) -> None:
+        """The computation failed, or the learner leaves: tell the server (ERROR, once; nothing is
+        sent after this learner's final message)."""
+        self._release_work()
+        if not self._ended:
+            self._ended = True
+            _send_quietly(self.transport, self._out, Kind.ERROR, self.learner)
+
+    def leave(self) -> None:
+        """The learner ends before the server's STOP: say BYE (once; nothing after a final message)."""
+        self._release_work()
+        if not self._ended:
+            self._ended = True
+            _send_quietly(self.transport, self._out, Kind.BYE, self.learner)
+
+    def close(self, wait: float = 0.5) -> None:
+        """Release the buffers and wait briefly for the receiver thread (see :meth:`Transport.close`)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release_work()
+        if self._held is not None:
+            self.transport.release(self._held)
+            self._held = None
+        self.transport.close(wait=wait)
+
+    def _release_work(self) -> None:
+        if self._work is not None:
+            self.transport.release(self._work)
+            self._work = None
+
+    def _goodbye(self, stop: _Stop) -> None:
+        if not self._ended:
+            self._ended = True
+            _send_quietly(self.transport, self._out, Kind.BYE, self.learner)
+        if stop.retired:
+            raise ParameterServerError(
+                f"the parameter server dropped learner {self.learner} (rank {self.transport.rank}): it delivered "
+                f"no gradient within ps.timeout={self.transport.timeout:g} s"
+            ) from None
+
+
 def run_learner(
     transport: Transport,
     compute_gradient: ComputeGradient,
@@ -75,53 +232,23 @@ def run_learner(
     """Serve the parameter server until it sends STOP; return what this learner did.
 
     ``params_flat`` given to ``compute_gradient`` is valid only during the call (its buffer is
-    reused); the returned gradient is copied. ``server_timeout`` (default: twice the
-    transport's timeout, so the server first settles its own timeouts with the other learners)
-    is the longest this learner waits for the server. Raises :class:`ParameterServerError` when
-    the server is gone, silent for too long, ends the run with an error, or drops this learner;
-    if ``compute_gradient`` raises, the server is told and the error propagates.
+    reused); the returned gradient is copied. ``server_timeout``: see :class:`LearnerSession`.
+    Raises :class:`ParameterServerError` when the server is gone, silent for too long, ends the
+    run with an error, or drops this learner; if ``compute_gradient`` raises, the server is told
+    and the error propagates.
     """
-    learner = learner_index(transport.rank)
-    report = LearnerReport(learner)
-    limit = 2 * transport.timeout if server_timeout is None else float(server_timeout)
-    out = transport.new_message()
-    work: Optional[Inbound] = None
+    session = LearnerSession(transport, injected_delay, server_timeout)
     try:
-        while True:
-            if work is None:
-                work = _wait_for_work(transport, report, limit)
-            start = _latest(transport, report, work)
-            work = None
-            began = time.monotonic()
+        while (work := session.next_work()) is not None:
             try:
-                gradient = compute_gradient(start.payload, start.header.version)
-                out.payload.copy_(gradient.detach().reshape(-1))
+                gradient = compute_gradient(work.params, work.version)
             except BaseException:
-                _send_quietly(transport, out, Kind.ERROR, learner)
+                session.fail()
                 raise
-            finally:
-                transport.release(start)
-            computed = time.monotonic()
-            report.compute_s += computed - began
-            until = began + injected_delay() if injected_delay is not None else computed
-            newer = _next_message(transport, learner, until)  # sleeps out the injected delay, watching
-            report.injected_s += time.monotonic() - computed
-            if newer is not None:  # a newer START cancels this work (STOP and ERROR raise)
-                work = _accept(transport, report, newer)
-                report.cancelled += 1
-                continue
-            _send(transport, out, Kind.PUSH, learner, start.header.version, start.header.ticket)
-            report.pushed += 1
-    except _Stop as stop:
-        _send_quietly(transport, out, Kind.BYE, learner)
-        if stop.retired:
-            raise ParameterServerError(
-                f"the parameter server dropped learner {learner} (rank {transport.rank}): it delivered "
-                f"no gradient within ps.timeout={transport.timeout:g} s"
-            ) from None
-        return report
+            session.deliver(gradient)
+        return session.report
     finally:
-        transport.close(wait=0.5)
+        session.close()
 
 
 def _wait_for_work(transport: Transport, report: LearnerReport, limit: float) -> Inbound:

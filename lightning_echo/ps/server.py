@@ -197,10 +197,11 @@ class ParameterServer:
             raise
         return self.stop()
 
-    def start(self) -> None:
-        """Send every learner its first START (version 0)."""
+    def start(self, version: int = 0) -> None:
+        """Send every learner its first START: :attr:`params` at ``version`` (0, or the number of
+        updates a resumed run already made)."""
         self._t0 = time.monotonic()
-        for learner in self.policy.initial_starts():
+        for learner in self.policy.initial_starts(version):
             self._start(learner)
 
     def next_update(self) -> PendingUpdate:

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import SingleDeviceStrategy, StrategyRegistry
-from pytorch_lightning.utilities.data import extract_batch_size
 from typing_extensions import override
 
 from lightning_echo import lightning_internals
@@ -25,11 +22,15 @@ from lightning_echo.core.progress import SIMULATED, ProgressLedger, ProgressSour
 from lightning_echo.core.schedule import ScheduleSimulation, VariantSpec, variant_spec
 from lightning_echo.core.step_sizes import StepSizeRule
 from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import import_lightning, pl, warn_if_other_lightning_imported
 from lightning_echo.stale.delay_config import compute_times_from_config
 from lightning_echo.stale.labels import resolve_k
 from lightning_echo.stale.loader import SnapshotStore, UpdateBundle, UpdateLoader
 from lightning_echo.stale.optim import StalenessAwareOptimizer
 from lightning_echo.validation import non_negative_int
+
+SingleDeviceStrategy, StrategyRegistry = pl.strategies.SingleDeviceStrategy, pl.strategies.StrategyRegistry
+extract_batch_size = import_lightning("utilities.data").extract_batch_size
 
 STRATEGY_NAME = "simulated_learners"
 
@@ -91,6 +92,7 @@ class SimulatedLearnersStrategy(SingleDeviceStrategy):
         device: Union[str, torch.device] = "cpu",
         **kwargs: Any,
     ) -> None:
+        warn_if_other_lightning_imported(self)
         super().__init__(device=device, **kwargs)
         # Settings of other variants are ignored, so one config can sweep every variant.
         ringmaster = variant == "ringmaster"

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
@@ -18,6 +17,7 @@ from lightning_echo.data.lifetime import ThreadedLoaders
 from lightning_echo.data.pipeline import throttled_loader
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import pl
 from lightning_echo.validation import non_negative_int, positive_int
 
 DATA_ENV_VAR = "LIGHTNING_ECHO_DATA"

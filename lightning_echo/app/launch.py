@@ -1,0 +1,332 @@
+"""Runs on several devices: the command line starts one process per device, for each run.
+
+Lightning's own launcher re-runs the command (``sys.argv``) in each new process, which for a Hydra
+app means re-running the whole command line (a sweep in every child), and it SIGKILLs the main
+process when a child fails. Instead the job that trains on ``N > 1`` devices stays out of training
+and supervises ``N`` rank processes (:mod:`lightning_echo.app.rank`) that train that one
+job's config, already resolved, into the job's directory:
+
+- each rank gets the environment a process started outside Lightning needs (``LOCAL_RANK``,
+  ``NODE_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``), so Lightning launches nothing;
+- rank 0 writes ``run.json``, ``summary.json`` and the logs as a run in one process does; the
+  others write nothing but their outcome, which the supervising job reads;
+- a rank that fails ends the run: the others get a moment to stop, are then killed, and the run is
+  ``failed`` with one line naming the rank that failed first and why;
+- SIGINT or SIGTERM to the job asks every rank to stop after the step in progress (they agree on
+  that step, save the checkpoint and record ``interrupted``); a second signal, or ranks that do
+  not stop within ``STOP_GRACE_S``, kills them;
+- ranks run in their own sessions (a Ctrl-C in the terminal reaches the job only) and kill
+  themselves when the job's process is gone, so no rank outlives it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from lightning_echo.app.builders import build_trainer, quiet_lightning
+from lightning_echo.app.interrupt import SIGNALS
+from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import ENV_VAR, PACKAGE, pl
+from lightning_echo.records import DIVERGED, FAILED, INTERRUPTED
+
+# A rank process runs this (with its spec folder as argument); not `-m lightning_echo.app.rank`, which
+# would define the module's classes a second time, in __main__.
+RANK_CODE = "from lightning_echo.app.rank import main; main()"
+SPEC_FILE = "spec.json"
+STOP_LINE = b"stop\n"  # what the job writes to a rank's stdin to ask it to stop
+STOP_GRACE_S = 30.0  # how long ranks asked to stop get before they are killed
+FAILURE_GRACE_S = 5.0  # how long the other ranks get to stop by themselves after one failed
+POLL_S = 0.05
+# Strategies whose start method is not "popen" make Lightning start the processes itself.
+SELF_STARTING = ("spawn", "fork", "forkserver")
+
+
+class RankFailed(RuntimeError):
+    """A rank process of a multi-device run failed (the message is one line: which rank, and why)."""
+
+
+@dataclass(frozen=True)
+class RankRun:
+    """What a rank process knows of its run: its rank, the ``run.json`` details the supervising job
+    wrote (its pid and host, the resumes), and callbacks the rank adds to the run's own."""
+
+    global_rank: int
+    record_details: dict[str, Any]
+    callbacks: tuple[Any, ...] = ()
+
+    @property
+    def writes_records(self) -> bool:
+        """Whether this process writes ``run.json`` (rank 0 only)."""
+        return self.global_rank == 0
+
+
+@dataclass
+class RankSpec:
+    """One run's job for its rank processes (``spec.json``): the resolved config, where and as what it
+    writes, and the checkpoint it resumes from."""
+
+    config: dict[str, Any]
+    run_dir: str
+    group: str
+    name: Optional[str]
+    world_size: int
+    record_details: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+    step: int = 0
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> "RankSpec":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class RankEnd:
+    """How one rank process ended: its exit status (negative: killed by that signal), whether this job
+    killed it, and the outcome it wrote (None if it wrote none)."""
+
+    rank: int
+    returncode: int
+    killed_here: bool
+    outcome: Optional[dict[str, Any]]
+
+    @property
+    def status(self) -> Optional[str]:
+        """The status the rank reported (``completed``, ``diverged``, ...), None if it reported none."""
+        return self.outcome.get("status") if self.outcome is not None else None
+
+    @property
+    def failed(self) -> bool:
+        """Whether it ended otherwise than by completing or diverging."""
+        return self.returncode != 0 and self.status != DIVERGED
+
+    def describe(self, world_size: int) -> str:
+        """``rank 1 of 2 failed: ValueError: ...``, ``rank 1 of 2 was killed by SIGKILL``, ..."""
+        who = f"rank {self.rank} of {world_size}"
+        if self.status == FAILED:
+            return f"{who} failed: {self.outcome.get('error')}"  # type: ignore[union-attr]
+        if self.status == INTERRUPTED:  # a signal sent to the rank itself, not to the job
+            return f"{who} was interrupted: {self.outcome.get('detail')}"  # type: ignore[union-attr]
+        if self.returncode < 0:
+            return f"{who} was killed by {signal.Signals(-self.returncode).name}"
+        return f"{who} exited with status {self.returncode}"
+
+
+@dataclass
+class RanksResult:
+    """How the rank processes of a run ended, and the signal that stopped the run (if one did)."""
+
+    ends: list[RankEnd]
+    interrupted_by: Optional[int] = None
+
+    @property
+    def rank_zero(self) -> Optional[dict[str, Any]]:
+        """Rank 0's outcome, if it wrote one."""
+        return self.ends[0].outcome if self.ends else None
+
+    def first_failure(self) -> Optional[RankEnd]:
+        """The rank whose failure ended the run: one killed by a signal this job did not send (it
+        wrote nothing), else the one that failed earliest (the others then fail on the lost
+        connection), else the first with a non-zero exit status; None when every rank succeeded."""
+        failed = [end for end in self.ends if end.failed and not end.killed_here]
+        killed = [end for end in failed if end.returncode < 0 and end.outcome is None]
+        if killed:
+            return killed[0]
+        reported = [end for end in failed if end.status == FAILED]
+        if reported:
+            return min(reported, key=lambda end: float(end.outcome.get("at", 0.0)))  # type: ignore[union-attr]
+        return failed[0] if failed else None
+
+    def divergence(self) -> Optional[dict[str, Any]]:
+        """The outcome of the first rank that stopped because its loss diverged (the ranks stop
+        together, but only those whose loss diverged say so)."""
+        return next((end.outcome for end in self.ends if end.status == DIVERGED), None)
+
+    def progress(self) -> list[dict[str, Any]]:
+        """Each rank's status and counters, for ``run.json``."""
+        rows = []
+        for end in self.ends:
+            outcome = end.outcome or {}
+            rows.append({"rank": end.rank, "status": end.status or ("killed" if end.returncode < 0 else FAILED),
+                         "exit_code": end.returncode, "optimizer_steps": outcome.get("optimizer_steps"),
+                         "fresh_samples": outcome.get("fresh_samples")})
+        return rows
+
+
+def start_method(strategy: Any) -> str:
+    """How Lightning starts the processes of a strategy named ``strategy``: ``popen`` (it re-runs the
+    command, or leaves it to whoever set ``LOCAL_RANK``), ``spawn``, ``fork`` or ``forkserver``."""
+    if isinstance(strategy, str) and strategy in pl.strategies.StrategyRegistry:
+        return str(pl.strategies.StrategyRegistry[strategy]["init_params"].get("start_method", "popen"))
+    return "popen"
+
+
+def processes_to_start(cfg: DictConfig, trainer: Any) -> int:
+    """How many processes the command line starts for a run whose Trainer is ``trainer`` (1: it trains
+    in the job's own process). Raises ConfigError, one line, for multi-process settings it cannot run."""
+    strategy = cfg.trainer.get("strategy")
+    method = start_method(strategy)
+    if method in SELF_STARTING:
+        raise ConfigError("trainer.strategy", strategy,
+                          f"it starts its processes by {method}, which the command line does not support; use "
+                          "trainer.strategy=ddp (the command line starts one process per device, "
+                          "for each job of a sweep too)")
+    if trainer.world_size <= 1:
+        return 1
+    if trainer.num_nodes > 1:
+        raise ConfigError("trainer.num_nodes", trainer.num_nodes,
+                          "the command line starts the processes of one machine; use trainer.num_nodes=1")
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if environment is not None and environment.creates_processes_externally:
+        raise ConfigError("trainer.devices", cfg.trainer.get("devices"),
+                          f"this process is one of several started by {type(environment).__name__} "
+                          "(LOCAL_RANK is set); start lightning-echo once: it starts one process per device itself")
+    return int(trainer.num_devices)
+
+
+def processes_for(cfg: DictConfig) -> int:
+    """:func:`processes_to_start` for a run of ``cfg`` (its Trainer is built, quietly, only when more
+    than one device may be meant)."""
+    if (cfg.trainer.get("devices", "auto") in (1, "1") and cfg.trainer.get("num_nodes", 1) in (1, None)
+            and start_method(cfg.trainer.get("strategy")) not in SELF_STARTING):
+        return 1
+    with quiet_lightning():
+        trainer = build_trainer(cfg, output_dir=None)
+    return processes_to_start(cfg, trainer)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for the ranks' process group."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rank_environment(world_size: int, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The environment of every rank but its ``LOCAL_RANK``: one node, a fresh port, the same
+    Lightning package, and the CPU threads shared out (as Lightning's own launcher does)."""
+    env = dict(os.environ if base is None else base)
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "NODE_RANK": "0",
+                "WORLD_SIZE": str(world_size), ENV_VAR: PACKAGE,
+                "PYTHONSAFEPATH": "1"})  # `python -c` imports the installed package, not one in the working directory
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world_size)))
+    return env
+
+
+def run_ranks(spec: RankSpec) -> RanksResult:
+    """Start ``spec.world_size`` rank processes for one run and wait for them (see the module's
+    docstring for failures and signals); every one has ended when this returns."""
+    folder = Path(tempfile.mkdtemp(prefix="lightning-echo-ranks-"))
+    spec.write(folder / SPEC_FILE)
+    env = rank_environment(spec.world_size)
+    processes: list[subprocess.Popen] = []
+    killed: set[int] = set()
+    interrupted_by = None
+    try:
+        with SIGNALS.noting():  # signals are acted on between polls, never half-way through a start
+            for rank in range(spec.world_size):
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-c", RANK_CODE, str(folder)], env={**env, "LOCAL_RANK": str(rank)},
+                    stdin=subprocess.PIPE, start_new_session=True))
+            interrupted_by = _supervise(processes, killed)
+    finally:
+        _kill(processes, killed)
+        ends = [RankEnd(rank, int(p.returncode), rank in killed, _read_outcome(folder, rank))
+                for rank, p in enumerate(processes)]
+        shutil.rmtree(folder, ignore_errors=True)
+    return RanksResult(ends, interrupted_by)
+
+
+def _supervise(processes: list[subprocess.Popen], killed: set[int]) -> Optional[int]:
+    """Wait for the ranks; ask them to stop on a first signal, kill them on a second, after a
+    rank failed, or when a stop takes too long. Returns the first signal received meanwhile, if any."""
+    signals_before = seen = SIGNALS.count
+    asked = False
+    deadline: Optional[float] = None
+    while any(p.poll() is None for p in processes):
+        now = time.monotonic()
+        if SIGNALS.count > seen:
+            if asked:
+                break  # a second signal: stop now
+            seen, asked = SIGNALS.count, True
+            _ask_to_stop(processes)
+            deadline = min(deadline or float("inf"), now + STOP_GRACE_S)
+        elif deadline is None and any(p.returncode not in (None, 0) for p in processes):
+            deadline = now + FAILURE_GRACE_S
+        if deadline is not None and now > deadline:
+            break
+        time.sleep(POLL_S)
+    _kill(processes, killed)
+    return SIGNALS.received if SIGNALS.count > signals_before else None
+
+
+def _ask_to_stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        try:
+            assert process.stdin is not None
+            process.stdin.write(STOP_LINE)
+            process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it has ended
+
+
+def _kill(processes: list[subprocess.Popen], killed: set[int]) -> None:
+    """SIGKILL every rank still running with its process group (its data-loader workers), and reap all."""
+    for rank, process in enumerate(processes):
+        if process.poll() is None:
+            killed.add(rank)
+            try:
+                os.killpg(process.pid, signal.SIGKILL) if hasattr(os, "killpg") else process.kill()
+            except ProcessLookupError:
+                pass
+    for process in processes:
+        process.wait()
+        if process.stdin is not None:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+
+
+def outcome_path(folder: Path, rank: int) -> Path:
+    """Where rank ``rank`` writes how it ended."""
+    return Path(folder) / f"rank{rank}.json"
+
+
+def _read_outcome(folder: Path, rank: int) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(outcome_path(folder, rank).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def watch_launcher(fd: int, stop: threading.Event) -> None:
+    """In a rank: set ``stop`` when the job asks (a ``stop`` line on file descriptor ``fd``, its
+    stdin); when that pipe closes, the job's process is gone and this rank kills itself (with its
+    data-loader workers), so that it never trains on unsupervised. Runs in a daemon thread; reads
+    the descriptor itself (a buffered ``sys.stdin`` would block the interpreter's exit)."""
+    pending = b""
+    while chunk := os.read(fd, 256):
+        pending += chunk
+        if STOP_LINE in pending:
+            stop.set()
+        pending = pending[-len(STOP_LINE):]
+    if hasattr(os, "killpg") and os.getpgid(0) == os.getpid():  # in a session of its own, as the job starts ranks
+        os.killpg(0, signal.SIGKILL)
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))

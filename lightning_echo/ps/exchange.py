@@ -1,0 +1,74 @@
+"""What a training framework's parameter-server run exchanges: a model's trainable parameters
+(START) or their gradient (PUSH) as one flat buffer, followed by a trailer of two values.
+
+The trailer carries what the server cannot compute itself, since it never sees a batch: the
+learner's training loss at the parameters it read, and the number of examples of its batch.
+The server averages whole buffers, so after an update of K gradients the trailer holds the mean
+loss and the mean batch size of those K gradients. In a START the trailer is zero.
+
+Example::
+
+    weight = torch.nn.Parameter(torch.ones(2, 2))
+    exchange = FlatExchange([weight])
+    flat = torch.empty(exchange.numel)
+    weight.grad = torch.full((2, 2), 0.5)
+    exchange.pack_gradient([weight.grad], loss=1.25, samples=8, flat=flat)
+    grads = [torch.empty(2, 2)]
+    assert exchange.unpack_gradient(flat, grads) == (1.25, 8.0) and grads[0].sum() == 2.0
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from lightning_echo.ps.protocol import ParameterLayout
+
+TRAILER = ("loss", "samples")
+
+
+class FlatExchange:
+    """The flat layout of ``params`` (one dtype, any devices) plus the trailer; copies in and out
+    write into existing storage, across devices where the parameters live on an accelerator."""
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.layout = ParameterLayout(params)
+        self.dtype = self.layout.dtype
+        self.numel = self.layout.numel + len(TRAILER)
+
+    @property
+    def parameter_numel(self) -> int:
+        """Elements of the parameters alone (the trailer excluded)."""
+        return self.layout.numel
+
+    def _body(self, flat: torch.Tensor) -> torch.Tensor:
+        if flat.dim() != 1 or flat.numel() != self.numel:
+            raise ValueError(f"the flat buffer has shape {tuple(flat.shape)}; the exchange needs ({self.numel},)")
+        return flat[: self.layout.numel]
+
+    def pack_parameters(self, params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+        """``params`` into ``flat``, trailer zeroed (a START)."""
+        self.layout.flatten_into(params, self._body(flat))
+        flat[self.layout.numel :].zero_()
+
+    def unpack_parameters(self, flat: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+        """A START's parameters into ``params`` (in place, without autograd)."""
+        self.layout.unflatten_into(self._body(flat), params)
+
+    def pack_gradient(
+        self, grads: Sequence[Optional[torch.Tensor]], loss: float, samples: float, flat: torch.Tensor
+    ) -> None:
+        """``grads`` (``None``: zeros), the loss and the batch size into ``flat`` (a PUSH)."""
+        self.layout.flatten_into(grads, self._body(flat))
+        flat[self.layout.numel] = loss
+        flat[self.layout.numel + 1] = samples
+
+    def unpack_gradient(self, flat: torch.Tensor, grads: Sequence[torch.Tensor]) -> tuple[float, float]:
+        """An averaged gradient into ``grads``; returns the trailer: (mean loss, mean batch size)."""
+        self.layout.unflatten_into(self._body(flat), grads)
+        return float(flat[self.layout.numel]), float(flat[self.layout.numel + 1])
+
+    def parameter_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Each parameter's slice of ``flat``, shaped like the parameter (views, on ``flat``'s device)."""
+        return self.layout.views(self._body(flat))

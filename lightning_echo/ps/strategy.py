@@ -1,0 +1,490 @@
+"""``ParameterServerStrategy``: K-sync ... K-batch-async, Rennala and Ringmaster SGD for any
+LightningModule on real processes: a parameter server (global rank 0) and P learners (ranks
+1..P) on torch.distributed, launched as Lightning launches DDP.
+
+Rank 0 runs no training step of the user's: each of its Lightning steps is one server update
+(the averaged gradient becomes ``.grad``, the user's optimizer steps through Lightning, so
+schedulers, gradient clipping and precision work as usual, then the new parameters go out).
+Each learner's Lightning step takes the server's parameters, runs the user's ``training_step``
+and backward, and pushes the gradient instead of stepping. Design note: ``README.md`` here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import torch
+from torch.distributed.constants import default_pg_timeout
+from typing_extensions import override
+
+from lightning_echo import lightning_internals
+from lightning_echo.callbacks.progress import training_progress
+from lightning_echo.core.delays import ComputeTimeSource
+from lightning_echo.core.progress import WALL_CLOCK, ProgressLedger, ProgressSource, StepReport
+from lightning_echo.core.schedule import VARIANTS, VariantSpec, variant_spec
+from lightning_echo.core.step_sizes import StepSizeRule
+from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import import_lightning, pl, warn_if_other_lightning_imported
+from lightning_echo.ps.exchange import FlatExchange
+from lightning_echo.ps.learner import LearnerReport, learner_delays
+from lightning_echo.ps.metrics import CarriedCounts, update_metrics
+from lightning_echo.ps.roles import LearnerRole, ServerRole
+from lightning_echo.ps.server import ServerReport
+from lightning_echo.ps.slots import ServerStep, UpdateSlots, server_epoch_length
+from lightning_echo.ps.transport import SERVER_RANK, connect, learner_index
+from lightning_echo.stale.delay_config import compute_times_from_config
+from lightning_echo.stale.labels import resolve_k
+from lightning_echo.stale.optim import StalenessAwareOptimizer
+from lightning_echo.validation import non_negative_int, one_of, positive_float, positive_int
+
+DDPStrategy, StrategyRegistry = pl.strategies.DDPStrategy, pl.strategies.StrategyRegistry
+ModelCheckpoint, EarlyStopping, Timer = pl.callbacks.ModelCheckpoint, pl.callbacks.EarlyStopping, pl.callbacks.Timer
+extract_batch_size = import_lightning("utilities.data").extract_batch_size
+
+STRATEGY_NAME = "parameter_server"
+CHECKPOINT_KEY = "parameter_server"
+# Callbacks that end or save a run: the server's business, removed from the learners' Trainers.
+SERVER_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, Timer)
+LOG = logging.getLogger("lightning_echo.ps")
+
+
+class ParameterServerStrategy(DDPStrategy):
+    """Train any LightningModule with a parameter server (rank 0) and P learner processes.
+
+    Launch it like DDP with one process more than learners: ``Trainer(devices=P + 1,
+    accelerator="cpu", strategy=ParameterServerStrategy(...))`` (Lightning starts the other
+    processes), or under torchrun / SLURM with ``devices x num_nodes = P + 1`` processes: the
+    devices and nodes count the server too. Global rank 0 is the server, rank ``i + 1`` learner
+    ``i``. The ``timeout`` must exceed the longest gradient computation (injected delay included)
+    and any validation pass on the server.
+
+    Args:
+        variant: ``sync``, ``k_sync``, ``k_batch_sync``, ``async``, ``k_async``, ``k_batch_async``,
+            ``rennala`` or ``ringmaster`` (as :class:`~lightning_echo.stale.SimulatedLearnersStrategy`).
+        k: gradients per server update (None: half the learners; fixed by sync, async, ringmaster).
+        delay: injected straggler delays, as the ``stale.delay`` config (each learner sleeps until
+            its drawn compute time has passed), or None for the processes' real speed.
+        lr_rule: ``constant``, ``dutta`` (needs ``c``), ``mishchenko`` / ``koloskova``
+            (``rule_learners`` defaults to P; koloskova needs ``smoothness`` or ``drop``).
+        max_delay, stop_stale: Ringmaster's threshold R and whether it cancels computations reaching it.
+        seed: seeds the injected delays (each learner draws from its own stream).
+        timeout: seconds a started learner may take to deliver a gradient; learners give up on a
+            silent server after twice that.
+        learners: if given, checked against the world (``devices x num_nodes - 1``).
+        process_group_timeout: the default process group's timeout (DDP's ``timeout``).
+
+    What differs from DDP while ``fit`` runs:
+
+    - ``global_step`` and ``max_steps`` count server updates. Learners ignore their own
+      ``max_steps``, ``max_epochs``, ``min_*``, ``max_time``, checkpoint and early-stopping
+      callbacks, validation and lr schedulers: they compute gradients until the server's STOP.
+    - The server's train loader is never read: it yields one placeholder per update
+      (:class:`~lightning_echo.ps.slots.UpdateSlots`, ``ceil(batches / K)`` per epoch). Learner
+      ``i`` reads shard ``i`` of ``P`` (the ``DistributedSampler`` Lightning adds); validation
+      runs on the server, on the whole validation set.
+    - Lightning's loop in each process sees a world of one (``world_size`` is 1): ``barrier`` is
+      a no-op, ``reduce`` / ``all_gather`` / ``broadcast`` (``self.log(..., sync_dist=True)``,
+      checkpoint and early-stopping decisions) return the process's own value, since the
+      processes take different numbers of steps. Before and after ``fit`` they are DDP's.
+    - Buffers (e.g. BatchNorm statistics) are not exchanged; 16-bit mixed precision with a
+      gradient scaler, manual optimization, SyncBatchNorm and gradient accumulation are refused.
+
+    Checkpoints are written by rank 0: the module and optimizer are the server's, plus the
+    server's version, policy state and counters (``checkpoint["parameter_server"]``);
+    ``fit(ckpt_path=...)`` resumes the server at that version and every learner starts from its
+    START. Logged on rank 0 per update (through :class:`~lightning_echo.TrainingProgress`, added
+    if missing): :func:`~lightning_echo.ps.metrics.update_metrics`; the time axis is wall-clock.
+
+    A learner that dies or stops answering: asynchronous variants carry on while enough learners
+    are left (logged as ``ps/lost_learners`` and a warning); sync, k_sync and k_batch_sync stop
+    with :class:`~lightning_echo.ps.ParameterServerError`. The server dying ends every learner
+    with that error. Example (a script; Lightning re-runs it for ranks 1 and 2)::
+
+        strategy = ParameterServerStrategy("k_async", k=1, delay={"distribution": "exponential", "scale": 0.01})
+        trainer = pl.Trainer(devices=3, accelerator="cpu", strategy=strategy, max_steps=100)
+        trainer.fit(model)
+    """
+
+    strategy_name = STRATEGY_NAME
+    clock = WALL_CLOCK
+
+    def __init__(
+        self,
+        variant: str = "async",
+        k: Optional[int] = None,
+        delay: Union[Mapping[str, Any], ComputeTimeSource, None] = None,
+        lr_rule: str = "constant",
+        c: Optional[float] = None,
+        rule_learners: Optional[int] = None,
+        smoothness: Optional[float] = None,
+        drop: bool = False,
+        max_delay: Optional[int] = None,
+        stop_stale: bool = False,
+        seed: int = 0,
+        timeout: float = 60.0,
+        learners: Optional[int] = None,
+        *,
+        accelerator: Any = None,
+        parallel_devices: Optional[list[torch.device]] = None,
+        cluster_environment: Any = None,
+        checkpoint_io: Any = None,
+        precision_plugin: Any = None,
+        process_group_backend: Optional[str] = None,
+        process_group_timeout: Any = default_pg_timeout,
+    ) -> None:
+        warn_if_other_lightning_imported(self)
+        super().__init__(
+            accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io, precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend, timeout=process_group_timeout,
+        )
+        # Settings of other variants are ignored, so one config can sweep every variant.
+        self.variant = one_of("stale.variant", variant, VARIANTS)
+        self.k = None if k is None else positive_int("stale.k", k)
+        self.max_delay = max_delay if variant == "ringmaster" else None
+        self.stop_stale = stop_stale if variant == "ringmaster" else False
+        if delay is None or isinstance(delay, ComputeTimeSource):
+            self.compute_times = delay
+        else:
+            self.compute_times = compute_times_from_config(delay)
+        self._rule_settings = {"c": c, "learners": rule_learners, "smoothness": smoothness, "drop": drop}
+        self.lr_rule = lr_rule
+        # Checked now (M = 1 stands in for an unset M), rebuilt in setup once P is known.
+        StepSizeRule(lr_rule, **{**self._rule_settings, "learners": 1 if rule_learners is None else rule_learners})
+        self.seed = non_negative_int("stale.seed", seed)
+        self.timeout = positive_float("ps.timeout", timeout)
+        self.learners = None if learners is None else positive_int("stale.learners", learners)
+        self.spec: Optional[VariantSpec] = None
+        self.rule: Optional[StepSizeRule] = None
+        self.server_report: Optional[ServerReport] = None  # rank 0, after fit
+        self.learner_report: Optional[LearnerReport] = None  # learners, after fit
+        self._role: Union[ServerRole, LearnerRole, None] = None
+        self._trainer: Optional[pl.Trainer] = None
+        self._undo: list[Callable[[], None]] = []
+        self._loaded: Optional[Dict[str, Any]] = None  # the server state of the checkpoint being resumed
+        self._state: Optional[Dict[str, Any]] = None  # the server state a checkpoint saves now
+        self._carried = CarriedCounts()
+        self._metrics: Dict[str, float] = {}
+        self._step_report: Optional[StepReport] = None
+        self._grads_due = False
+        self._batch_samples = 0.0
+
+    # -- processes and collectives --------------------------------------------------------------
+    @override
+    def _configure_launcher(self) -> None:
+        lightning_internals.use_launcher_that_outlives_its_children(self, self.num_processes, self.num_nodes)
+
+    @property
+    @override
+    def world_size(self) -> int:
+        """P + 1 processes, but 1 while ``fit`` trains: each process runs its own loop."""
+        return 1 if self._role is not None else super().world_size
+
+    @property
+    @override
+    def distributed_sampler_kwargs(self) -> Dict[str, Any]:
+        if self._role is None:
+            return super().distributed_sampler_kwargs
+        if isinstance(self._role, LearnerRole):
+            assert self.spec is not None
+            return {"num_replicas": self.spec.learners, "rank": learner_index(self.global_rank)}
+        return {"num_replicas": 1, "rank": 0}  # the server validates on everything; it reads no train batch
+
+    @override
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        if self._role is None:
+            super().barrier(*args, **kwargs)
+
+    @override
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj if self._role is not None else super().broadcast(obj, src)
+
+    @override
+    def reduce(self, tensor: Any, group: Optional[Any] = None, reduce_op: Optional[Any] = "mean") -> Any:
+        return tensor if self._role is not None else super().reduce(tensor, group=group, reduce_op=reduce_op)
+
+    @override
+    def all_gather(self, tensor: torch.Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> torch.Tensor:
+        return tensor if self._role is not None else super().all_gather(tensor, group=group, sync_grads=sync_grads)
+
+    @override
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision if self._role is not None else super().reduce_boolean_decision(decision, all=all)
+
+    @override
+    def configure_ddp(self) -> None:
+        """No DistributedDataParallel wrapper: gradients travel through the parameter server."""
+
+    # -- setup ----------------------------------------------------------------------------------
+    @override
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        module = self.lightning_module
+        trainer = module.trainer if module is not None else None
+        if trainer is not None and trainer.state.fn == "fit" and self.global_rank == SERVER_RANK:
+            # It logs the metrics of every update; added before a checkpoint's callback states are restored.
+            training_progress(trainer, add=True)
+
+    @override
+    def setup(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+        if trainer.state.fn != "fit":
+            super().setup(trainer)
+            return
+        # Every check runs on every rank before the channels open, so all ranks fail alike.
+        self.spec = self._variant_for(self.world_size - 1)
+        rule_learners = self._rule_settings["learners"]
+        self.rule = StepSizeRule(self.lr_rule, **{**self._rule_settings,
+                                                  "learners": self.spec.learners if rule_learners is None else rule_learners})
+        _check_trainer(trainer, self)
+        super().setup(trainer)
+        module = self.lightning_module
+        assert module is not None
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()):
+            raise ConfigError("trainer.sync_batchnorm", True, "SyncBatchNorm synchronises learners at every forward; "
+                              "the parameter server's learners compute independently")
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("model parameters", 0, "the parameter server needs trainable parameters")
+        exchange = FlatExchange(params)  # refuses parameters of several dtypes
+        transport = connect(exchange.numel, exchange.dtype, timeout=self.timeout)
+        if self.global_rank == SERVER_RANK:
+            self._role = ServerRole(transport, self.spec, params, keep_stale_params=self.rule.needs_distance,
+                                    timeout=self.timeout)
+            self._setup_server(trainer, module)
+        else:
+            learner = learner_index(self.global_rank)
+            delays = learner_delays(self.compute_times, learner, self.seed) if self.compute_times is not None else None
+            self._role = LearnerRole(transport, params, delays)
+            self._setup_learner(trainer)
+
+    def _variant_for(self, learners: int) -> VariantSpec:
+        if learners < 1:
+            raise ConfigError("trainer.devices x trainer.num_nodes", learners + 1,
+                              "a parameter server needs at least 2 processes: the server (rank 0) and a learner")
+        if self.learners is not None and self.learners != learners:
+            raise ConfigError("stale.learners", self.learners,
+                              f"must equal the learner processes: devices x num_nodes - 1 = {learners}")
+        if self.compute_times is not None:
+            self.compute_times.check_learners(learners)
+        return variant_spec(self.variant, learners, resolve_k(self.variant, learners, self.k),
+                            self.max_delay, self.stop_stale)
+
+    @override
+    def setup_optimizers(self, trainer: pl.Trainer) -> None:
+        super().setup_optimizers(trainer)
+        if len(self.optimizers) != 1:
+            raise ConfigError("configure_optimizers", f"{len(self.optimizers)} optimizers",
+                              "the parameter server needs exactly one optimizer (the server's)")
+        assert self.rule is not None
+        self.optimizers = [o if isinstance(o, StalenessAwareOptimizer) else StalenessAwareOptimizer(o, self.rule)
+                           for o in self.optimizers]
+
+    def _setup_server(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._undo.append(lightning_internals.wrap_train_source(trainer, self._server_loader))
+        self._undo.append(lightning_internals.wrap_before_batch_transfer(module, _skip_server_steps))
+        self._carried = CarriedCounts.from_totals(self._loaded["totals"]) if self._loaded else CarriedCounts()
+        self._state = self._loaded
+
+    def _server_loader(self, loader: Any) -> UpdateSlots:
+        if isinstance(loader, (list, tuple, dict)) or type(loader).__name__ == "CombinedLoader":
+            raise ConfigError("train_dataloaders", type(loader).__name__, "the parameter server takes a single train loader")
+        assert self.spec is not None and self._trainer is not None
+        length = server_epoch_length(loader, self.spec.k)
+        if length is None and self._trainer.max_steps < 0 and not any(isinstance(c, Timer) for c in self._trainer.callbacks):
+            raise ConfigError("trainer.max_steps", self._trainer.max_steps,
+                              "the train loader has no length, so the server's epochs never end: set max_steps "
+                              "(server updates) or max_time")
+        return UpdateSlots(length)
+
+    def _setup_learner(self, trainer: pl.Trainer) -> None:
+        self._undo.append(lightning_internals.lift_fit_limits(trainer))
+        limit_val, callbacks = trainer.limit_val_batches, list(trainer.callbacks)
+        trainer.limit_val_batches = 0
+        trainer.callbacks[:] = [c for c in callbacks if not isinstance(c, SERVER_ONLY_CALLBACKS)]
+        self.lr_scheduler_configs = []  # a learner never steps its optimizer
+
+        def undo() -> None:
+            trainer.limit_val_batches = limit_val
+            trainer.callbacks[:] = callbacks
+
+        self._undo.append(undo)
+
+    # -- the progress source (lightning_echo.core.progress.ProgressSource) ---------------------------
+    @property
+    def enforces_budget(self) -> bool:
+        """On learners: the server ends them (a data budget counted on a learner must not)."""
+        return isinstance(self._role, LearnerRole)
+
+    def step_report(self) -> Optional[StepReport]:
+        """On the server: the update just applied, one fresh batch per gradient it used."""
+        return self._step_report if isinstance(self._role, ServerRole) else None
+
+    def progress_metrics(self, ledger: ProgressLedger) -> Dict[str, float]:
+        return dict(self._metrics)
+
+    def progress_bar(self, ledger: ProgressLedger) -> Dict[str, float]:
+        if not self._metrics:
+            return {}
+        return {"upd/s": round(self._metrics["ps/updates_per_s"], 1), "stale": round(self._metrics["stale/staleness_mean"], 2)}
+
+    # -- one step -------------------------------------------------------------------------------
+    @override
+    def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
+        if isinstance(batch, ServerStep):
+            return batch
+        return super().batch_to_device(batch, device, dataloader_idx)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        role = self._role
+        if isinstance(role, ServerRole):
+            return self._server_step(role)
+        if isinstance(role, LearnerRole):
+            if not role.take_work():  # the server sent STOP
+                assert self._trainer is not None
+                self._trainer.should_stop = True
+                return None
+            self._batch_samples = _batch_size(args[0]) if args else 0.0
+        return super().training_step(*args, **kwargs)
+
+    def _server_step(self, role: ServerRole) -> torch.Tensor:
+        if not role.started:
+            assert self._trainer is not None
+            role.start(int(self._loaded["version"]) if self._loaded else self._trainer.global_step)
+        update = role.next_update()
+        optimizer = self.optimizers[0]
+        order = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.tell(update.staleness, stale_params=role.stale_parameters(order))
+        self._grads_due = True  # Lightning zeroes .grad after this step: backward() puts the update's there
+        samples = round(role.samples)
+        self._step_report = StepReport(samples=samples, fresh_samples=samples, fresh_batches=len(update.gradients))
+        return torch.tensor(role.loss, device=self.root_device)
+
+    @override
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        role = self._role
+        if isinstance(role, ServerRole) and self._grads_due:
+            self._grads_due = False
+            for param, grad in zip(role.params, role.grads):
+                param.grad = grad
+            return closure_loss
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    @override
+    def optimizer_step(self, optimizer: Any, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
+        role = self._role
+        if isinstance(role, LearnerRole):
+            loss = closure()  # the user's training_step and backward; no optimizer step
+            if role.working:
+                role.deliver(None if loss is None else float(loss), self._batch_samples)
+            return loss
+        result = super().optimizer_step(optimizer, closure, model, **kwargs)
+        if isinstance(role, ServerRole) and role.update is not None:
+            record = role.complete_update()
+            self._metrics = update_metrics(record, role.report, self._carried, loss=role.loss,
+                                           step_factor=getattr(optimizer, "last_factor", 1.0),
+                                           lr=getattr(optimizer, "last_lr", optimizer.param_groups[0]["lr"]))
+            self._state = self._server_state(role)
+        return result
+
+    def _server_state(self, role: ServerRole) -> Dict[str, Any]:
+        return {"version": role.server.version, "policy": role.server.policy.state_dict(),
+                "totals": self._carried.totals(role.report)}
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def server_state(self) -> Optional[Dict[str, Any]]:
+        """Rank 0: what a checkpoint saves under ``"parameter_server"`` now (the server's version,
+        its policy's state, the run's counters); None elsewhere and before the first update."""
+        return self._state
+
+    @override
+    def save_checkpoint(self, checkpoint: Dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+        if self._state is not None:
+            checkpoint = {**checkpoint, CHECKPOINT_KEY: self._state}
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
+        self._loaded = checkpoint.get(CHECKPOINT_KEY)
+        return checkpoint
+
+    # -- the end --------------------------------------------------------------------------------
+    @override
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        role = self._role
+        if isinstance(role, ServerRole) and not role.finished:
+            self.server_report = role.stop()
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)
+        role = self._role
+        if isinstance(role, ServerRole) and not role.finished:
+            role.abort(exception)
+            self.server_report = role.report
+        elif isinstance(role, LearnerRole):
+            role.fail()
+
+    @override
+    def teardown(self) -> None:
+        role, self._role = self._role, None
+        try:
+            if isinstance(role, ServerRole) and not role.finished:
+                self.server_report = role.stop()
+            elif isinstance(role, LearnerRole):
+                role.leave_if_running()
+                role.close()
+                self.learner_report = role.session.report
+        finally:
+            while self._undo:
+                self._undo.pop()()
+            self._loaded = None
+            self._grads_due = False
+            super().teardown()
+
+    # -- registry -------------------------------------------------------------------------------
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        strategy_registry.register(STRATEGY_NAME, cls, description="a parameter server (rank 0) and learner processes")
+
+
+def _check_trainer(trainer: pl.Trainer, strategy: ParameterServerStrategy) -> None:
+    """Refuse what cannot work with learners that compute independently of each other."""
+    if trainer.accumulate_grad_batches != 1:
+        raise ConfigError("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches,
+                          "must be 1 with the parameter server: each update already averages K gradients")
+    module = strategy.lightning_module
+    if module is not None and not module.automatic_optimization:
+        raise ConfigError("automatic_optimization", False, "the parameter server applies the optimizer step itself; "
+                          "manual optimization is not supported")
+    if getattr(strategy.precision_plugin, "scaler", None) is not None:
+        raise ConfigError("trainer.precision", trainer.precision,
+                          "a gradient scaler scales each process's gradients; use bf16-mixed or 32-true")
+    other = next((c for c in trainer.callbacks if isinstance(c, ProgressSource)), None)
+    if other is not None:
+        raise ConfigError("callbacks", type(other).__name__, "cannot be combined with the parameter server")
+
+
+def _skip_server_steps(original: Callable[..., Any]) -> Callable[..., Any]:
+    """The user's ``on_before_batch_transfer`` never sees the server's placeholders."""
+
+    def before_batch_transfer(batch: Any, dataloader_idx: int = 0) -> Any:
+        return batch if isinstance(batch, ServerStep) else original(batch, dataloader_idx)
+
+    return before_batch_transfer
+
+
+def _batch_size(batch: Any) -> float:
+    try:
+        return float(extract_batch_size(batch))
+    except Exception:  # a batch Lightning cannot size: counted as 0 examples
+        return 0.0
+
+
+ParameterServerStrategy.register_strategies(StrategyRegistry)
