@@ -126,15 +126,7 @@ def prepare_train_dataloader(trainer: "pl.Trainer", dataloader: Any) -> Any:
 
 def wrap_batch_to_device(trainer: "pl.Trainer", wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
     """Replace ``trainer.strategy.batch_to_device`` by ``wrapper(original)`` on the instance."""
-    strategy = trainer.strategy
-    original = _require(strategy, "batch_to_device")
-    strategy.batch_to_device = wrapper(original)  # type: ignore[method-assign]
-
-    def undo() -> None:
-        if "batch_to_device" in vars(strategy):
-            del strategy.batch_to_device  # back to the class's method
-
-    return undo
+    return _wrap_on_instance(trainer.strategy, "batch_to_device", wrapper)
 
 
 def wrap_before_batch_transfer(
@@ -142,12 +134,16 @@ def wrap_before_batch_transfer(
 ) -> Undo:
     """Replace ``pl_module._on_before_batch_transfer`` (Lightning's caller of the user's
     ``on_before_batch_transfer``, on the module or the DataModule) by ``wrapper(original)``."""
-    original = _require(pl_module, "_on_before_batch_transfer")
-    pl_module._on_before_batch_transfer = wrapper(original)  # type: ignore[method-assign]
+    return _wrap_on_instance(pl_module, "_on_before_batch_transfer", wrapper)
+
+
+def _wrap_on_instance(owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Undo:
+    """Set ``owner.<name>`` on the instance to ``wrapper(original method)``; undo restores the class's."""
+    setattr(owner, name, wrapper(_require(owner, name)))
 
     def undo() -> None:
-        if "_on_before_batch_transfer" in vars(pl_module):
-            del pl_module._on_before_batch_transfer  # back to the class's method
+        if name in vars(owner):
+            delattr(owner, name)
 
     return undo
 

@@ -12,6 +12,7 @@ import torch
 from typing_extensions import override
 
 from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.callbacks.progress import find_callback
 from lightning_echo.validation import positive_int
 
 TRAIN_LOSS = "train/loss"
@@ -102,8 +103,4 @@ class DivergenceGuard(pl.Callback):
 
 def divergence_guard(trainer: pl.Trainer, add: bool = False) -> Optional[DivergenceGuard]:
     """The Trainer's ``DivergenceGuard``; with ``add``, one is added when there is none."""
-    found = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
-    if found is None and add:
-        found = DivergenceGuard()
-        trainer.callbacks.append(found)
-    return found
+    return find_callback(trainer, DivergenceGuard, add)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, TypeVar
 
 from typing_extensions import override
 
@@ -193,8 +193,16 @@ def find_progress_source(trainer: pl.Trainer) -> Optional[ProgressSource]:
 
 def training_progress(trainer: pl.Trainer, add: bool = False) -> Optional[TrainingProgress]:
     """The Trainer's ``TrainingProgress`` callback; with ``add``, one is added when there is none."""
-    found = next((c for c in trainer.callbacks if isinstance(c, TrainingProgress)), None)
+    return find_callback(trainer, TrainingProgress, add)
+
+
+CallbackType = TypeVar("CallbackType", bound=pl.Callback)
+
+
+def find_callback(trainer: pl.Trainer, kind: type[CallbackType], add: bool = False) -> Optional[CallbackType]:
+    """The Trainer's first ``kind`` callback; with ``add``, a default ``kind()`` is added when there is none."""
+    found = next((c for c in trainer.callbacks if isinstance(c, kind)), None)
     if found is None and add:
-        found = TrainingProgress()
+        found = kind()
         trainer.callbacks.append(found)
     return found
