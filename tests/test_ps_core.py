@@ -18,13 +18,13 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
 
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
-from lightning_echo.core.schedule import ScheduleSimulation, ServerPolicy, variant_spec
+from lightning_echo.core.schedule import ScheduleSimulation, ServerPolicy, UpdatePlan, variant_spec
 from lightning_echo.errors import ConfigError
 from lightning_echo.ps import (
     Kind,
@@ -304,3 +304,169 @@ def test_every_learner_stops_with_a_clear_error_when_the_server_is_killed(launch
         result = world[learner + 1]
         assert result["error_type"] == "ParameterServerError"
         assert f"learner {learner} stops: the parameter server (rank 0) is unreachable" in result["error"]
+
+
+# -- the K-variants, rennala and ringmaster against the schedule of the same constant times -------
+# Each world injects constant compute times (seconds per gradient, ratios far from integers) and
+# checks the variant's rule on every update exactly (no timing can change it), the bookkeeping,
+# and the schedule that ScheduleSimulation derives from the same times: as in the async test, a
+# real run spends a few ms per message and can be descheduled, so each learner needs 80% of its
+# gradients at a staleness the schedule gives it, none more than one away, and about as many used.
+WARM_UP = 4  # the schedule is compared from this version on
+Record = dict[str, Any]  # one rank's result, or one update's record, as the world wrote it
+
+
+def _finished(world: dict[Any, Any], learners: int, updates: int) -> tuple[Record, list[Record], list[Record]]:
+    """The server's result and records, and the learners' results, of a world that ran to its end."""
+    assert world["launcher"]["exitcodes"] == [0] * (learners + 1) and world["launcher"]["killed"] == []
+    server = _ok(world[0])
+    report, records = server["report"], server["records"]
+    results = [_ok(world[i + 1]) for i in range(learners)]
+    assert report["updates"] == updates == len(records) and report["lost"] == {}
+    assert all(r["staleness"] == [r["version"] - 1 - v for v in r["read_versions"]] for r in records)
+    assert sum(report["pushes_per_learner"]) == (
+        report["gradients_used"] + report["gradients_discarded"] + report["cancelled_arrived"] + report["unused_at_stop"]
+    )
+    # Every cancelled computation was dropped exactly once: by its learner, or by the server on arrival.
+    assert report["computations_cancelled"] == sum(r["report"]["cancelled"] for r in results) + report["cancelled_arrived"]
+    assert server["final_loss"] < server["initial_loss"] / 5
+    return server, records, results
+
+
+def _schedule(variant: str, delays: list[float], updates: int, **spec: Any) -> list[UpdatePlan]:
+    times = ComputeTimes(DelayDistribution("constant", value=1.0), speeds=delays)
+    simulation = ScheduleSimulation(variant_spec(variant, len(delays), **spec), times)
+    return [simulation.next_update() for _ in range(updates)]
+
+
+def _used(records: list[Record], learner: int) -> list[tuple[Record, int]]:
+    """``learner``'s used gradients in order: (the update's record, the gradient's place in it)."""
+    return [(r, i) for r in records for i, l in enumerate(r["learners"]) if l == learner]
+
+
+def _assert_staleness_as_scheduled(records: list[Record], plans: list[UpdatePlan], expected: dict[int, set[int]]) -> None:
+    """The schedule gives each learner exactly the staleness values ``expected`` (none: it never
+    delivers a gradient that is used); the real run gives about as many used gradients per learner,
+    80% of them at those values and none more than one away. Gradients computed before version
+    ``WARM_UP`` are left out: just after the fork the first messages can wait ~0.5 s on a busy
+    machine, so the learners do not start together as in the schedule."""
+    for learner, values in expected.items():
+        simulated = [g.staleness for p in plans for g in p.gradients if g.learner == learner and g.read_version >= WARM_UP]
+        real = [s for r in records for l, v, s in zip(r["learners"], r["read_versions"], r["staleness"])
+                if l == learner and v >= WARM_UP]
+        assert set(simulated) == values, (learner, sorted(set(simulated)))
+        assert abs(len(real) - len(simulated)) <= max(3, len(simulated) / 5), (learner, len(real), len(simulated))
+        if values:
+            assert sum(s in values for s in real) >= 0.8 * len(real), (learner, real)
+            assert min(values) - 1 <= min(real) and max(real) <= max(values) + 1, (learner, real)
+
+
+def _assert_restarts(records: list[Record], results: list[Record], next_start: Callable[[Record, int], int]) -> None:
+    """With nothing cancelled or discarded, a learner computes at version 0, then at
+    ``next_start(record, place)`` after each of its used gradients; the last may be unfinished."""
+    for learner, result in enumerate(results):
+        used = _used(records, learner)
+        starts = [0] + [next_start(r, i) for r, i in used]
+        assert [r["read_versions"][i] for r, i in used] == starts[: len(used)], learner
+        versions = result["versions"]
+        assert versions == starts[: len(versions)] and len(versions) >= len(used), (learner, versions, starts)
+
+
+@pytest.mark.slow
+def test_k_async_averages_k_gradients_of_distinct_learners_as_scheduled(launcher: subprocess.Popen, tmp_path: Path) -> None:
+    # K = 2 of 3: learner 0 (0.05 s) pushes first and waits; learner 1 (0.07 s) or 2 completes the update;
+    # learner 2 (0.23 s) always sees 3 updates while it computes.
+    delays, updates = [0.05, 0.07, 0.23], 30
+    world = run_world(launcher, tmp_path, variant="k_async", learners=3, k=2, updates=updates, delays=delays, deadline=20.0)
+    server, records, learners = _finished(world, 3, updates)
+    assert all(len(r["learners"]) == len(set(r["learners"])) == 2 and r["cancelled"] == [] for r in records)
+    assert server["report"]["gradients_discarded"] == server["report"]["computations_cancelled"] == 0
+    # A learner that pushed waits for the update that uses its gradient, and restarts at its version.
+    _assert_restarts(records, learners, lambda record, place: record["version"])
+    plans = _schedule("k_async", delays, updates, k=2)
+    _assert_staleness_as_scheduled(records, plans, {0: {0}, 1: {0, 1}, 2: {3}})
+
+
+@pytest.mark.slow
+def test_k_batch_sync_averages_k_fresh_gradients_and_cancels_the_rest(launcher: subprocess.Popen, tmp_path: Path) -> None:
+    # K = 3 from 2 learners: learner 0 (0.04 s) delivers two gradients per update, learner 1 (0.065 s)
+    # one, and the update cancels the computation learner 1 began after it.
+    delays, updates, k = [0.04, 0.065], 20, 3
+    world = run_world(launcher, tmp_path, variant="k_batch_sync", learners=2, k=k, updates=updates, delays=delays,
+                      deadline=20.0)
+    server, records, _ = _finished(world, 2, updates)
+    # Every update: K gradients computed at the current version; every learner still computing is cancelled.
+    assert all(len(r["learners"]) == k and r["staleness"] == [0] * k for r in records)
+    assert all(r["cancelled"] == [l for l in (0, 1) if l != r["learners"][-1]] for r in records)
+    assert server["report"]["computations_cancelled"] == updates and server["report"]["gradients_discarded"] == 0
+    plans = _schedule("k_batch_sync", delays, updates, k=k)
+    assert {tuple(sorted(g.learner for g in p.gradients)) for p in plans} == {(0, 0, 1)}
+    assert sum(sorted(r["learners"]) == [0, 0, 1] for r in records) >= 0.8 * updates, [r["learners"] for r in records]
+    _assert_staleness_as_scheduled(records, plans, {0: {0}, 1: {0}})
+
+
+@pytest.mark.slow
+def test_k_batch_async_restarts_at_once_and_keeps_running_work(launcher: subprocess.Popen, tmp_path: Path) -> None:
+    # K = 2: learner 0 (0.03 s) often fills an update alone; learner 1 (0.1 s) sees 1 or 2 updates.
+    delays, updates, k = [0.03, 0.1], 30, 2
+    world = run_world(launcher, tmp_path, variant="k_batch_async", learners=2, k=k, updates=updates, delays=delays,
+                      deadline=20.0)
+    server, records, learners = _finished(world, 2, updates)
+    assert all(len(r["learners"]) == k and r["cancelled"] == [] for r in records)
+    assert server["report"]["gradients_discarded"] == server["report"]["computations_cancelled"] == 0
+    assert any(r["learners"] == [0, 0] for r in records)  # one learner's two gradients in one update
+    # A learner that pushed restarts at once at the version then: the next update's version less one,
+    # or that update's version when its gradient was the K-th (the update is applied first).
+    _assert_restarts(records, learners, lambda record, place: record["version"] - (0 if place == k - 1 else 1))
+    plans = _schedule("k_batch_async", delays, updates, k=k)
+    _assert_staleness_as_scheduled(records, plans, {0: {0, 1}, 1: {1, 2}})
+
+
+@pytest.mark.slow
+def test_rennala_uses_fresh_gradients_only_and_discards_the_stale(launcher: subprocess.Popen, tmp_path: Path) -> None:
+    # K = 2: learner 0 (0.03 s) makes an update every 0.06 s, so learner 1 (0.08 s) is always one or
+    # two updates late: the schedule discards every gradient it delivers.
+    delays, updates, k = [0.03, 0.08], 25, 2
+    world = run_world(launcher, tmp_path, variant="rennala", learners=2, k=k, updates=updates, delays=delays,
+                      deadline=20.0)
+    server, records, _ = _finished(world, 2, updates)
+    report = server["report"]
+    assert all(len(r["learners"]) == k and r["staleness"] == [0] * k and r["cancelled"] == [] for r in records)
+    assert report["computations_cancelled"] == report["cancelled_arrived"] == 0
+    plans = _schedule("rennala", delays, updates, k=k)
+    discarded = [g for p in plans for g in p.discarded]
+    assert {(g.learner, g.staleness) for g in discarded} == {(1, 1), (1, 2)}
+    pushes = report["pushes_per_learner"][1]
+    assert report["gradients_discarded"] >= pushes - 3 and pushes >= len(discarded) / 2, (report, len(discarded))
+    _assert_staleness_as_scheduled(records, plans, {0: {0}, 1: set()})
+
+
+@pytest.mark.slow
+def test_ringmaster_stops_work_that_reaches_the_max_delay(launcher: subprocess.Popen, tmp_path: Path) -> None:
+    # R = 3 with stop_stale: updates come every ~0.03 s, so learner 2 (0.13 s) always reaches a delay
+    # of 3 and is stopped (the schedule never uses it); learner 1 (0.09 s) arrives 2 updates late.
+    delays, updates, max_delay = [0.04, 0.09, 0.13], 40, 3
+    world = run_world(launcher, tmp_path, variant="ringmaster", learners=3, updates=updates, delays=delays,
+                      max_delay=max_delay, stop_stale=True, deadline=20.0)
+    server, records, learners = _finished(world, 3, updates)
+    report = server["report"]
+    assert all(len(r["learners"]) == 1 and r["staleness"][0] < max_delay for r in records)
+    assert report["gradients_discarded"] == 0  # stopped at delay R, no computation arrives too stale to use
+    # Replayed from the records: a learner restarts at the version of the update that used its gradient
+    # or cancelled its computation, and a computation is cancelled exactly when its delay reaches R.
+    for learner in range(3):
+        starts = [0]
+        for r in records:
+            if r["learners"] == [learner]:
+                assert r["read_versions"] == [starts[-1]], (learner, r)
+            elif learner in r["cancelled"]:
+                assert r["version"] - starts[-1] == max_delay, (learner, r)
+            else:
+                continue
+            starts.append(r["version"])
+        remaining = iter(starts)  # a START replaced before the learner took it is never computed
+        assert all(v in remaining for v in learners[learner]["versions"]), (learner, learners[learner]["versions"], starts)
+    plans = _schedule("ringmaster", delays, updates, max_delay=max_delay, stop_stale=True)
+    cancelled = sum(p.cancelled for p in plans)
+    assert abs(report["computations_cancelled"] - cancelled) <= max(3, cancelled / 5), (report, cancelled)
+    _assert_staleness_as_scheduled(records, plans, {0: {0, 1}, 1: {2}, 2: set()})

@@ -12,15 +12,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.callbacks.progress import TrainingProgress
+from lightning_echo.core.progress import WALL_CLOCK
 from lightning_echo.data.background import ThrottleSpec
 from lightning_echo.data.modules.array import ArrayDataModule
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError, IncompatibleDataError, one_line
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.report.wandb_credentials import wandb_has_credentials
-from lightning_echo.validation import positive_float
+from lightning_echo.validation import boolean, positive_float
 
 Logger = pl.loggers.Logger
+PARAMETER_SERVER = "parameter_server"
+SIMULATED_LEARNERS = "SimulatedLearnersStrategy"  # the straggler algorithms' strategy (its class name)
 
 
 def _instantiate(node: DictConfig, prefix: str, **runtime_kwargs: Any) -> Any:
@@ -107,9 +110,20 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
+def uses_parameter_server(cfg: DictConfig) -> bool:
+    """Whether the run trains on real processes around a parameter server (``trainer.strategy=parameter_server``)."""
+    return cfg.trainer.get("strategy") == PARAMETER_SERVER
+
+
 def build_strategy(cfg: DictConfig) -> Optional[Any]:
-    """The strategy the algorithm declares (``algorithm.strategy``), or None to use ``trainer.strategy``."""
+    """The strategy the algorithm declares (``algorithm.strategy``), or None to use ``trainer.strategy``.
+
+    With ``trainer.strategy=parameter_server`` a straggler algorithm's simulated learners become
+    real processes: :class:`~lightning_echo.ps.ParameterServerStrategy` with the same ``stale.*``
+    settings, plus ``ps.*``."""
     node = cfg.algorithm.get("strategy")
+    if uses_parameter_server(cfg):
+        return _parameter_server(cfg, node)
     if node is None:
         return None
     chosen = cfg.trainer.get("strategy", "auto")
@@ -117,6 +131,35 @@ def build_strategy(cfg: DictConfig) -> Optional[Any]:
         raise ConfigError("trainer.strategy", chosen,
                           f"algorithm={cfg.algorithm.get('name')} trains with its own strategy; leave trainer.strategy=auto")
     return _instantiate(node, "algorithm.strategy.")
+
+
+def _parameter_server(cfg: DictConfig, node: Optional[DictConfig]) -> Any:
+    if node is None or not str(node.get("_target_", "")).endswith(SIMULATED_LEARNERS):
+        raise ConfigError("trainer.strategy", PARAMETER_SERVER,
+                          f"runs a straggler algorithm on real processes; algorithm={cfg.algorithm.get('name')} has no "
+                          "learners: choose algorithm=p_sync, k_sync, k_batch_sync, async, k_async, k_batch_async, "
+                          "rennala or ringmaster")
+    settings = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(settings, dict)
+    settings.pop("_target_", None)
+    learners = settings["learners"]
+    processes = learners + 1 if isinstance(learners, int) and not isinstance(learners, bool) else None
+    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1)
+    if processes is not None and (devices != processes or nodes not in (1, None)):
+        raise ConfigError("trainer.devices", devices if nodes in (1, None) else f"{devices} x {nodes} nodes",
+                          f"a parameter server with stale.learners={learners} needs {processes} processes on this "
+                          "machine (the server and each learner): use trainer=parameter_server, which sets it")
+    ps = cfg.get("ps") or {}
+    inject = boolean("ps.inject_delays", ps.get("inject_delays", True))
+    from lightning_echo.ps.strategy import ParameterServerStrategy  # Lightning-heavy; only when asked for
+
+    try:
+        return ParameterServerStrategy(**{**settings, "delay": settings["delay"] if inject else None,
+                                          "timeout": ps.get("timeout", 60.0)})
+    except ConfigError as error:
+        raise error.with_prefix("stale.") if not error.key.startswith(("stale.", "ps.")) else error from None
+    except TypeError as error:
+        raise ConfigError("stale", "...", f"bad arguments: {error}") from None
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
@@ -196,8 +239,15 @@ def algorithm_label(cfg: DictConfig) -> str:
     if node is None:
         return str(cfg.algorithm.name)
     if isinstance(node, DictConfig):
-        return str(_instantiate(node, "algorithm.label."))
+        extra = {"processes": True} if uses_parameter_server(cfg) else {}
+        return str(_instantiate(node, "algorithm.label.", **extra))
     return str(node)
+
+
+def run_clock(cfg: DictConfig) -> str:
+    """The clock the run's time is measured in: the algorithm's (``algorithm.clock``), except that
+    learners on real processes run on the wall clock."""
+    return WALL_CLOCK if uses_parameter_server(cfg) else str(cfg.algorithm.get("clock", WALL_CLOCK))
 
 
 def algorithm_keys(cfg: DictConfig) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from lightning_echo.app.builders import (
     build_loggers,
     build_model,
     build_trainer,
+    run_clock,
+    uses_parameter_server,
 )
 from lightning_echo.app.checkpoint import build_last_checkpoint, last_checkpoint_path
 from lightning_echo.app.divergence import RunDiverged, divergence_hint
@@ -144,7 +146,9 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         model = build_model(cfg, datamodule.spec)
         guard = DivergenceGuard()
         callbacks = [*build_callbacks(cfg), guard, *(rank.callbacks if rank is not None else ())]
-        last_checkpoint = build_last_checkpoint(cfg, output_dir)
+        # A parameter server's learners save nothing: the server's state is the run's.
+        learner = rank is not None and not rank.writes_records and uses_parameter_server(cfg)
+        last_checkpoint = None if learner else build_last_checkpoint(cfg, output_dir)
         if last_checkpoint is not None:
             callbacks.append(last_checkpoint)
         loggers = build_loggers(cfg, output_dir, group=group, name=name)
@@ -165,6 +169,8 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         SIGNALS.raise_if_received()
         # The final validation replaces the callback metrics: read the training loss first.
         final_train_loss = _metric(trainer.callback_metrics, "train/loss")
+        if final_train_loss is None:  # a parameter server trains no step itself: its learners' last losses
+            final_train_loss = getattr(trainer.strategy, "train_loss", None)
         if guard.divergence is None:  # a diverged model's validation loss says nothing more
             final_val_loss = _validation_loss(trainer, model, datamodule)
     except BaseException as error:
@@ -219,7 +225,9 @@ def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name:
     resumed = resume is not None and resume.checkpoint is not None
     spec = RankSpec(config=OmegaConf.to_container(cfg, resolve=True), run_dir=str(output_dir), group=group, name=name,
                     world_size=processes, record_details=details,
-                    checkpoint=str(resume.checkpoint) if resumed else None, step=resume.step if resumed else 0)
+                    checkpoint=str(resume.checkpoint) if resumed else None, step=resume.step if resumed else 0,
+                    # a parameter server decides alone whether its run goes on without a learner
+                    deciding_ranks=[0] if uses_parameter_server(cfg) else None)
     result = run_ranks(spec)
     written = read_run_record(output_dir)  # rank 0's record, with what it measured (initial_val_loss, ...)
     written.update(ranks=result.progress(), updated_at=time.time())
@@ -293,7 +301,7 @@ def flat_run_config(cfg: DictConfig, group: Optional[str] = None) -> dict[str, o
         "algorithm": cfg.algorithm.name,
         LABEL: algorithm_label(cfg),
         BASELINE: algorithm_is_baseline(cfg),
-        CLOCK: cfg.algorithm.get("clock", "wall_clock"),
+        CLOCK: run_clock(cfg),
         "data": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1],
         "model": str(cfg.model.get("_target_", "")).rsplit(".", 1)[-1],
         "optimizer": str(cfg.optimizer.get("_target_", "")).rsplit(".", 1)[-1],

@@ -11,7 +11,9 @@ job's config, already resolved, into the job's directory:
 - rank 0 writes ``run.json``, ``summary.json`` and the logs as a run in one process does; the
   others write nothing but their outcome, which the supervising job reads;
 - a rank that fails ends the run: the others get a moment to stop, are then killed, and the run is
-  ``failed`` with one line naming the rank that failed first and why;
+  ``failed`` with one line naming the rank that failed first and why; in a parameter-server run
+  only the server (rank 0) decides: a learner that fails is reported and the server, which
+  knows whether its variant can go on without it, carries on or fails the run;
 - SIGINT or SIGTERM to the job asks every rank to stop after the step in progress (they agree on
   that step, save the checkpoint and record ``interrupted``); a second signal, or ranks that do
   not stop within ``STOP_GRACE_S``, kills them;
@@ -87,6 +89,12 @@ class RankSpec:
     record_details: dict[str, Any] = field(default_factory=dict)
     checkpoint: Optional[str] = None
     step: int = 0
+    deciding_ranks: Optional[list[int]] = None  # the ranks whose end ends the run (None: all)
+
+    @property
+    def deciding(self) -> list[int]:
+        """The ranks whose failure fails the run and whose end ends it."""
+        return list(range(self.world_size)) if self.deciding_ranks is None else list(self.deciding_ranks)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -134,6 +142,7 @@ class RanksResult:
 
     ends: list[RankEnd]
     interrupted_by: Optional[int] = None
+    deciding: Optional[list[int]] = None  # the ranks that decide how the run ended (None: all)
 
     @property
     def rank_zero(self) -> Optional[dict[str, Any]]:
@@ -144,7 +153,8 @@ class RanksResult:
         """The rank whose failure ended the run: one killed by a signal this job did not send (it
         wrote nothing), else the one that failed earliest (the others then fail on the lost
         connection), else the first with a non-zero exit status; None when every rank succeeded."""
-        failed = [end for end in self.ends if end.failed and not end.killed_here]
+        failed = [end for end in self.ends if end.failed and not end.killed_here
+                  and (self.deciding is None or end.rank in self.deciding)]
         killed = [end for end in failed if end.returncode < 0 and end.outcome is None]
         if killed:
             return killed[0]
@@ -244,31 +254,41 @@ def run_ranks(spec: RankSpec) -> RanksResult:
                 processes.append(subprocess.Popen(
                     [sys.executable, "-c", RANK_CODE, str(folder)], env={**env, "LOCAL_RANK": str(rank)},
                     stdin=subprocess.PIPE, start_new_session=True))
-            interrupted_by = _supervise(processes, killed)
+            interrupted_by = _supervise(processes, killed, spec.deciding, folder)
     finally:
         _kill(processes, killed)
         ends = [RankEnd(rank, int(p.returncode), rank in killed, _read_outcome(folder, rank))
                 for rank, p in enumerate(processes)]
         shutil.rmtree(folder, ignore_errors=True)
-    return RanksResult(ends, interrupted_by)
+    return RanksResult(ends, interrupted_by, spec.deciding_ranks)
 
 
-def _supervise(processes: list[subprocess.Popen], killed: set[int]) -> Optional[int]:
+def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: list[int], folder: Path) -> Optional[int]:
     """Wait for the ranks; ask them to stop on a first signal, kill them on a second, after a
-    rank failed, or when a stop takes too long. Returns the first signal received meanwhile, if any."""
+    deciding rank failed, once every deciding rank ended, or when a stop takes too long. A rank
+    that does not decide and fails is reported on stderr. Returns the first signal received
+    meanwhile, if any."""
     signals_before = seen = SIGNALS.count
     asked = False
     deadline: Optional[float] = None
-    while any(p.poll() is None for p in processes):
+    reported: set[int] = set()
+    while [p.poll() for p in processes].count(None):  # poll every rank, so each one's end is seen
         now = time.monotonic()
         if SIGNALS.count > seen:
             if asked:
                 break  # a second signal: stop now
             seen, asked = SIGNALS.count, True
-            _ask_to_stop(processes)
+            _ask_to_stop([processes[rank] for rank in deciding])  # the others stop when these do
             deadline = min(deadline or float("inf"), now + STOP_GRACE_S)
-        elif deadline is None and any(p.returncode not in (None, 0) for p in processes):
+        elif deadline is None and (any(processes[rank].returncode not in (None, 0) for rank in deciding)
+                                   or all(processes[rank].returncode is not None for rank in deciding)):
             deadline = now + FAILURE_GRACE_S
+        for rank, process in enumerate(processes):
+            if rank not in deciding and rank not in reported and process.returncode not in (None, 0):
+                reported.add(rank)
+                end = RankEnd(rank, int(process.returncode), False, _read_outcome(folder, rank))
+                print(f"lightning-echo: {end.describe(len(processes))}; the run goes on while rank 0 decides so",
+                      file=sys.stderr, flush=True)
         if deadline is not None and now > deadline:
             break
         time.sleep(POLL_S)

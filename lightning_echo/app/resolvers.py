@@ -24,12 +24,19 @@ def lightning_path(name: str) -> str:
     return f"{MODULE}.{name}"
 
 
+def add(*values: int) -> int:
+    """The sum of ``values`` (``${le.add:${stale.learners},1}``: the processes of a parameter server)."""
+    return sum(values)
+
+
 def register_resolvers() -> None:
     """Register the ``le.*`` resolvers; safe to call more than once."""
     if not OmegaConf.has_resolver("le.output_root"):
         OmegaConf.register_new_resolver("le.output_root", default_output_root)
     if not OmegaConf.has_resolver("le.lightning"):
         OmegaConf.register_new_resolver("le.lightning", lightning_path)
+    if not OmegaConf.has_resolver("le.add"):
+        OmegaConf.register_new_resolver("le.add", add)
 
 
 register_resolvers()

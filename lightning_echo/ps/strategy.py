@@ -19,6 +19,7 @@ from torch.distributed.constants import default_pg_timeout
 from typing_extensions import override
 
 from lightning_echo import lightning_internals
+from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.core.delays import ComputeTimeSource
 from lightning_echo.core.progress import WALL_CLOCK, ProgressLedger, ProgressSource, StepReport
@@ -41,11 +42,15 @@ from lightning_echo.validation import non_negative_int, one_of, positive_float, 
 DDPStrategy, StrategyRegistry = pl.strategies.DDPStrategy, pl.strategies.StrategyRegistry
 ModelCheckpoint, EarlyStopping, Timer = pl.callbacks.ModelCheckpoint, pl.callbacks.EarlyStopping, pl.callbacks.Timer
 extract_batch_size = import_lightning("utilities.data").extract_batch_size
+# Ends of fit that are no failure of the run: the server stops its learners as at the end.
+INTERRUPTIONS = (import_lightning("utilities.exceptions").SIGTERMException, KeyboardInterrupt)
 
 STRATEGY_NAME = "parameter_server"
 CHECKPOINT_KEY = "parameter_server"
 # Callbacks that end or save a run: the server's business, removed from the learners' Trainers.
-SERVER_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, Timer)
+SERVER_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, Timer, DivergenceGuard)
+# The Trainer's batch limit of each evaluation stage: set to 0 on learners (the server evaluates).
+EVALUATION_LIMITS = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
 LOG = logging.getLogger("lightning_echo.ps")
 
 
@@ -86,7 +91,10 @@ class ParameterServerStrategy(DDPStrategy):
     - Lightning's loop in each process sees a world of one (``world_size`` is 1): ``barrier`` is
       a no-op, ``reduce`` / ``all_gather`` / ``broadcast`` (``self.log(..., sync_dist=True)``,
       checkpoint and early-stopping decisions) return the process's own value, since the
-      processes take different numbers of steps. Before and after ``fit`` they are DDP's.
+      processes take different numbers of steps.
+    - ``validate``, ``test`` and ``predict`` (before or after ``fit``) run on the server alone,
+      on all the data, with no collective (learners run no batch), so they also work after a
+      learner was lost. Other collectives outside ``fit`` are DDP's.
     - Buffers (e.g. BatchNorm statistics) are not exchanged; 16-bit mixed precision with a
       gradient scaler, manual optimization, SyncBatchNorm and gradient accumulation are refused.
 
@@ -160,6 +168,7 @@ class ParameterServerStrategy(DDPStrategy):
         self.server_report: Optional[ServerReport] = None  # rank 0, after fit
         self.learner_report: Optional[LearnerReport] = None  # learners, after fit
         self._role: Union[ServerRole, LearnerRole, None] = None
+        self._evaluating = False
         self._trainer: Optional[pl.Trainer] = None
         self._undo: list[Callable[[], None]] = []
         self._loaded: Optional[Dict[str, Any]] = None  # the server state of the checkpoint being resumed
@@ -179,12 +188,17 @@ class ParameterServerStrategy(DDPStrategy):
     @override
     def world_size(self) -> int:
         """P + 1 processes, but 1 while ``fit`` trains: each process runs its own loop."""
-        return 1 if self._role is not None else super().world_size
+        return 1 if self._local else super().world_size
+
+    @property
+    def _local(self) -> bool:
+        """Whether each process runs on its own now (``fit``, or a server-only evaluation)."""
+        return self._role is not None or self._evaluating
 
     @property
     @override
     def distributed_sampler_kwargs(self) -> Dict[str, Any]:
-        if self._role is None:
+        if not self._local:
             return super().distributed_sampler_kwargs
         if isinstance(self._role, LearnerRole):
             assert self.spec is not None
@@ -193,24 +207,24 @@ class ParameterServerStrategy(DDPStrategy):
 
     @override
     def barrier(self, *args: Any, **kwargs: Any) -> None:
-        if self._role is None:
+        if not self._local:
             super().barrier(*args, **kwargs)
 
     @override
     def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return obj if self._role is not None else super().broadcast(obj, src)
+        return obj if self._local else super().broadcast(obj, src)
 
     @override
     def reduce(self, tensor: Any, group: Optional[Any] = None, reduce_op: Optional[Any] = "mean") -> Any:
-        return tensor if self._role is not None else super().reduce(tensor, group=group, reduce_op=reduce_op)
+        return tensor if self._local else super().reduce(tensor, group=group, reduce_op=reduce_op)
 
     @override
     def all_gather(self, tensor: torch.Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> torch.Tensor:
-        return tensor if self._role is not None else super().all_gather(tensor, group=group, sync_grads=sync_grads)
+        return tensor if self._local else super().all_gather(tensor, group=group, sync_grads=sync_grads)
 
     @override
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
-        return decision if self._role is not None else super().reduce_boolean_decision(decision, all=all)
+        return decision if self._local else super().reduce_boolean_decision(decision, all=all)
 
     @override
     def configure_ddp(self) -> None:
@@ -219,9 +233,12 @@ class ParameterServerStrategy(DDPStrategy):
     # -- setup ----------------------------------------------------------------------------------
     @override
     def setup_environment(self) -> None:
-        super().setup_environment()
+        super().setup_environment()  # the process group of all P + 1 processes, once
         module = self.lightning_module
         trainer = module.trainer if module is not None else None
+        # From here on an evaluation stage is the server's alone: Lightning's own barriers of the stage
+        # (before `setup` hooks) must not wait for processes that may be gone or busy elsewhere.
+        self._evaluating = trainer is not None and getattr(trainer.state.fn, "value", trainer.state.fn) in EVALUATION_LIMITS
         if trainer is not None and trainer.state.fn == "fit" and self.global_rank == SERVER_RANK:
             # It logs the metrics of every update; added before a checkpoint's callback states are restored.
             training_progress(trainer, add=True)
@@ -230,7 +247,7 @@ class ParameterServerStrategy(DDPStrategy):
     def setup(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
         if trainer.state.fn != "fit":
-            super().setup(trainer)
+            self._setup_evaluation(trainer)
             return
         # Every check runs on every rank before the channels open, so all ranks fail alike.
         self.spec = self._variant_for(self.world_size - 1)
@@ -258,6 +275,24 @@ class ParameterServerStrategy(DDPStrategy):
             delays = learner_delays(self.compute_times, learner, self.seed) if self.compute_times is not None else None
             self._role = LearnerRole(transport, params, delays)
             self._setup_learner(trainer)
+
+    def _setup_evaluation(self, trainer: pl.Trainer) -> None:
+        """``validate`` / ``test`` / ``predict``: the server alone, on all the data; learners run no batch.
+
+        No collective runs (DDP's start-of-stage broadcast of the module included), so evaluation
+        also works after ``fit`` lost a learner, which would leave any collective waiting forever."""
+        self._evaluating = True
+        assert self.accelerator is not None and self.model is not None
+        self.accelerator.setup(trainer)
+        self.precision_plugin.convert_module(self.model)
+        self.model_to_device()
+        self.setup_precision_plugin()
+        if self.global_rank != SERVER_RANK:
+            limit = EVALUATION_LIMITS.get(getattr(trainer.state.fn, "value", trainer.state.fn))
+            if limit is not None:
+                saved = getattr(trainer, limit)
+                setattr(trainer, limit, 0)
+                self._undo.append(lambda: setattr(trainer, limit, saved))
 
     def _variant_for(self, learners: int) -> VariantSpec:
         if learners < 1:
@@ -395,6 +430,12 @@ class ParameterServerStrategy(DDPStrategy):
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
+    def train_loss(self) -> Optional[float]:
+        """Rank 0: the mean training loss of the last update's gradients (the server runs no
+        ``training_step``, so the module's own logged training loss exists only on learners)."""
+        return self._metrics.get("ps/loss")
+
+    @property
     def server_state(self) -> Optional[Dict[str, Any]]:
         """Rank 0: what a checkpoint saves under ``"parameter_server"`` now (the server's version,
         its policy's state, the run's counters); None elsewhere and before the first update."""
@@ -410,6 +451,9 @@ class ParameterServerStrategy(DDPStrategy):
     def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
         self._loaded = checkpoint.get(CHECKPOINT_KEY)
+        if self.global_rank != SERVER_RANK:
+            # The loops' state is the server's (its update slots); a learner starts its shard over.
+            checkpoint = {key: value for key, value in checkpoint.items() if key != "loops"}
         return checkpoint
 
     # -- the end --------------------------------------------------------------------------------
@@ -425,8 +469,11 @@ class ParameterServerStrategy(DDPStrategy):
         super().on_exception(exception)
         role = self._role
         if isinstance(role, ServerRole) and not role.finished:
-            role.abort(exception)
-            self.server_report = role.report
+            if isinstance(exception, INTERRUPTIONS):  # stopped on purpose: the learners stop as at the end
+                self.server_report = role.stop()
+            else:
+                role.abort(exception)
+                self.server_report = role.report
         elif isinstance(role, LearnerRole):
             role.fail()
 
@@ -445,6 +492,7 @@ class ParameterServerStrategy(DDPStrategy):
                 self._undo.pop()()
             self._loaded = None
             self._grads_due = False
+            self._evaluating = False
             super().teardown()
 
     # -- registry -------------------------------------------------------------------------------

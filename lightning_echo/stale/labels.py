@@ -8,20 +8,22 @@ from lightning_echo.core.schedule import variant_spec
 
 
 def stale_label(variant: str, learners: int, k: Optional[int] = None, lr_rule: str = "constant",
-                max_delay: Optional[int] = None, stop_stale: bool = False) -> str:
-    """The report label of a simulated-learners run (the fully synchronous case reads ``sync P=8``).
+                max_delay: Optional[int] = None, stop_stale: bool = False, processes: bool = False) -> str:
+    """The report label of a straggler run (the fully synchronous case reads ``sync P=8``);
+    ``processes``: its learners are real processes (a parameter server), not simulated.
 
     Example::
 
         assert stale_label("k_async", 8, k=2) == "k_async K=2 of P=8"
         assert stale_label("k_sync", 8, k=8) == "sync P=8 (simulated)"
         assert stale_label("async", 8, lr_rule="mishchenko") == "async P=8, mishchenko"
+        assert stale_label("async", 4, processes=True) == "async P=4 (processes)"
     """
     ringmaster = variant == "ringmaster"
     spec = variant_spec(variant, learners, resolve_k(variant, learners, k), max_delay if ringmaster else None,
                         stop_stale if ringmaster else False)
     if spec.name in ("sync", "k_sync") and spec.k == spec.learners:
-        label = f"sync P={spec.learners} (simulated)"
+        label = f"sync P={spec.learners}" + ("" if processes else " (simulated)")
     elif spec.name in ("async", "ringmaster"):
         label = f"{spec.name} P={spec.learners}"
     elif spec.name == "rennala":
@@ -30,7 +32,7 @@ def stale_label(variant: str, learners: int, k: Optional[int] = None, lr_rule: s
         label = f"{spec.name} K={spec.k} of P={spec.learners}"
     if spec.name == "ringmaster":
         label += f", R={spec.max_delay if spec.max_delay is not None else 'inf'}" + (" (stops)" if spec.stop_stale else "")
-    return label + (f", {lr_rule}" if lr_rule != "constant" else "")
+    return label + (f", {lr_rule}" if lr_rule != "constant" else "") + (" (processes)" if processes else "")
 
 
 def resolve_k(variant: str, learners: int, k: Optional[int]) -> Optional[int]:

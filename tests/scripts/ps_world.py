@@ -75,7 +75,8 @@ def _free_port() -> int:
 
 
 def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-    spec = variant_spec(scenario["variant"], scenario["learners"], scenario.get("k"))
+    spec = variant_spec(scenario["variant"], scenario["learners"], scenario.get("k"),
+                        max_delay=scenario.get("max_delay"), stop_stale=scenario.get("stop_stale", False))
     keep = bool(scenario.get("keep_stale_params"))
     server = ParameterServer(transport, spec, torch.zeros(DIM, dtype=torch.float64), timeout=scenario["timeout"],
                              keep_stale_params=keep)
