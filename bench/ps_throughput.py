@@ -8,13 +8,18 @@
    per update of sync over that of the variant: Theorems 1-2, Lemmas 3-4), and measured over theory.
 2. Training error (the least-squares objective above its optimum) against wall-clock time for the
    same runs.
-3. Transport cost per update against model size: one learner, async, no injected delay, float32;
-   bytes moved per update (``ServerReport``) and wall time per exchange (one START out, one PUSH in).
+3. Transport cost per update against model size, with P = 1, 2 and 4 learners sharing the server's
+   link: async, no injected delay (each learner returns a fixed gradient at once), float32; updates
+   per second and time per update at the server, bytes sent and received per update
+   (``ServerReport``, checked to the byte against the message counts), and time per update at P
+   over that at P = 1 (falling: the learners' exchanges overlap; flat: the server serialises the
+   updates; growing: sharing costs more than serialising).
 
 Each world is P + 1 processes forked from this one (torch imported once), as in
 ``tests/scripts/ps_world.py``.
 
-    python bench/ps_throughput.py [--rounds 4] [--seconds 10] [--mean-delay 0.1] [--quick]
+    python bench/ps_throughput.py [--rounds 4] [--seconds 10] [--mean-delay 0.1] [--sizes 1e3 1e5 1e6]
+                                  [--quick] [--only {throughput,transport}]
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from lightning_echo.ps import (
     learner_index,
     run_learner,
 )
+from lightning_echo.ps.protocol import HEADER_BYTES
 
 LEARNERS = 4
 FEATURES, ROWS, BATCH, LR = 20, 1024, 16, 0.05
@@ -225,14 +231,21 @@ def at_time(trace: list[tuple[float, float]], t: float) -> float:
 
 
 # -- 3. transport cost ------------------------------------------------------------------------------
-def transport_role(numel: int, updates: int) -> Callable[[int], Any]:
+SHARED_LEARNERS = (1, 2, 4)  # learners sharing the server's link in part 3
+
+
+def transport_role(numel: int, updates: int, learners: int) -> Callable[[int], Any]:
+    """Rank 0 serves async with ``learners`` learners for ``updates`` updates; a learner returns a
+    fixed gradient at once, so the server and the channels are the bottleneck."""
+
     def role(rank: int) -> Any:
         transport = connect(numel, torch.float32, timeout=TIMEOUT)
         if rank == 0:
-            server = ParameterServer(transport, variant_spec("async", 1), torch.zeros(numel))
+            server = ParameterServer(transport, variant_spec("async", learners), torch.zeros(numel))
             report = server.run(lambda g, s, p: server.params.add_(g, alpha=-1e-3), max_updates=updates)
-            return {"updates": report.updates, "wall_s": report.wall_s,
-                    "bytes": report.bytes_sent + report.bytes_received}
+            return {"updates": report.updates, "wall_s": report.wall_s, "sent": report.bytes_sent,
+                    "received": report.bytes_received, "pushes": sum(report.pushes_per_learner),
+                    "unused": report.unused_at_stop, "clean": not report.lost and not report.no_goodbye}
         gradient = torch.full((numel,), 1e-3)
         run_learner(transport, lambda params, version: gradient)
         return None
@@ -240,20 +253,54 @@ def transport_role(numel: int, updates: int) -> Callable[[int], Any]:
     return role
 
 
+def bytes_accounted(numel: int, learners: int, run: dict[str, Any]) -> bool:
+    """Whether every byte the server counted is one of: a START per update plus the P first ones,
+    a PUSH per gradient received (the updates' plus those that came after the last update), a
+    header-only STOP out and BYE in per learner (the design note's ``README.md``, "Bytes per update")."""
+    payload, header = 4 * numel + HEADER_BYTES, HEADER_BYTES
+    return (run["clean"] and run["pushes"] == run["updates"] + run["unused"]
+            and run["sent"] == (run["updates"] + learners) * payload + learners * header
+            and run["received"] == run["pushes"] * payload + learners * header)
+
+
 def transport_cost(sizes: list[int], rounds: int) -> None:
-    print("\n== 3. transport cost per update against model size: 1 learner, async, no injected delay, float32 "
-          f"(median of {rounds} worlds; the time runs from the first START to the last update; the bytes include the START sent after the last update and the gradient it may bring back before STOP)")
-    print(f"{'parameters':>10s} {'bytes/update':>13s} {'(2 x (4n + 40))':>16s} {'ms/update':>10s} {'MB/s':>8s} {'updates':>8s}")
+    print(f"\n== 3. transport cost per update against model size and learners sharing the server's link: "
+          f"P = {', '.join(map(str, SHARED_LEARNERS))} learners, async, no injected delay, each learner returns a "
+          f"fixed gradient at once, float32 (median of {rounds} world(s) per row, P rotated each round; the time "
+          f"runs from the first START to the last update). This host has {os.cpu_count()} cores: P = "
+          f"{max(SHARED_LEARNERS)} is {max(SHARED_LEARNERS) + 1} processes on them, so beyond P = "
+          f"{max((os.cpu_count() or 1) - 1, 1)} the learners time-share cores with the server, which caps what "
+          f"can be measured")
+    print(f"{'parameters':>10s} {'P':>2s} {'upd/s':>8s} {'ms/update':>10s} {'x P=1':>6s} {'sent/upd':>10s}"
+          f" {'recv/upd':>10s} {'2(4n+40)':>10s} {'exact':>5s} {'MB/s':>7s} {'updates':>7s}")
     for numel in sizes:
         updates = max(20, min(1000, int(4e8 / (numel * 4 * 2))))
-        per_update, moved = [], 0
-        for _ in range(rounds):
-            out = run_world(1, transport_role(numel, updates), deadline_s=120)[0]
-            per_update.append(out["wall_s"] / out["updates"])
-            moved = out["bytes"] / out["updates"]
-        seconds = sorted(per_update)[len(per_update) // 2]
-        print(f"{numel:10.0e} {moved:13.0f} {2 * (4 * numel + 40):16d} {seconds * 1e3:10.3f}"
-              f" {moved / seconds / 1e6:8.1f} {updates:8d}")
+        runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r in range(rounds):
+            order = SHARED_LEARNERS[r % len(SHARED_LEARNERS):] + SHARED_LEARNERS[:r % len(SHARED_LEARNERS)]
+            for learners in order:
+                runs[learners].append(run_world(learners, transport_role(numel, updates, learners), deadline_s=120)[0])
+        median = {p: sorted(rows, key=lambda run: run["wall_s"] / run["updates"])[len(rows) // 2]
+                  for p, rows in runs.items()}
+        alone = median[SHARED_LEARNERS[0]]["wall_s"] / median[SHARED_LEARNERS[0]]["updates"]
+        for learners in SHARED_LEARNERS:
+            run = median[learners]
+            seconds = run["wall_s"] / run["updates"]
+            exact = all(bytes_accounted(numel, learners, each) for each in runs[learners])
+            print(f"{numel:10.0e} {learners:2d} {1 / seconds:8.1f} {seconds * 1e3:10.3f} {seconds / alone:6.2f}"
+                  f" {run['sent'] / run['updates']:10.0f} {run['received'] / run['updates']:10.0f}"
+                  f" {2 * (4 * numel + HEADER_BYTES):10d} {'yes' if exact else 'NO':>5s}"
+                  f" {(run['sent'] + run['received']) / run['wall_s'] / 1e6:7.1f} {updates:7d}", flush=True)
+    print(f"upd/s and ms/update: at the server, over the median world; x P=1: time per update over P = 1's at the same "
+          f"size (below 1: the learners' exchanges overlap, one learner's round trip hidden behind another's; about 1: "
+          f"the server serialises the updates, so each of P learners waits about P times longer for its exchange; "
+          f"above 1: sharing the link and the cores costs more than serialising); sent/upd, recv/upd: "
+          f"ServerReport.bytes_sent / bytes_received over the updates; 2(4n+40): one PUSH in and one START out per "
+          f"update; exact: in every world "
+          f"the server sent (updates + P) STARTs and P STOPs ({HEADER_BYTES} B each) and received one PUSH per "
+          f"gradient (the updates' plus those that arrived after the last update) and P BYEs, to the byte, so the "
+          f"bytes per update are 2(4n+40) plus those START/STOP/BYE overheads spread over the run; MB/s: bytes sent "
+          f"and received by rank 0 over the server's wall time")
 
 
 def main() -> None:
@@ -262,15 +309,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="wall-clock seconds per training run")
     parser.add_argument("--mean-delay", type=float, default=0.1, help="mean injected delay (s)")
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e3, 1e5, 1e6])
-    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, one world per model size")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, one world per model size and P")
+    parser.add_argument("--only", choices=("throughput", "transport"),
+                        help="run only parts 1-2 (throughput) or only part 3 (transport)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds = 1, 3.0
     torch.set_num_threads(1)
     started = time.perf_counter()
     print(f"load average at the start: {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); torch {torch.__version__}")
-    throughput(args.rounds, args.seconds, args.mean_delay)
-    transport_cost([int(s) for s in args.sizes], 1 if args.quick else 3)
+    if args.only != "transport":
+        throughput(args.rounds, args.seconds, args.mean_delay)
+    if args.only != "throughput":
+        transport_cost([int(s) for s in args.sizes], 1 if args.quick else 3)
     print(f"\n({time.perf_counter() - started:.0f} s in all; load average at the end: {os.getloadavg()[0]:.1f})")
 
 

@@ -28,7 +28,7 @@ import torch
 from lightning_echo.errors import ConfigError
 from lightning_echo.ps.exchange import FlatExchange
 from lightning_echo.ps.slots import UpdateSlots, server_epoch_length
-from lightning_echo.ps.strategy import ParameterServerStrategy
+from lightning_echo.ps.strategy import ParameterServerStrategy, exchanged_buffers
 
 SCRIPT = Path(__file__).parent / "scripts" / "ps_lightning.py"
 _spec = importlib.util.spec_from_file_location("ps_lightning", SCRIPT)
@@ -36,7 +36,7 @@ ps_lightning = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ps_lightning)  # the problem's data and loss, shared with the processes
 
 DEADLINE_S = 240
-SCENARIOS = ("async", "k_sync", "sync", "registered", "resume", "killed")
+SCENARIOS = ("async", "k_sync", "sync", "registered", "resume", "batchnorm", "killed")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -104,6 +104,30 @@ def test_the_exchange_carries_the_loss_and_batch_size_after_the_gradient() -> No
     assert flat[-2:].tolist() == [0.0, 0.0]  # a START's trailer
     exchange.unpack_parameters(flat, [weight, bias])
     assert weight.sum() == 18 and weight.grad is None
+
+
+def test_buffers_travel_after_the_parameters_as_state_out_and_changes_in() -> None:
+    weight = torch.nn.Parameter(torch.zeros(2))
+    running = torch.zeros(3)
+    exchange = FlatExchange([weight], [running])
+    flat = torch.empty(exchange.numel)
+    assert exchange.numel == 2 + 3 + 2 and exchange.parameter_numel == 2
+    exchange.pack_parameters([torch.ones(2)], flat, [torch.full((3,), 5.0)])
+    assert flat.tolist() == [1.0, 1.0, 5.0, 5.0, 5.0, 0.0, 0.0]
+    assert [tuple(v.shape) for v in exchange.parameter_views(flat)] == [(2,)]  # the buffers are no parameter
+    exchange.pack_gradient([torch.full((2,), 0.5)], loss=2.0, samples=4, flat=flat, buffer_changes=[torch.ones(3)])
+    grads, changes = [torch.empty(2)], [torch.empty(3)]
+    assert exchange.unpack_gradient(flat, grads, changes) == (2.0, 4.0) and changes[0].tolist() == [1.0] * 3
+
+
+def test_floating_buffers_of_the_parameters_dtype_travel_and_the_others_stay(caplog: pytest.LogCaptureFixture) -> None:
+    module = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    module.register_buffer("fine", torch.zeros(2, dtype=torch.float64))
+    bn = module[1]
+    with caplog.at_level("WARNING", logger="lightning_echo.ps"):
+        exchanged = exchanged_buffers(module, torch.float32, warn=True)
+    assert [id(b) for b in exchanged] == [id(bn.running_mean), id(bn.running_var)]  # not num_batches_tracked
+    assert "buffers fine are torch.float64, not torch.float32 like the parameters" in caplog.text
 
 
 def test_the_servers_epoch_is_one_pass_over_the_data_and_resumes_mid_epoch() -> None:
@@ -231,11 +255,30 @@ def test_async_carries_on_when_a_learner_is_killed(world: dict[str, Any]) -> Non
 
 @pytest.mark.slow
 @pytest.mark.timeout(DEADLINE_S + 60)
-def test_sync_fails_with_one_clear_error_on_every_process_when_a_learner_is_killed(tmp_path: Path) -> None:
-    results = run_world(tmp_path / "sync_killed", "sync_killed")
-    assert results["returncode"] != 0 and not results["outlived"]
-    server, survivor, killed = results["sync_killed"]
-    assert killed is None
-    assert "learner 1 (rank 2) is lost" in server["error"] and "sync needs a fresh gradient" in server["error"]
-    assert "the parameter server (rank 0) ended the run with an error" in survivor["error"]
-    assert "ParameterServerError: learner 1 (rank 2) is lost" in results["log"]  # the line the user sees
+def test_batchnorm_statistics_follow_the_learners_data_and_constant_buffers_stay_exact(world: dict[str, Any]) -> None:
+    server, *learners = world["batchnorm"]
+    steps, momentum = 3, 0.5
+    assert server["global_step"] == steps and server["report"]["staleness_counts"] == {"0": 2 * steps}
+    # Sync: each update adds the mean of the learners' changes m (batch statistic - read value).
+    x = ps_lightning.regression_data().tensors[0]
+    mean, var = torch.zeros(ps_lightning.DIM), torch.ones(ps_lightning.DIM)
+    for step in range(steps):
+        batches = [x[learner["batches"][step]] for learner in learners]
+        mean = (1 - momentum) * mean + momentum * torch.stack([b.mean(0) for b in batches]).mean(0)
+        var = (1 - momentum) * var + momentum * torch.stack([b.var(0, unbiased=True) for b in batches]).mean(0)
+    buffers = server["buffers"]
+    assert torch.allclose(torch.tensor(buffers["norm.running_mean"]), mean, atol=1e-6)
+    assert torch.allclose(torch.tensor(buffers["norm.running_var"]), var, atol=1e-5)
+    assert buffers["offset"] == server["initial_buffers"]["offset"]  # bit for bit: no forward changed it
+    assert buffers["norm.num_batches_tracked"] == 0  # integer buffers stay each process's own: the server ran no forward in training
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 60)
+def test_every_learner_fails_with_one_clear_error_when_the_server_dies(tmp_path: Path) -> None:
+    results = run_world(tmp_path / "server_killed", "server_killed")
+    assert results["returncode"] == -signal.SIGKILL and not results["outlived"]
+    server, *learners = results["server_killed"]
+    assert server is None  # killed after its third update
+    for index, learner in enumerate(learners):
+        assert f"learner {index} stops: the parameter server (rank 0) is unreachable" in learner["error"]

@@ -1,5 +1,6 @@
 """The two roles of a process in a parameter-server fit, over a model's trainable parameters
-(plain torch: the Lightning strategy decides when each method runs).
+(plain torch: the Lightning strategy decides when each method runs), and its floating-point
+buffers (state in a START, changes in a PUSH: :mod:`.exchange`).
 
 :class:`ServerRole` (rank 0) turns each server update into the module's ``.grad`` for the user's
 own optimizer step, and sends the parameters the step produced. :class:`LearnerRole` (ranks
@@ -37,12 +38,15 @@ class ServerRole:
         *,
         keep_stale_params: bool,
         timeout: float,
+        buffers: Sequence[torch.Tensor] = (),
     ) -> None:
         self.params = list(params)
-        self.exchange = FlatExchange(self.params)
+        self.buffers = list(buffers)
+        self.exchange = FlatExchange(self.params, self.buffers)
         self.grads = [torch.empty_like(p) for p in self.params]
+        self.buffer_changes = [torch.empty_like(b) for b in self.buffers]
         initial = torch.zeros(self.exchange.numel, dtype=self.exchange.dtype)
-        self.exchange.pack_parameters(self.params, initial)
+        self.exchange.pack_parameters(self.params, initial, self.buffers)
         self.server = ParameterServer(transport, spec, initial, keep_stale_params=keep_stale_params, timeout=timeout)
         self.update: Optional[PendingUpdate] = None
         self.loss = math.nan
@@ -57,7 +61,7 @@ class ServerRole:
 
     def start(self, version: int) -> None:
         """Send every learner the module's current parameters at ``version``."""
-        self.exchange.pack_parameters(self.params, self.server.params)
+        self.exchange.pack_parameters(self.params, self.server.params, self.buffers)
         self.server.start(version)
         self.started = True
 
@@ -68,7 +72,10 @@ class ServerRole:
         if self.update is not None:
             self.complete_update()
         update = self.server.next_update()
-        self.loss, mean_samples = self.exchange.unpack_gradient(update.gradient, self.grads)
+        self.loss, mean_samples = self.exchange.unpack_gradient(update.gradient, self.grads, self.buffer_changes)
+        with torch.no_grad():
+            for buffer, change in zip(self.buffers, self.buffer_changes):
+                buffer.add_(change)
         self.samples = mean_samples * len(update.gradients)
         self.update = update
         return update
@@ -89,7 +96,7 @@ class ServerRole:
 
     def complete_update(self) -> UpdateRecord:
         """Send the parameters the optimizer step produced to the learners the policy starts."""
-        self.exchange.pack_parameters(self.params, self.server.params)
+        self.exchange.pack_parameters(self.params, self.server.params, self.buffers)
         self.update = None
         return self.server.complete_update()
 
@@ -112,9 +119,12 @@ class LearnerRole:
         transport: Transport,
         params: Sequence[torch.Tensor],
         injected_delay: Optional[Callable[[], float]] = None,
+        buffers: Sequence[torch.Tensor] = (),
     ) -> None:
         self.params = list(params)
-        self.exchange = FlatExchange(self.params)
+        self.buffers = list(buffers)
+        self.exchange = FlatExchange(self.params, self.buffers)
+        self._buffers_read = [torch.empty_like(b) for b in self.buffers]  # as the START set them; then the changes
         self.session = LearnerSession(transport, injected_delay)
         self.working = False
 
@@ -130,7 +140,9 @@ class LearnerRole:
         if work is None:
             return False
         try:
-            self.exchange.unpack_parameters(work.params, self.params)
+            self.exchange.unpack_parameters(work.params, self.params, self.buffers)
+            for read, buffer in zip(self._buffers_read, self.buffers):
+                read.copy_(buffer)
         except BaseException:
             self.session.fail()
             raise
@@ -145,8 +157,9 @@ class LearnerRole:
         self.working = False
         try:
             grads = [p.grad for p in self.params]
+            changes = [torch.sub(buffer, read, out=read) for buffer, read in zip(self.buffers, self._buffers_read)]
             self.exchange.pack_gradient(grads, math.nan if loss is None else float(loss), samples,
-                                        self.session.gradient_buffer)
+                                        self.session.gradient_buffer, changes)
         except BaseException:
             self.session.fail()
             raise

@@ -95,8 +95,11 @@ class ParameterServerStrategy(DDPStrategy):
     - ``validate``, ``test`` and ``predict`` (before or after ``fit``) run on the server alone,
       on all the data, with no collective (learners run no batch), so they also work after a
       learner was lost. Other collectives outside ``fit`` are DDP's.
-    - Buffers (e.g. BatchNorm statistics) are not exchanged; 16-bit mixed precision with a
-      gradient scaler, manual optimization, SyncBatchNorm and gradient accumulation are refused.
+    - Floating-point buffers of the parameters' dtype (BatchNorm's running statistics) travel with
+      the parameters: each learner sends what its forward passes changed, the server adds the
+      mean change of each update (:mod:`~lightning_echo.ps.exchange`); integer buffers stay each
+      process's own. 16-bit mixed precision with a gradient scaler, manual optimization,
+      SyncBatchNorm and gradient accumulation are refused.
 
     Checkpoints are written by rank 0: the module and optimizer are the server's, plus the
     server's version, policy state and counters (``checkpoint["parameter_server"]``);
@@ -264,16 +267,17 @@ class ParameterServerStrategy(DDPStrategy):
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("model parameters", 0, "the parameter server needs trainable parameters")
-        exchange = FlatExchange(params)  # refuses parameters of several dtypes
+        buffers = exchanged_buffers(module, params[0].dtype, warn=self.global_rank == SERVER_RANK)
+        exchange = FlatExchange(params, buffers)  # refuses parameters of several dtypes
         transport = connect(exchange.numel, exchange.dtype, timeout=self.timeout)
         if self.global_rank == SERVER_RANK:
             self._role = ServerRole(transport, self.spec, params, keep_stale_params=self.rule.needs_distance,
-                                    timeout=self.timeout)
+                                    timeout=self.timeout, buffers=buffers)
             self._setup_server(trainer, module)
         else:
             learner = learner_index(self.global_rank)
             delays = learner_delays(self.compute_times, learner, self.seed) if self.compute_times is not None else None
-            self._role = LearnerRole(transport, params, delays)
+            self._role = LearnerRole(transport, params, delays, buffers=buffers)
             self._setup_learner(trainer)
 
     def _setup_evaluation(self, trainer: pl.Trainer) -> None:
@@ -517,6 +521,21 @@ def _check_trainer(trainer: pl.Trainer, strategy: ParameterServerStrategy) -> No
     other = next((c for c in trainer.callbacks if isinstance(c, ProgressSource)), None)
     if other is not None:
         raise ConfigError("callbacks", type(other).__name__, "cannot be combined with the parameter server")
+
+
+def exchanged_buffers(module: torch.nn.Module, dtype: torch.dtype, warn: bool = False) -> list[torch.Tensor]:
+    """The buffers that travel with the parameters: the floating-point ones of the parameters'
+    ``dtype`` (BatchNorm's running statistics). Others (integer counters such as BatchNorm's
+    ``num_batches_tracked``, floats of another dtype) stay each process's own; with ``warn``, a
+    warning names the floating-point ones left out."""
+    exchanged, left_out = [], []
+    for name, buffer in module.named_buffers():
+        if buffer.is_floating_point():
+            (exchanged if buffer.dtype == dtype else left_out).append((name, buffer))
+    if warn and left_out:
+        LOG.warning("parameter server: buffers %s are %s, not %s like the parameters: each process keeps its own",
+                    ", ".join(name for name, _ in left_out), left_out[0][1].dtype, dtype)
+    return [buffer for _, buffer in exchanged]
 
 
 def _skip_server_steps(original: Callable[..., Any]) -> Callable[..., Any]:

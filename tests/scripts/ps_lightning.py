@@ -7,7 +7,7 @@ scenarios in order, one ``Trainer.fit`` each, in one world, and writes
 The learners' Trainers get smaller limits than the server's (``max_steps=2``, ``max_epochs=1``,
 a Timer) to show that only the server's limits end a run. Scenario ``killed`` makes learner 1
 SIGKILL itself at its third gradient: run it last (the world has one learner less afterwards);
-``sync_killed`` does the same under ``sync``, where the server and the other learner then fail.
+``server_killed`` SIGKILLs the server after its third update, and the learners must then fail.
 """
 
 from __future__ import annotations
@@ -164,9 +164,52 @@ def scenario_killed(out: Path) -> dict[str, Any]:
     return {**result(fit, model), "metrics_csv": str(Path(fit.logger.log_dir) / "metrics.csv")}
 
 
-def scenario_sync_killed(out: Path) -> dict[str, Any]:
-    model = Regression(kill_at_step=3 if rank() == 2 else -1)
-    fit = trainer(out, "sync_killed", ParameterServerStrategy("sync", timeout=10.0), max_steps=30, enable_checkpointing=False)
+class NormalizedRegression(Regression):
+    """The linear model behind a BatchNorm of the inputs, plus a constant float buffer (``offset``)
+    that no forward pass changes; records the server's buffers after fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(DIM, momentum=0.5)
+        self.register_buffer("offset", torch.full((DIM,), 0.1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y, index = batch
+        self.batches.append(index.tolist())
+        return batch_loss(self.linear.weight, self.linear.bias, self.norm(x) + self.offset, y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y, _ = batch
+        self.log("val/loss", batch_loss(self.linear.weight, self.linear.bias, self.norm(x) + self.offset, y))
+
+    def buffers_now(self) -> dict[str, list[float]]:
+        return {name: buffer.tolist() for name, buffer in self.named_buffers()}
+
+
+def scenario_batchnorm(out: Path) -> dict[str, Any]:
+    model = NormalizedRegression()
+    initial = model.buffers_now()
+    fit = trainer(out, "batchnorm", ParameterServerStrategy("sync"), max_steps=3, enable_checkpointing=False)
+    fit.fit(model, **loaders())
+    return {**result(fit, model), "initial_buffers": initial, "buffers": model.buffers_now()}
+
+
+class KillServerAt(pl.Callback):
+    """SIGKILLs the server process after its ``step``-th update."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def scenario_server_killed(out: Path) -> dict[str, Any]:
+    strategy = ParameterServerStrategy("async", delay={"distribution": "constant", "value": 0.01}, timeout=3.0)
+    model = Regression()
+    fit = trainer(out, "server_killed", strategy, max_steps=1000, enable_checkpointing=False,
+                  callbacks=[KillServerAt(3)] if rank() == 0 else [])
     fit.fit(model, **loaders())
     return result(fit, model)
 
