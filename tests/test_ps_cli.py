@@ -69,6 +69,8 @@ def test_the_preset_starts_a_server_and_one_process_per_learner() -> None:
     (["algorithm=async", "ps.inject_delays=maybe"], "ps.inject_delays='maybe' is not allowed: must be true or false"),
     (["algorithm=async", "ps.timeout=0"], "ps.timeout=0"),
     (["algorithm=k_async", "stale.k=0"], "stale.k=0"),
+    (["algorithm=async", "+trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches=2 is not allowed: "
+                                                                "must be 1 with the parameter server"),
 ])
 def test_bad_settings_are_refused_in_one_line_before_any_run(
     overrides: list[str], expected: str, capsys: pytest.CaptureFixture, tmp_path: Path

@@ -23,6 +23,7 @@ from lightning_echo.app.builders import (
     build_model,
     build_trainer,
     quiet_lightning,
+    uses_parameter_server,
 )
 from lightning_echo.app.config import (
     CONFIG_NAME,
@@ -120,6 +121,10 @@ def validate_config(cfg: DictConfig) -> None:
     with quiet_lightning():
         trainer = build_trainer(cfg, output_dir=None)
     processes_to_start(cfg, trainer)
+    if uses_parameter_server(cfg):
+        from lightning_echo.ps.strategy import check_trainer
+
+        check_trainer(trainer, trainer.strategy)
     try:
         datamodule.check_files()
     except ConfigError as error:

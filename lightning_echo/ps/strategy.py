@@ -257,7 +257,7 @@ class ParameterServerStrategy(DDPStrategy):
         rule_learners = self._rule_settings["learners"]
         self.rule = StepSizeRule(self.lr_rule, **{**self._rule_settings,
                                                   "learners": self.spec.learners if rule_learners is None else rule_learners})
-        _check_trainer(trainer, self)
+        check_trainer(trainer, self)
         super().setup(trainer)
         module = self.lightning_module
         assert module is not None
@@ -506,8 +506,9 @@ class ParameterServerStrategy(DDPStrategy):
         strategy_registry.register(STRATEGY_NAME, cls, description="a parameter server (rank 0) and learner processes")
 
 
-def _check_trainer(trainer: pl.Trainer, strategy: ParameterServerStrategy) -> None:
-    """Refuse what cannot work with learners that compute independently of each other."""
+def check_trainer(trainer: pl.Trainer, strategy: ParameterServerStrategy) -> None:
+    """Refuse what cannot work with learners that compute independently of each other (the
+    module's settings only once it is attached)."""
     if trainer.accumulate_grad_batches != 1:
         raise ConfigError("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches,
                           "must be 1 with the parameter server: each update already averages K gradients")
