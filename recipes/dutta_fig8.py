@@ -27,7 +27,7 @@ from lightning_echo.data import MNISTDataModule
 from lightning_echo.models import LogisticRegression
 
 from simulated_runs import (COLORS, DEFAULT_DATA_ROOT, Curve, Method, command_line, fit, fmt, fmt_time,
-                            full_objective, pyplot, recipe_arguments, runtime_line, save_curves, start)
+                            full_objective, pyplot, recipe_arguments, runtime_line, save_curves, save_figure, start)
 
 # -- Dutta et al. Fig. 8 ---------------------------------------------------------------------------------
 FIG8_L2 = 0.02  # their regulariser 0.01 * ||W||^2 is l2/2 * ||W||^2 with l2 = 0.02
@@ -91,11 +91,8 @@ def plot_fig8(curves: list[Curve], path: Path, lr: float, m: int, horizon: float
     for axis in axes:
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
-    fig.suptitle(f"Dutta et al. Fig. 8 on SimulatedLearnersStrategy: MNIST logistic regression, X ~ exp(1), P = 8, "
-                 f"K = 4, η = {lr:g}, m = {m}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"Dutta et al. Fig. 8 on SimulatedLearnersStrategy: MNIST logistic regression, X ~ exp(1), P = 8, "
+                f"K = 4, η = {lr:g}, m = {m}")
 
 
 def report_fig8(curves: list[Curve], args: argparse.Namespace, elapsed: float, cpu: float, learners: int, k: int,

@@ -26,7 +26,7 @@ from lightning_echo.data import MNISTDataModule
 from lightning_echo.models import LogisticRegression
 
 from simulated_runs import (COLORS, DEFAULT_DATA_ROOT, Curve, Method, command_line, fit, fmt, full_objective,
-                            pyplot, recipe_arguments, runtime_line, save_curves, start)
+                            pyplot, recipe_arguments, runtime_line, save_curves, save_figure, start)
 
 # -- Dutta et al. Fig. 9 ---------------------------------------------------------------------------------
 FIG9_L2 = 0.1  # their CIFAR-10 regulariser 0.05 * ||W||^2
@@ -108,11 +108,8 @@ def plot_fig9(curves: list[Curve], path: Path, dataset: str, learners: int, m: i
         axis.set_xlim(0, horizon)
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
-    fig.suptitle(f"Dutta et al. Fig. 9 scaled down: {dataset_name(dataset)} (standing in for CIFAR-10) logistic "
-                 f"regression, asynchronous SGD, P = {learners}, X ~ exp(1), m = {m}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"Dutta et al. Fig. 9 scaled down: {dataset_name(dataset)} (standing in for CIFAR-10) logistic "
+                f"regression, asynchronous SGD, P = {learners}, X ~ exp(1), m = {m}")
 
 
 def report_fig9(curves: list[Curve], control: Optional[Curve], args: argparse.Namespace, elapsed: float, cpu: float,

@@ -28,7 +28,7 @@ from lightning_echo.data.modules.synthetic import least_squares_optimum
 from lightning_echo.models import LinearRegression
 
 from simulated_runs import (COLORS, Curve, Method, command_line, fit, fmt, fmt_time, full_objective, pyplot,
-                            recipe_arguments, replayed_staleness, runtime_line, save_curves, start)
+                            recipe_arguments, replayed_staleness, runtime_line, save_curves, save_figure, start)
 
 # -- Mishchenko et al. (2022) least squares ---------------------------------------------------------------
 MISH_LEARNERS = 40
@@ -158,11 +158,8 @@ def plot_mishchenko(curves: list[Curve], path: Path, learners: int, m: int, hori
     axes[2].set_ylabel("gradients")
     axes[2].set_title(f"asynchronous SGD: histogram of its {asynchronous.total_gradients} delays", fontsize=10)
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"Mishchenko et al. (2022) setting on SimulatedLearnersStrategy: least squares n = 10000, d = 400 "
-                 f"(condition number {condition:g}), batch {m}, M = {learners} workers of uneven speed", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"Mishchenko et al. (2022) setting on SimulatedLearnersStrategy: least squares n = 10000, d = 400 "
+                f"(condition number {condition:g}), batch {m}, M = {learners} workers of uneven speed")
 
 
 def report_mishchenko(curves: list[Curve], tuning: dict[str, list[Curve]], replay: Counter,

@@ -244,6 +244,14 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: Path, title: str) -> None:
+    """Title ``fig``, lay it out, write it to ``path`` and free it."""
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
 def command_line() -> str:
     """The command that produced this result, as the results files quote it."""
     return " ".join(["python", f"recipes/{Path(sys.argv[0]).name}", *sys.argv[1:]])

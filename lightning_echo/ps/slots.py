@@ -29,7 +29,7 @@ def server_epoch_length(loader: Any, gradients_per_update: int) -> Optional[int]
     positive_int("gradients per update", gradients_per_update)
     try:
         batches = len(loader)
-    except (TypeError, NotImplementedError):
+    except (TypeError, NotImplementedError):  # an iterable-style loader (TypeError) or Lightning's sized-less ones
         return None
     return max(1, math.ceil(batches / gradients_per_update))
 

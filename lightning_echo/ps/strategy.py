@@ -241,7 +241,7 @@ class ParameterServerStrategy(DDPStrategy):
         trainer = module.trainer if module is not None else None
         # From here on an evaluation stage is the server's alone: Lightning's own barriers of the stage
         # (before `setup` hooks) must not wait for processes that may be gone or busy elsewhere.
-        self._evaluating = trainer is not None and getattr(trainer.state.fn, "value", trainer.state.fn) in EVALUATION_LIMITS
+        self._evaluating = trainer is not None and _stage(trainer) in EVALUATION_LIMITS
         if trainer is not None and trainer.state.fn == "fit" and self.global_rank == SERVER_RANK:
             # It logs the metrics of every update; added before a checkpoint's callback states are restored.
             training_progress(trainer, add=True)
@@ -285,14 +285,13 @@ class ParameterServerStrategy(DDPStrategy):
 
         No collective runs (DDP's start-of-stage broadcast of the module included), so evaluation
         also works after ``fit`` lost a learner, which would leave any collective waiting forever."""
-        self._evaluating = True
         assert self.accelerator is not None and self.model is not None
         self.accelerator.setup(trainer)
         self.precision_plugin.convert_module(self.model)
         self.model_to_device()
         self.setup_precision_plugin()
         if self.global_rank != SERVER_RANK:
-            limit = EVALUATION_LIMITS.get(getattr(trainer.state.fn, "value", trainer.state.fn))
+            limit = EVALUATION_LIMITS.get(_stage(trainer))
             if limit is not None:
                 saved = getattr(trainer, limit)
                 setattr(trainer, limit, 0)
@@ -537,6 +536,11 @@ def exchanged_buffers(module: torch.nn.Module, dtype: torch.dtype, warn: bool = 
         LOG.warning("parameter server: buffers %s are %s, not %s like the parameters: each process keeps its own",
                     ", ".join(name for name, _ in left_out), left_out[0][1].dtype, dtype)
     return [buffer for _, buffer in exchanged]
+
+
+def _stage(trainer: pl.Trainer) -> Any:
+    """The Trainer's entry point now: ``fit``, ``validate``, ``test`` or ``predict``."""
+    return getattr(trainer.state.fn, "value", trainer.state.fn)
 
 
 def _skip_server_steps(original: Callable[..., Any]) -> Callable[..., Any]:
