@@ -1,4 +1,4 @@
-"""Benchmark: the parameter server (``lightning_echo.ps``) on real processes, gloo on CPU.
+"""Benchmark: the parameter server (``lightning_echo.stragglers.processes``) on real processes, gloo on CPU.
 
 1. Throughput: P = 4 learners, least squares with 20 features in plain torch at the ps core layer
    (``ParameterServer.run`` / ``run_learner``), injected exponential delays that dominate compute.
@@ -41,14 +41,14 @@ import torch.distributed as dist
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.runtimes import closed_form_time_per_update
 from lightning_echo.core.schedule import variant_spec
-from lightning_echo.ps import (
+from lightning_echo.stragglers.processes import (
     ParameterServer,
     connect,
     learner_delays,
     learner_index,
     run_learner,
 )
-from lightning_echo.ps.protocol import HEADER_BYTES
+from lightning_echo.stragglers.processes.protocol import HEADER_BYTES
 
 LEARNERS = 4
 FEATURES, ROWS, BATCH, LR = 20, 1024, 16, 0.05

@@ -40,10 +40,10 @@ from torch.utils.data import DataLoader
 from lightning_echo.core.schedule import ScheduleSimulation, variant_spec
 from lightning_echo.data import SyntheticDataModule
 from lightning_echo.models import MLP
-from lightning_echo.stale import SimulatedLearnersStrategy
-from lightning_echo.stale.delay_config import compute_times_from_config
-from lightning_echo.stale.loader import SnapshotStore
-from lightning_echo.stale.optim import StalenessAwareOptimizer
+from lightning_echo.stragglers import SimulatedLearnersStrategy
+from lightning_echo.stragglers.delay_config import compute_times_from_config
+from lightning_echo.stragglers.simulated.loader import SnapshotStore
+from lightning_echo.stragglers.optim import StalenessAwareOptimizer
 
 BATCH = 64
 LEARNERS = 8

@@ -3,6 +3,7 @@
 The main entry points::
 
     from lightning_echo import DataEchoing, TrainingProgress, throttle, throttled_loader
+    from lightning_echo import SimulatedLearnersStrategy, ParameterServerStrategy, StalenessAwareOptimizer
 
 It builds on ``pytorch_lightning`` or on ``lightning.pytorch``, whichever the process imported
 first (see :mod:`lightning_echo.lightning_namespace`).
@@ -19,6 +20,12 @@ from lightning_echo.echoed_optim import (
     EchoedSGD,
     EchoIterateAveraging,
 )
+from lightning_echo.stragglers import (
+    ParameterServerStrategy,
+    SimulatedLearnersStrategy,
+    StalenessAwareOptimizer,
+    StragglerSettings,
+)
 
 __version__ = "0.1.0"
 
@@ -29,6 +36,10 @@ __all__ = [
     "EchoedNesterov",
     "EchoedProx",
     "EchoedSGD",
+    "ParameterServerStrategy",
+    "SimulatedLearnersStrategy",
+    "StalenessAwareOptimizer",
+    "StragglerSettings",
     "TrainingProgress",
     "__version__",
     "estimate_smoothness",

@@ -2,7 +2,7 @@
 
 MNIST multinomial logistic regression with their regulariser, X ~ exp(1), P = 8, K = 4,
 eta = 0.01, mini-batch m = 1: the training objective against simulated wall-clock time for sync
-(K = P), K-sync, K-batch-async and async SGD (``lightning_echo.stale.SimulatedLearnersStrategy``).
+(K = P), K-sync, K-batch-async and async SGD (``lightning_echo.stragglers.SimulatedLearnersStrategy``).
 
     python recipes/dutta_fig8.py                        # recipes/results/dutta_fig8.{md,png,json}
     python recipes/dutta_fig8.py --out /tmp/f8 --horizon-scale 0.05   # a quick smoke run

@@ -1,7 +1,7 @@
 """What the simulated-learners recipes share: one ``Trainer.fit`` per curve, on the simulated clock.
 
 Every curve of ``dutta_fig8.py``, ``dutta_fig9.py`` and ``mishchenko_least_squares.py`` is one
-``pl.Trainer.fit`` of a library model under ``lightning_echo.stale.SimulatedLearnersStrategy`` (P
+``pl.Trainer.fit`` of a library model under ``lightning_echo.stragglers.SimulatedLearnersStrategy`` (P
 learners and a parameter server on a virtual clock; ``lightning_echo.TrainingProgress`` counts the
 gradients). :class:`Recorder` evaluates the full training objective on a grid of simulated times
 and reads, after every server update, the strategy's ``stale/*`` metrics (staleness, applied step
@@ -28,7 +28,7 @@ import torch
 from lightning_echo import TrainingProgress
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.schedule import ScheduleSimulation, variant_spec
-from lightning_echo.stale import SimulatedLearnersStrategy
+from lightning_echo.stragglers import SimulatedLearnersStrategy
 
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,10 @@ from typing import Any
 
 import pytest
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+TESTS = Path(__file__).resolve().parent
+REPOSITORY = TESTS.parent
+SCRIPTS = TESTS / "scripts"  # programs the multi-process tests start (a user's script, a world of ranks)
+MNIST_DIR = REPOSITORY.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +77,43 @@ def quiet_trainer(callbacks: list, **kwargs: Any) -> Any:
     )
     settings.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **settings)
+
+
+def processes_under(tmp_path: Path) -> list[int]:
+    """Live processes whose command line names a path under ``tmp_path`` (the ranks name their spec folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(tmp_path) in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def no_leftovers(tmp_path: Path):
+    """After the test: no rank process and no spec folder left (killed if any, so nothing outlives the test)."""
+    yield
+    left = processes_under(tmp_path)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert left == [], "rank processes outlived the command"
+    assert list((tmp_path / "tmp").glob("lightning-echo-ranks-*")) == []
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def only_run_dir(tmp_path: Path) -> Path:
+    runs = list((tmp_path / "le_outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs  # a rank that re-ran the command line would have made its own
+    return runs[0]

@@ -13,15 +13,17 @@ PACKAGE = Path(lightning_echo.__file__).parent
 
 # Lowest first. A module may import lightning_echo modules of its own rank or lower.
 LAYERS: dict[str, int] = {
-    "errors": 0, "validation": 0, "records": 0,
+    "errors": 0, "validation": 0, "records": 0, "metric_names": 0, "protocols": 0,
     "lightning_namespace": 0,  # picks pytorch_lightning or lightning.pytorch (imports it by name, not by statement)
     "core": 1,
     "data": 2,
-    "callbacks": 3, "echo": 3, "echoed_optim": 3, "stale": 3, "ps": 3, "models": 3,
     "lightning_internals": 2,  # Lightning internals, used by the data layer too (loader lifetime)
+    "combinations": 2,  # which components and Trainer settings combine (duck-typed, no Lightning import)
+    "callbacks": 3,  # the run's own callbacks (progress, divergence, target): below the methods that use them
     "report": 3,
-    "app": 4,
-    "cli": 5, "__main__": 5, "__init__": 5,
+    "echo": 4, "echoed_optim": 4, "stragglers": 4, "models": 4,
+    "app": 5,
+    "cli": 6, "__main__": 6, "__init__": 6,
 }
 # Third-party packages each layer must not import (the frameworks of the layers above it).
 FORBIDDEN: dict[int, set[str]] = {
@@ -29,6 +31,7 @@ FORBIDDEN: dict[int, set[str]] = {
     1: {"pytorch_lightning", "lightning", "torchdata", "hydra", "omegaconf", "wandb", "matplotlib"},
     2: {"hydra", "omegaconf", "wandb", "matplotlib"},
     3: {"hydra", "omegaconf"},
+    4: {"hydra", "omegaconf"},
 }
 REPORT_FORBIDDEN = {"pytorch_lightning", "lightning", "torchdata", "hydra", "omegaconf"}
 # Importing it imports Lightning: it counts as Lightning for FORBIDDEN.

@@ -54,7 +54,7 @@ torch.set_num_threads(1)
 import lightning_echo
 from lightning_echo import DataEchoing, EchoedProx, EchoIterateAveraging, TrainingProgress
 from lightning_echo.lightning_namespace import MODULE
-from lightning_echo.stale import SimulatedLearnersStrategy
+from lightning_echo.stragglers import SimulatedLearnersStrategy
 import {module} as lightning_module
 from {module}.demos.boring_classes import BoringDataModule, BoringModel
 

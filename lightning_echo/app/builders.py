@@ -19,29 +19,39 @@ from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError, IncompatibleDataError, one_line
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.report.wandb_credentials import wandb_has_credentials
-from lightning_echo.validation import boolean, positive_float
+from lightning_echo.validation import positive_float
 
 Logger = pl.loggers.Logger
-PARAMETER_SERVER = "parameter_server"
-SIMULATED_LEARNERS = "SimulatedLearnersStrategy"  # the straggler algorithms' strategy (its class name)
+DEFAULT_BACKEND = "simulated"
+# Config sections whose keys the components name in full in their errors (a strategy's ``stale.k``,
+# ``ps.timeout``, ``trainer.devices``): not prefixed again with the node that built them.
+QUALIFIED_SECTIONS = ("stale.", "ps.", "trainer.")
 
 
 def _instantiate(node: DictConfig, prefix: str, **runtime_kwargs: Any) -> Any:
-    """Build ``node``'s ``_target_``; errors of our own are reported with the config prefix.
+    """Build ``node``'s ``_target_``; errors of our own are reported with the config prefix (a
+    key a component already names in full, such as ``stale.k``, is left as it is).
 
     ``runtime_kwargs`` (objects such as a DataSpec) are passed straight to the constructor,
     never through OmegaConf, so they keep their types.
     """
     try:
         factory = instantiate(node, _partial_=True)
-    except Exception as error:  # Hydra wraps import and argument errors in InstantiationException
-        raise ConfigError(prefix.rstrip("."), node.get("_target_"), one_line(error.__cause__ or error, max_lines=2)) from None
+    except Exception as error:  # Hydra wraps import and argument errors, and a nested node's, in InstantiationException
+        cause = error.__cause__ or error
+        if isinstance(cause, ConfigError):
+            raise _qualified(cause, prefix) from None
+        raise ConfigError(prefix.rstrip("."), node.get("_target_"), one_line(cause, max_lines=2)) from None
     try:
         return factory(**runtime_kwargs)
     except ConfigError as error:
-        raise error.with_prefix(prefix) from None
+        raise _qualified(error, prefix) from None
     except TypeError as error:
         raise ConfigError(prefix.rstrip("."), node.get("_target_"), f"bad arguments: {error}") from None
+
+
+def _qualified(error: ConfigError, prefix: str) -> ConfigError:
+    return error if error.key.startswith(QUALIFIED_SECTIONS) else error.with_prefix(prefix)
 
 
 def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
@@ -110,56 +120,30 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     return callbacks
 
 
-def uses_parameter_server(cfg: DictConfig) -> bool:
-    """Whether the run trains on real processes around a parameter server (``trainer.strategy=parameter_server``)."""
-    return cfg.trainer.get("strategy") == PARAMETER_SERVER
+def build_algorithm_settings(cfg: DictConfig) -> Optional[Any]:
+    """The settings object the algorithm declares (``algorithm.settings``, e.g. a straggler
+    algorithm's StragglerSettings), or None."""
+    node = cfg.algorithm.get("settings")
+    return None if node is None else _instantiate(node, "algorithm.settings.")
 
 
 def build_strategy(cfg: DictConfig) -> Optional[Any]:
-    """The strategy the algorithm declares (``algorithm.strategy``), or None to use ``trainer.strategy``.
-
-    With ``trainer.strategy=parameter_server`` a straggler algorithm's simulated learners become
-    real processes: :class:`~lightning_echo.ps.ParameterServerStrategy` with the same ``stale.*``
-    settings, plus ``ps.*``."""
+    """The strategy the algorithm declares (``algorithm.strategy``; a straggler algorithm's is its
+    backend's, ``backend.strategy``), given the algorithm's settings; None to use ``trainer.strategy``."""
     node = cfg.algorithm.get("strategy")
-    if uses_parameter_server(cfg):
-        return _parameter_server(cfg, node)
     if node is None:
+        if cfg.get("backend", {}).get("name") not in (None, DEFAULT_BACKEND):
+            raise ConfigError("backend", cfg.backend.name,
+                              f"runs a straggler algorithm's learners; algorithm={cfg.algorithm.get('name')} has none: "
+                              "choose algorithm=p_sync, k_sync, k_batch_sync, async, k_async, k_batch_async, "
+                              "rennala or ringmaster")
         return None
     chosen = cfg.trainer.get("strategy", "auto")
     if chosen not in (None, "auto"):
         raise ConfigError("trainer.strategy", chosen,
                           f"algorithm={cfg.algorithm.get('name')} trains with its own strategy; leave trainer.strategy=auto")
-    return _instantiate(node, "algorithm.strategy.")
-
-
-def _parameter_server(cfg: DictConfig, node: Optional[DictConfig]) -> Any:
-    if node is None or not str(node.get("_target_", "")).endswith(SIMULATED_LEARNERS):
-        raise ConfigError("trainer.strategy", PARAMETER_SERVER,
-                          f"runs a straggler algorithm on real processes; algorithm={cfg.algorithm.get('name')} has no "
-                          "learners: choose algorithm=p_sync, k_sync, k_batch_sync, async, k_async, k_batch_async, "
-                          "rennala or ringmaster")
-    settings = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(settings, dict)
-    settings.pop("_target_", None)
-    learners = settings["learners"]
-    processes = learners + 1 if isinstance(learners, int) and not isinstance(learners, bool) else None
-    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1)
-    if processes is not None and (devices != processes or nodes not in (1, None)):
-        raise ConfigError("trainer.devices", devices if nodes in (1, None) else f"{devices} x {nodes} nodes",
-                          f"a parameter server with stale.learners={learners} needs {processes} processes on this "
-                          "machine (the server and each learner): use trainer=parameter_server, which sets it")
-    ps = cfg.get("ps") or {}
-    inject = boolean("ps.inject_delays", ps.get("inject_delays", True))
-    from lightning_echo.ps.strategy import ParameterServerStrategy  # Lightning-heavy; only when asked for
-
-    try:
-        return ParameterServerStrategy(**{**settings, "delay": settings["delay"] if inject else None,
-                                          "timeout": ps.get("timeout", 60.0)})
-    except ConfigError as error:
-        raise error.with_prefix("stale.") if not error.key.startswith(("stale.", "ps.")) else error from None
-    except TypeError as error:
-        raise ConfigError("stale", "...", f"bad arguments: {error}") from None
+    settings = build_algorithm_settings(cfg)
+    return _instantiate(node, "algorithm.strategy.", **({"settings": settings} if settings is not None else {}))
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
@@ -203,11 +187,13 @@ def build_trainer(
     output_dir: Optional[Path],
     callbacks: Optional[list[pl.Callback]] = None,
     loggers: Optional[list[Logger]] = None,
+    strategy: Optional[Any] = None,
 ) -> pl.Trainer:
     """A Lightning Trainer from the ``trainer`` group with the given callbacks and loggers, training
-    with the algorithm's strategy when it declares one."""
+    with the algorithm's strategy when it declares one (``strategy``: that one, already built)."""
     kwargs = trainer_kwargs(cfg)
-    strategy = build_strategy(cfg)
+    if strategy is None:
+        strategy = build_strategy(cfg)
     if strategy is not None:
         kwargs["strategy"] = strategy
     try:
@@ -239,15 +225,13 @@ def algorithm_label(cfg: DictConfig) -> str:
     if node is None:
         return str(cfg.algorithm.name)
     if isinstance(node, DictConfig):
-        extra = {"processes": True} if uses_parameter_server(cfg) else {}
-        return str(_instantiate(node, "algorithm.label.", **extra))
+        return str(_instantiate(node, "algorithm.label."))
     return str(node)
 
 
 def run_clock(cfg: DictConfig) -> str:
-    """The clock the run's time is measured in: the algorithm's (``algorithm.clock``), except that
-    learners on real processes run on the wall clock."""
-    return WALL_CLOCK if uses_parameter_server(cfg) else str(cfg.algorithm.get("clock", WALL_CLOCK))
+    """The clock the run's time is measured in (``algorithm.clock``; a straggler algorithm's is its backend's)."""
+    return str(cfg.algorithm.get("clock", WALL_CLOCK))
 
 
 def algorithm_keys(cfg: DictConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ CONFIG_MODULE = "lightning_echo.conf"
 CONFIG_PATH = "pkg://" + CONFIG_MODULE
 CONFIG_NAME = "config"
 VERSION_BASE = "1.3"
-GROUPS = ("algorithm", "data", "model", "optimizer", "loader", "trainer", "logger", "paths", "experiment")
+GROUPS = ("algorithm", "backend", "data", "model", "optimizer", "loader", "trainer", "logger", "paths", "experiment")
 
 
 @contextmanager
@@ -37,7 +37,8 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def group_options(group: str) -> list[str]:
-    """Names of the options of a config group, e.g. ``group_options("model")``."""
+    """Names of the options of a config group, e.g. ``group_options("model")``; a config whose name
+    starts with ``_`` is a base other options build on (``algorithm/_stragglers``), not an option."""
     with hydra_context():
         loader = GlobalHydra.instance().config_loader()
-        return sorted(loader.get_group_options(group))
+        return sorted(name for name in loader.get_group_options(group) if not name.startswith("_"))

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_echo.metric_names import Loss
 from lightning_echo import lightning_internals
 from lightning_echo.app.builders import (
     algorithm_is_baseline,
@@ -24,18 +25,19 @@ from lightning_echo.app.builders import (
     build_datamodule,
     build_loggers,
     build_model,
+    build_strategy,
     build_trainer,
     run_clock,
-    uses_parameter_server,
 )
 from lightning_echo.app.checkpoint import build_last_checkpoint, last_checkpoint_path
 from lightning_echo.app.divergence import RunDiverged, divergence_hint
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted, interruption_signal
-from lightning_echo.app.launch import RankFailed, RankRun, RankSpec, processes_for, run_ranks
+from lightning_echo.app.launch import ProcessPlan, RankFailed, RankRun, RankSpec, process_plan, run_ranks
 from lightning_echo.app.resume import ResumePoint, keep_csv_history
 from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.lightning_namespace import pl
+from lightning_echo.protocols import AssignsRankRoles, ReportsTrainLoss
 from lightning_echo.records import (
     ALGORITHM_KEYS,
     BASELINE,
@@ -99,6 +101,22 @@ def _watching_signals(function: _F) -> _F:
     return watched  # type: ignore[return-value]
 
 
+@dataclass
+class _Run:
+    """The objects one training run is made of (built by :func:`_build_run`)."""
+
+    datamodule: Any
+    model: Any
+    callbacks: list[Any]
+    guard: DivergenceGuard
+    trainer: Any
+    last_checkpoint: Optional[Any]
+
+    @property
+    def progress(self) -> TrainingProgress:
+        return next(c for c in self.callbacks if isinstance(c, TrainingProgress))
+
+
 @_watching_signals
 def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None, name: Optional[str] = None,
                  resume: Optional[ResumePoint] = None, rank: Optional[RankRun] = None) -> RunSummary:
@@ -112,86 +130,137 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
     ``interrupted`` and raises :class:`RunInterrupted` (SIGTERM after saving the checkpoint
     ``checkpoint`` settings ask for). ``resume`` continues the run in ``output_dir`` from its checkpoint.
 
-    A run on several devices (``trainer.devices=2``) is trained by one process per device, which
-    this process starts and supervises (:mod:`lightning_echo.app.launch`): a rank that fails
-    raises :class:`~lightning_echo.app.launch.RankFailed`. ``rank`` is given in those processes:
-    only rank 0 writes ``run.json`` and ``summary.json``, and no rank makes directories.
+    A run on several devices (``trainer.devices=2``, or a parameter server and its learners) is
+    trained by one process per device, which this process starts and supervises
+    (:mod:`lightning_echo.app.launch`): a rank that fails raises
+    :class:`~lightning_echo.app.launch.RankFailed`. ``rank`` is given in those processes: only
+    rank 0 writes ``run.json`` and ``summary.json``, and no rank makes directories.
     """
     if rank is None:
-        processes = processes_for(cfg)
-        if processes > 1:
-            return _run_in_ranks(cfg, output_dir, group, name, resume, processes)
+        plan = process_plan(cfg)
+        if plan.processes > 1:
+            return _run_in_ranks(cfg, output_dir, group, name, resume, plan)
     lightning_internals.seed_everything_quietly(cfg.seed)
     group = group or output_dir.name
-    flat = flat_run_config(cfg, group)
-    writes = rank is None or rank.writes_records
-    if rank is not None:  # what the supervising job recorded: its pid and host, the resumes
-        details = dict(rank.record_details)
-    else:
-        details = resume.record() if resume is not None else {}
-    record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]), config=flat,
-                           details=details)
-
-    def note(status: str, **fields: Any) -> None:
-        if writes:
-            record.write(status=status, **fields)
-
-    if rank is None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        note(RUNNING, pid=os.getpid(), host=socket.gethostname())
+    record = _RunRecord.open(cfg, output_dir, group, name, resume, rank)
     resumed = resume is not None and resume.checkpoint is not None
-    trainer = last_checkpoint = None
+    run: Optional[_Run] = None
     try:
-        datamodule = build_datamodule(cfg)
-        model = build_model(cfg, datamodule.spec)
-        guard = DivergenceGuard()
-        callbacks = [*build_callbacks(cfg), guard, *(rank.callbacks if rank is not None else ())]
-        # A parameter server's learners save nothing: the server's state is the run's.
-        learner = rank is not None and not rank.writes_records and uses_parameter_server(cfg)
-        last_checkpoint = None if learner else build_last_checkpoint(cfg, output_dir)
-        if last_checkpoint is not None:
-            callbacks.append(last_checkpoint)
-        loggers = build_loggers(cfg, output_dir, group=group, name=name)
-        replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resumed and writes else None
-        for logger in loggers:
-            logger.log_hyperparams(flat)
-        if replay_history is not None:
-            replay_history()
-        trainer = build_trainer(cfg, output_dir, callbacks, loggers)
-        initial_val_loss = final_val_loss = None
-        if resumed:
-            initial_val_loss = resume.initial_val_loss
-        elif cfg.get("validate_before_training", True):
-            initial_val_loss = _validation_loss(trainer, model, datamodule)
-            SIGNALS.raise_if_received()
-        note(RUNNING, initial_val_loss=initial_val_loss)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.checkpoint if resumed else None)
+        run = _build_run(cfg, output_dir, group, name, resume if resumed else None, rank)
+        initial_val_loss = _starting_loss(cfg, run, resume if resumed else None)
+        record.note(RUNNING, initial_val_loss=initial_val_loss)
+        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume.checkpoint if resumed else None)
         SIGNALS.raise_if_received()
-        # The final validation replaces the callback metrics: read the training loss first.
-        final_train_loss = _metric(trainer.callback_metrics, "train/loss")
-        if final_train_loss is None:  # a parameter server trains no step itself: its learners' last losses
-            final_train_loss = getattr(trainer.strategy, "train_loss", None)
-        if guard.divergence is None:  # a diverged model's validation loss says nothing more
-            final_val_loss = _validation_loss(trainer, model, datamodule)
+        final_train_loss, final_val_loss = _final_losses(run)
     except BaseException as error:
-        signum = interruption_signal(error)
-        if signum is None:
-            finish_wandb(exit_code=1)
-            note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        ended = _ended_early(error, record, output_dir, run)
+        if ended is error:
             raise
-        interrupted = _interruption(signum, output_dir, trainer, last_checkpoint)
-        finish_wandb(exit_code=interrupted.exit_code)
-        note(INTERRUPTED, error=str(interrupted),
-             checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
-        raise interrupted from None
-    finish_wandb(exit_code=0 if guard.divergence is None else DIVERGED_EXIT_CODE)
-    progress = next(c for c in callbacks if isinstance(c, TrainingProgress))
+        raise ended from None
+    return _summarise(cfg, run, record, output_dir, initial_val_loss, final_train_loss, final_val_loss)
+
+
+@dataclass
+class _RunRecord:
+    """``run.json`` of a run in this process; only the process that writes records writes it."""
+
+    file: RunRecordFile
+    writes: bool
+
+    @classmethod
+    def open(cls, cfg: DictConfig, output_dir: Path, group: str, name: Optional[str],
+             resume: Optional[ResumePoint], rank: Optional[RankRun]) -> "_RunRecord":
+        """The record of the run; a run in this process alone makes its directory and says it is running."""
+        flat = flat_run_config(cfg, group)
+        if rank is not None:  # what the supervising job recorded: its pid and host, the resumes
+            details = dict(rank.record_details)
+        else:
+            details = resume.record() if resume is not None else {}
+        record = cls(RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]),
+                                   config=flat, details=details),
+                     writes=rank is None or rank.writes_records)
+        if rank is None:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            record.note(RUNNING, pid=os.getpid(), host=socket.gethostname())
+        return record
+
+    def note(self, status: str, **fields: Any) -> None:
+        if self.writes:
+            self.file.write(status=status, **fields)
+
+
+def _build_run(cfg: DictConfig, output_dir: Path, group: str, name: Optional[str],
+               resume: Optional[ResumePoint], rank: Optional[RankRun]) -> _Run:
+    """Data, model, callbacks, loggers (with the history a resume keeps) and the Trainer."""
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule.spec)
+    guard = DivergenceGuard()
+    callbacks = [*build_callbacks(cfg), guard, *(rank.callbacks if rank is not None else ())]
+    strategy = build_strategy(cfg)
+    # A process whose strategy gives the checkpoints to another rank (a parameter server's learner) saves none.
+    saves = rank is None or not isinstance(strategy, AssignsRankRoles) or strategy.saves_checkpoints(rank.global_rank)
+    last_checkpoint = build_last_checkpoint(cfg, output_dir) if saves else None
+    if last_checkpoint is not None:
+        callbacks.append(last_checkpoint)
+    loggers = build_loggers(cfg, output_dir, group=group, name=name)
+    writes = rank is None or rank.writes_records
+    replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resume is not None and writes else None
+    for logger in loggers:
+        logger.log_hyperparams(flat_run_config(cfg, group))
+    if replay_history is not None:
+        replay_history()
+    trainer = build_trainer(cfg, output_dir, callbacks, loggers, strategy=strategy)
+    return _Run(datamodule, model, callbacks, guard, trainer, last_checkpoint)
+
+
+def _starting_loss(cfg: DictConfig, run: _Run, resume: Optional[ResumePoint]) -> Optional[float]:
+    """Where the run started: the validation loss before training (as recorded, when resumed)."""
+    if resume is not None:
+        return resume.initial_val_loss
+    if not cfg.get("validate_before_training", True):
+        return None
+    loss = _validation_loss(run.trainer, run.model, run.datamodule)
+    SIGNALS.raise_if_received()
+    return loss
+
+
+def _final_losses(run: _Run) -> tuple[Optional[float], Optional[float]]:
+    """The last training loss and the validation loss after training (none for a diverged model)."""
+    # The final validation replaces the callback metrics: read the training loss first.
+    train_loss = _metric(run.trainer.callback_metrics, Loss.TRAIN)
+    if train_loss is None and isinstance(run.trainer.strategy, ReportsTrainLoss):
+        train_loss = run.trainer.strategy.train_loss  # a parameter server trains no step itself
+    if run.guard.divergence is not None:  # a diverged model's validation loss says nothing more
+        return train_loss, None
+    return train_loss, _validation_loss(run.trainer, run.model, run.datamodule)
+
+
+def _ended_early(error: BaseException, record: _RunRecord, output_dir: Path, run: Optional[_Run]) -> BaseException:
+    """Record a run that failed or was interrupted; the exception to raise (a RunInterrupted for a signal)."""
+    signum = interruption_signal(error)
+    if signum is None:
+        finish_wandb(exit_code=1)
+        record.note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        return error
+    interrupted = _interruption(signum, output_dir, run.trainer if run else None, run.last_checkpoint if run else None)
+    finish_wandb(exit_code=interrupted.exit_code)
+    record.note(INTERRUPTED, error=str(interrupted),
+                checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+    return interrupted
+
+
+def _summarise(cfg: DictConfig, run: _Run, record: _RunRecord, output_dir: Path, initial_val_loss: Optional[float],
+               final_train_loss: Optional[float], final_val_loss: Optional[float]) -> RunSummary:
+    """Finish the run's records (``summary.json``, ``run.json``, wandb); raise RunDiverged if it diverged."""
+    divergence = run.guard.divergence
+    finish_wandb(exit_code=0 if divergence is None else DIVERGED_EXIT_CODE)
+    progress = run.progress
     summary = RunSummary(
         algorithm=str(cfg.algorithm.name),
-        data=datamodule.spec.name,
-        model=type(model).__name__,
+        data=run.datamodule.spec.name,
+        model=type(run.model).__name__,
         seed=int(cfg.seed),
-        optimizer_steps=int(trainer.global_step),
+        optimizer_steps=int(run.trainer.global_step),
         fresh_samples=progress.fresh_samples,
         elapsed_s=progress.elapsed_s,
         initial_val_loss=initial_val_loss,
@@ -200,23 +269,24 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         output_dir=str(output_dir),
         clock=progress.clock,
         simulated_s=progress.ledger.clock_s,
-        status=COMPLETED if guard.divergence is None else DIVERGED,
+        status=COMPLETED if divergence is None else DIVERGED,
     )
-    diverged = RunDiverged(guard.divergence, divergence_hint(cfg)) if guard.divergence is not None else None
-    if trainer.is_global_zero:
+    diverged = RunDiverged(divergence, divergence_hint(cfg)) if divergence is not None else None
+    if run.trainer.is_global_zero:
         write_json(output_dir / "summary.json", asdict(summary))
-        note(summary.status, error=str(diverged) if diverged else None)
+        record.note(summary.status, error=str(diverged) if diverged else None)
     if diverged is not None:
         raise diverged
     return summary
 
 
 def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name: Optional[str],
-                  resume: Optional[ResumePoint], processes: int) -> RunSummary:
+                  resume: Optional[ResumePoint], plan: ProcessPlan) -> RunSummary:
     """Train the run in ``processes`` rank processes and record how it ended (see :func:`run_training`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     group = group or output_dir.name
     flat = flat_run_config(cfg, group)
+    processes = plan.processes
     details = {**(resume.record() if resume is not None else {}), "pid": os.getpid(), "host": socket.gethostname(),
                "processes": processes}
     record = RunRecordFile(output_dir / RUN_FILE, group=group, name=name or str(flat["algorithm"]), config=flat,
@@ -226,8 +296,7 @@ def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name:
     spec = RankSpec(config=OmegaConf.to_container(cfg, resolve=True), run_dir=str(output_dir), group=group, name=name,
                     world_size=processes, record_details=details,
                     checkpoint=str(resume.checkpoint) if resumed else None, step=resume.step if resumed else 0,
-                    # a parameter server decides alone whether its run goes on without a learner
-                    deciding_ranks=[0] if uses_parameter_server(cfg) else None)
+                    deciding_ranks=plan.deciding_ranks)
     result = run_ranks(spec)
     written = read_run_record(output_dir)  # rank 0's record, with what it measured (initial_val_loss, ...)
     written.update(ranks=result.progress(), updated_at=time.time())
@@ -284,7 +353,7 @@ def finish_wandb(exit_code: int) -> None:
 
 def _validation_loss(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule) -> Optional[float]:
     results = trainer.validate(model, datamodule=datamodule, verbose=False)
-    return _metric(results[0] if results else {}, "val/loss")
+    return _metric(results[0] if results else {}, Loss.VAL)
 
 
 def flat_run_config(cfg: DictConfig, group: Optional[str] = None) -> dict[str, object]:

@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from lightning_echo.protocols import AssignsRankRoles
 from lightning_echo.app.builders import build_trainer, quiet_lightning
 from lightning_echo.app.interrupt import SIGNALS
 from lightning_echo.errors import ConfigError
@@ -210,15 +211,26 @@ def processes_to_start(cfg: DictConfig, trainer: Any) -> int:
     return int(trainer.num_devices)
 
 
-def processes_for(cfg: DictConfig) -> int:
-    """:func:`processes_to_start` for a run of ``cfg`` (its Trainer is built, quietly, only when more
-    than one device may be meant)."""
+@dataclass(frozen=True)
+class ProcessPlan:
+    """How many processes a run trains in, and which of them decide how it ends (None: all)."""
+
+    processes: int = 1
+    deciding_ranks: Optional[list[int]] = None
+
+
+def process_plan(cfg: DictConfig) -> ProcessPlan:
+    """:func:`processes_to_start` for a run of ``cfg``, and the ranks its strategy says decide the
+    run (a parameter server decides alone). Its Trainer is built, quietly, only when more than one
+    device may be meant."""
     if (cfg.trainer.get("devices", "auto") in (1, "1") and cfg.trainer.get("num_nodes", 1) in (1, None)
             and start_method(cfg.trainer.get("strategy")) not in SELF_STARTING):
-        return 1
+        return ProcessPlan()
     with quiet_lightning():
         trainer = build_trainer(cfg, output_dir=None)
-    return processes_to_start(cfg, trainer)
+    strategy = trainer.strategy
+    deciding = list(strategy.deciding_ranks) if isinstance(strategy, AssignsRankRoles) else None
+    return ProcessPlan(processes_to_start(cfg, trainer), deciding)
 
 
 def free_port() -> int:

@@ -23,7 +23,6 @@ from lightning_echo.app.builders import (
     build_model,
     build_trainer,
     quiet_lightning,
-    uses_parameter_server,
 )
 from lightning_echo.app.config import (
     CONFIG_NAME,
@@ -40,7 +39,12 @@ from lightning_echo.app.overrides import check_known_keys, is_group_override, pa
 from lightning_echo.app.resume import refuse_checkpoint_overrides
 from lightning_echo.app.value_checks import check_algorithm_settings, check_integer_sizes, check_report_settings
 from lightning_echo.errors import ConfigError, one_line
+from lightning_echo.protocols import ChecksTrainer
 from lightning_echo.validation import boolean, random_seed, writable_directory
+
+
+# Group options that were renamed: the old spelling is refused with the new one.
+RENAMED_OPTIONS = {("trainer", "parameter_server"): "backend=processes"}
 
 
 def check_group_choices(overrides: Sequence[Override]) -> None:
@@ -53,7 +57,8 @@ def check_group_choices(overrides: Sequence[Override]) -> None:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
             if value is not None and str(value) not in choices:
-                raise ConfigError(group, value, "choose one of " + ", ".join(choices))
+                renamed = RENAMED_OPTIONS.get((group, str(value)))
+                raise ConfigError(group, value, (f"it is now {renamed}; " if renamed else "") + "choose one of " + ", ".join(choices))
 
 
 def expand_jobs(overrides: Sequence[Override], multirun: bool) -> list[list[str]]:
@@ -121,10 +126,8 @@ def validate_config(cfg: DictConfig) -> None:
     with quiet_lightning():
         trainer = build_trainer(cfg, output_dir=None)
     processes_to_start(cfg, trainer)
-    if uses_parameter_server(cfg):
-        from lightning_echo.ps.strategy import check_trainer
-
-        check_trainer(trainer, trainer.strategy)
+    if isinstance(trainer.strategy, ChecksTrainer):
+        trainer.strategy.check_trainer(trainer)
     try:
         datamodule.check_files()
     except ConfigError as error:

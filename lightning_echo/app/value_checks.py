@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_echo.metric_names import Loss
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import MAX_INT64, boolean, non_negative_float
 
@@ -16,7 +17,7 @@ from lightning_echo.validation import MAX_INT64, boolean, non_negative_float
 def check_report_settings(report: Mapping[str, Any]) -> None:
     """The ``report`` settings of a sweep, by the rules of ``lightning-echo report``'s options."""
     boolean("report.after_sweep", report.get("after_sweep", True))
-    metric = report.get("metric", "val/loss")
+    metric = report.get("metric", Loss.VAL)
     if not isinstance(metric, str) or not metric:
         raise ConfigError("report.metric", metric, "must be the name of a logged metric, e.g. val/loss")
     if report.get("target_loss") is not None:

@@ -1,6 +1,6 @@
-"""Lightning callbacks of lightning_echo."""
+"""The run's own Lightning callbacks: the one owner of training progress and the divergence guard
+(every method builds on them; methods' own callbacks live in their packages)."""
 from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import TrainingProgress
-from lightning_echo.callbacks.target import TargetLoss
 
-__all__ = ["DivergenceGuard", "TargetLoss", "TrainingProgress"]
+__all__ = ["DivergenceGuard", "TrainingProgress"]

@@ -7,15 +7,18 @@ from typing import Any, Dict, Optional, TypeVar
 
 from typing_extensions import override
 
+from lightning_echo.combinations import find_progress_source
 from lightning_echo.core.progress import (
     SIMULATED,
     WALL_CLOCK,
+    Clock,
     FreshDataBudget,
     ProgressLedger,
     ProgressSource,
     StepReport,
 )
 from lightning_echo.lightning_namespace import import_lightning, pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.metric_names import Progress
 
 extract_batch_size = import_lightning("utilities.data").extract_batch_size
 
@@ -77,9 +80,9 @@ class TrainingProgress(pl.Callback):
         return self.ledger.budget.max_samples
 
     @property
-    def clock(self) -> str:
+    def clock(self) -> Clock:
         """The clock this run's time is measured in: ``wall_clock``, or ``simulated`` for a source that simulates time."""
-        return getattr(self.source, "clock", WALL_CLOCK)
+        return self.source.clock if self.source is not None else WALL_CLOCK
 
     @property
     def elapsed_s(self) -> float:
@@ -145,7 +148,7 @@ class TrainingProgress(pl.Callback):
                 for name, value in self.source.progress_bar(self.ledger).items():
                     # batch_size given: Lightning cannot infer one for a training_step(dataloader_iter)
                     pl_module.log(name, float(value), prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=1)
-        if self.ledger.budget_exhausted and not getattr(self.source, "enforces_budget", False):
+        if self.ledger.budget_exhausted and not (self.source is not None and self.source.enforces_budget):
             trainer.should_stop = True
         self._last_step_end = (time.perf_counter(), self._excluded_s)
 
@@ -158,14 +161,14 @@ class TrainingProgress(pl.Callback):
 
     def _log(self, trainer: pl.Trainer) -> None:
         metrics: Dict[str, float] = {
-            "progress/fresh_samples": self.ledger.fresh_samples,
-            "progress/fresh_batches": self.ledger.fresh_batches,
-            "progress/optimizer_steps": trainer.global_step,
-            "time/elapsed_s": self.elapsed_s,
-            "time/data_wait_s": self.ledger.data_wait_s,
+            Progress.FRESH_SAMPLES: self.ledger.fresh_samples,
+            Progress.FRESH_BATCHES: self.ledger.fresh_batches,
+            Progress.OPTIMIZER_STEPS: trainer.global_step,
+            Progress.ELAPSED_S: self.elapsed_s,
+            Progress.DATA_WAIT_S: self.ledger.data_wait_s,
         }
         if self.clock == SIMULATED and self.ledger.clock_s is not None:
-            metrics["time/simulated_s"] = self.ledger.clock_s
+            metrics[Progress.SIMULATED_S] = self.ledger.clock_s
         if self.source is not None:
             metrics.update(self.source.progress_metrics(self.ledger))
         for logger in trainer.loggers:
@@ -182,13 +185,6 @@ class TrainingProgress(pl.Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.ledger.load_state_dict(state_dict)
         self._elapsed_before_resume = float(state_dict[self.ELAPSED_S])
-
-
-def find_progress_source(trainer: pl.Trainer) -> Optional[ProgressSource]:
-    """The strategy or callback that reports what each step consumed, if any."""
-    if isinstance(trainer.strategy, ProgressSource):
-        return trainer.strategy
-    return next((c for c in trainer.callbacks if isinstance(c, ProgressSource)), None)
 
 
 def training_progress(trainer: pl.Trainer, add: bool = False) -> Optional[TrainingProgress]:

@@ -10,13 +10,13 @@ reports up and owns the :class:`FreshDataBudget`. The Lightning adapter is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Protocol, runtime_checkable
+from typing import Any, Dict, Literal, Optional, Protocol, get_args, runtime_checkable
 
 from lightning_echo.validation import one_of, positive_int
 
-WALL_CLOCK = "wall_clock"
-SIMULATED = "simulated"
-CLOCKS = (WALL_CLOCK, SIMULATED)
+Clock = Literal["wall_clock", "simulated"]
+CLOCKS: tuple[Clock, ...] = get_args(Clock)
+WALL_CLOCK, SIMULATED = CLOCKS
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class ProgressSource(Protocol):
     the budget (so the ledger must not cut a step group short).
     """
 
-    clock: str
+    clock: Clock
     enforces_budget: bool
 
     def step_report(self) -> Optional[StepReport]:

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 from lightning_echo.core.delays import ComputeTimeSource
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import one_of, positive_int
 
-VARIANTS = ("sync", "k_sync", "k_batch_sync", "async", "k_async", "k_batch_async", "rennala", "ringmaster")
+Variant = Literal["sync", "k_sync", "k_batch_sync", "async", "k_async", "k_batch_async", "rennala", "ringmaster"]
+VARIANTS: tuple[Variant, ...] = get_args(Variant)
 # Variants whose K may exceed the number of learners (a learner contributes several mini-batches).
-BATCH_VARIANTS = ("k_batch_sync", "k_batch_async", "rennala")
+BATCH_VARIANTS: tuple[Variant, ...] = ("k_batch_sync", "k_batch_async", "rennala")
 
 
 # -- the variant -----------------------------------------------------------------------------
@@ -36,7 +37,7 @@ class VariantSpec:
     Ringmaster's (``None``: no threshold). Build it with :func:`variant_spec`, which fills in K
     for sync / async / ringmaster."""
 
-    name: str
+    name: Variant
     learners: int
     k: int
     max_delay: Optional[int] = None
@@ -80,6 +81,15 @@ def _k_rule(name: str, learners: int) -> str:
     if name in ("k_sync", "k_async"):
         return f"must be between 1 and stale.learners={learners} for {name}"
     return f"must be an integer >= 1 for {name}"
+
+
+def default_k(variant: str, learners: int, k: Optional[int]) -> Optional[int]:
+    """A K setting as :func:`variant_spec` takes it: unset means half the learners (at least 1) for
+    the K-variants and Rennala; ``sync``, ``async`` and ``ringmaster`` fix K themselves (a K set
+    for the other variants of a sweep is ignored there: None)."""
+    if variant in ("sync", "async", "ringmaster"):
+        return None
+    return k if k is not None else max(1, learners // 2)
 
 
 def variant_spec(
@@ -354,6 +364,19 @@ class GradientPlan:
 
 
 @dataclass(frozen=True)
+class RunTotals:
+    """The counters of a simulated run so far: gradients used and discarded, computations
+    cancelled, the compute time that discarded and cancelled work wasted, and all learners'
+    compute time (``busy_time``; utilisation is ``busy_time / (P * clock)``)."""
+
+    gradients_used: int = 0
+    gradients_discarded: int = 0
+    computations_cancelled: int = 0
+    wasted_time: float = 0.0
+    busy_time: float = 0.0
+
+
+@dataclass(frozen=True)
 class UpdatePlan:
     """One PS update of a simulated schedule; every "since" counts from the previous update.
 
@@ -363,7 +386,8 @@ class UpdatePlan:
     of that discarded (whole) and cancelled (up to the cancel) work; ``busy_time`` the compute
     time of all learners since; ``held_versions`` the read versions (all <= ``version``) of
     computations started before this update and still running after it (learners that restart
-    now read version + 1).
+    now read version + 1). ``totals`` are the run's counters up to and including this update
+    (what a run logs at it: they continue across a resume, since the simulation's state is saved).
     """
 
     version: int
@@ -374,6 +398,7 @@ class UpdatePlan:
     wasted_time: float
     busy_time: float
     held_versions: frozenset[int]
+    totals: "RunTotals"
 
 
 class ScheduleSimulation:
@@ -409,7 +434,7 @@ class ScheduleSimulation:
         self._arrived: list[GradientPlan] = []  # accepted gradients awaiting an update, in arrival order
         self._discarded: list[GradientPlan] = []
         self._interval = {"cancelled": 0, "wasted_time": 0.0, "busy_time": 0.0}
-        self._totals = {"started": 0, "used": 0, "discarded": 0, "cancelled": 0, "wasted_time": 0.0}
+        self._totals = {"started": 0, "used": 0, "discarded": 0, "cancelled": 0, "wasted_time": 0.0, "busy_time": 0.0}
         self._busy_per_learner = [0.0] * spec.learners
         self._staleness_counts: dict[int, int] = {}
         self._start(self.policy.initial_starts())
@@ -486,21 +511,26 @@ class ScheduleSimulation:
             wasted_time=self._interval["wasted_time"],
             busy_time=self._interval["busy_time"],
             held_versions=frozenset(read for read, _, _, _ in self._inflight.values()),
+            totals=self._count(gradients),
         )
-        self._count(plan)
         self.clock = self._now
         self.updates += 1
         return plan
 
-    def _count(self, plan: UpdatePlan) -> None:
-        self._totals["used"] += len(plan.gradients)
-        self._totals["discarded"] += len(plan.discarded)
-        self._totals["cancelled"] += plan.cancelled
-        self._totals["wasted_time"] += plan.wasted_time
-        for gradient in plan.gradients:
+    def _count(self, gradients: tuple[GradientPlan, ...]) -> RunTotals:
+        """Add the interval's counts (the update of ``gradients``) to the run's; start a new interval."""
+        totals, interval = self._totals, self._interval
+        totals["used"] += len(gradients)
+        totals["discarded"] += len(self._discarded)
+        totals["cancelled"] += interval["cancelled"]
+        totals["wasted_time"] += interval["wasted_time"]
+        totals["busy_time"] += interval["busy_time"]
+        for gradient in gradients:
             self._staleness_counts[gradient.staleness] = self._staleness_counts.get(gradient.staleness, 0) + 1
         self._discarded = []
-        self._interval.update(cancelled=0, wasted_time=0.0, busy_time=0.0)
+        interval.update(cancelled=0, wasted_time=0.0, busy_time=0.0)
+        return RunTotals(totals["used"], totals["discarded"], totals["cancelled"], totals["wasted_time"],
+                         totals["busy_time"])
 
     def _rebuild_heap(self) -> None:
         self._heap = [(finish, learner, token) for learner, (_, _, finish, token) in self._inflight.items()]
@@ -571,6 +601,9 @@ class ScheduleSimulation:
         self._totals = dict(state["totals"])
         self._busy_per_learner = [float(b) for b in state["busy_per_learner"]]
         self._staleness_counts = {int(s): int(n) for s, n in state["staleness_counts"].items()}
+        if "busy_time" not in self._totals:  # a state saved before it was counted: every learner's time so far
+            running = sum(max(0.0, self._now - started) for _, started, _, _ in self._inflight.values())
+            self._totals["busy_time"] = sum(self._busy_per_learner) + running - self._interval["busy_time"]
         self._rebuild_heap()
 
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence, get_args
 
 import torch
 
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import one_of, positive_float, positive_int
 
-RULES = ("constant", "dutta", "mishchenko", "koloskova")
+RuleName = Literal["constant", "dutta", "mishchenko", "koloskova"]
+RULES: tuple[RuleName, ...] = get_args(RuleName)
 RULE_SETTINGS = ("c", "learners", "smoothness", "drop")
 
 
@@ -69,7 +70,7 @@ class StepSizeRule:
         rule.factor(base_lr=0.1, staleness=8)  # 0.5: the step is 0.1 * 0.5
     """
 
-    name: str
+    name: RuleName
     c: Optional[float] = None
     learners: Optional[int] = None
     smoothness: Optional[float] = None

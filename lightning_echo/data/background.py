@@ -18,7 +18,7 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Protocol, runtime_checkable
 
 import torch
 from torchdata.nodes import BaseNode
@@ -287,13 +287,27 @@ class Throttle(BackgroundQueue):
         return _DelayPlan(self.spec, self.meter)
 
 
-def find_ready_probe(node: BaseNode) -> Optional[Callable[[], bool]]:
+@runtime_checkable
+class ReportsReadiness(Protocol):
+    """A node that can tell whether its next item is already waiting (a background queue)."""
+
+    def ready(self) -> bool:
+        """True when the next item (or the end of the data) is waiting."""
+
+
+@runtime_checkable
+class WrapsSource(Protocol):
+    """A node that reads from one node below it."""
+
+    source: BaseNode
+
+
+def find_ready_probe(node: Optional[BaseNode]) -> Optional[Callable[[], bool]]:
     """The ``ready`` method of ``node`` or of the nearest node below it that has one."""
     seen = 0
     while node is not None and seen < 32:
-        probe = getattr(node, "ready", None)
-        if callable(probe):
-            return probe
-        node = getattr(node, "source", None)
+        if isinstance(node, ReportsReadiness):
+            return node.ready
+        node = node.source if isinstance(node, WrapsSource) else None
         seen += 1
     return None

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from torchdata.nodes import BaseNode
 from typing_extensions import override
 
+from lightning_echo.protocols import StartsFreshBatches
 from lightning_echo.callbacks.progress import TrainingProgress, training_progress
 from lightning_echo.core.batches import rebuild, tensor_versions
 from lightning_echo.core.echo_factor import (
@@ -32,6 +33,7 @@ from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEc
 from lightning_echo.echo.rank_zero_return import RankZeroReturn
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import import_lightning, pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.metric_names import Echo
 from lightning_echo.validation import non_negative_int, one_of, positive_int
 
 rank_zero_warn = import_lightning("utilities").rank_zero_warn
@@ -170,11 +172,11 @@ class DataEchoing(pl.Callback):
 
     def progress_metrics(self, ledger: ProgressLedger) -> dict[str, float]:
         return {
-            "echo/fresh_batches": ledger.fresh_batches,
-            "echo/fresh_samples": ledger.fresh_samples,
-            "echo/echoed_steps": ledger.echoed_steps,
-            "echo/effective_factor": ledger.effective_factor,
-            "echo/data_wait_s": ledger.data_wait_s,
+            Echo.FRESH_BATCHES: ledger.fresh_batches,
+            Echo.FRESH_SAMPLES: ledger.fresh_samples,
+            Echo.ECHOED_STEPS: ledger.echoed_steps,
+            Echo.EFFECTIVE_FACTOR: ledger.effective_factor,
+            Echo.DATA_WAIT_S: ledger.data_wait_s,
         }
 
     def progress_bar(self, ledger: ProgressLedger) -> dict[str, float]:
@@ -470,9 +472,8 @@ class DataEchoing(pl.Callback):
     def _start_fresh_batch(trainer: pl.Trainer) -> None:
         # Echoed optimizers (lightning_echo.echoed_optim) need to know where each echo group starts.
         for optimizer in trainer.optimizers:
-            start = getattr(optimizer, "start_fresh_batch", None)
-            if start is not None:
-                start()
+            if isinstance(optimizer, StartsFreshBatches):
+                optimizer.start_fresh_batch()
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,5 +1,7 @@
 """Echoed optimizers (Agarwal et al. 2020): echoed SGD, proximal and Nesterov, and the callbacks
-that give their outputs (the average iterate, the final iterate). Method card: README.md here."""
+that give their outputs (the average iterate, the final iterate), and ``TargetLoss``, which measures
+steps and fresh samples to a target training loss as the paper's experiments do. Method card:
+README.md here."""
 
 from lightning_echo.echoed_optim.averaging import (
     EchoIterateAveraging,
@@ -12,6 +14,7 @@ from lightning_echo.echoed_optim.optimizers import (
     EchoedProx,
     EchoedSGD,
 )
+from lightning_echo.echoed_optim.target import TargetLoss
 
 __all__ = [
     "STEP_RULES",
@@ -20,5 +23,6 @@ __all__ = [
     "EchoedProx",
     "EchoedSGD",
     "EvaluateAtIterates",
+    "TargetLoss",
     "parameters_at_iterates",
 ]

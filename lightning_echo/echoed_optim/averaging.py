@@ -8,7 +8,8 @@ from typing import Any, Iterable, Iterator, Optional
 import torch
 from typing_extensions import override
 
-from lightning_echo.callbacks.progress import find_progress_source
+from lightning_echo.protocols import KeepsIterates
+from lightning_echo.combinations import find_progress_source
 from lightning_echo.core.progress import ProgressSource
 from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
 
@@ -17,7 +18,7 @@ from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_
 def parameters_at_iterates(optimizers: Iterable[Any]) -> Iterator[None]:
     """Within the block, the model's parameters hold the iterates ``w`` of every optimizer that
     keeps them apart from the parameters (``EchoedNesterov``); restored afterwards."""
-    swapped = [o for o in optimizers if hasattr(o, "swap_parameters_and_iterates")]
+    swapped = [o for o in optimizers if isinstance(o, KeepsIterates)]
     for optimizer in swapped:
         optimizer.swap_parameters_and_iterates()
     try:

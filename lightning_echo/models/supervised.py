@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 from typing_extensions import override
 
+from lightning_echo.metric_names import Loss
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.lightning_namespace import pl
 
@@ -57,17 +58,17 @@ class SupervisedModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.objective(self(x), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log(Loss.TRAIN, loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         output = self(x)
-        self.log("val/loss", self.loss(output, y), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log(Loss.VAL, self.loss(output, y), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.spec.num_classes is not None:
             accuracy = (output.argmax(dim=-1) == y).float().mean()
-            self.log("val/acc", accuracy, on_step=False, on_epoch=True, sync_dist=True)
+            self.log(Loss.VAL_ACC, accuracy, on_step=False, on_epoch=True, sync_dist=True)
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:

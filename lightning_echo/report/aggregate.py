@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from lightning_echo.metric_names import Loss
 from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
 from lightning_echo.records import ALGORITHM_KEYS, BASELINE, CLOCK, COMPLETED, LABEL
 from lightning_echo.report.runs import UNREADABLE, Point, Run
@@ -136,7 +137,7 @@ class Comparison:
 
 def compare_runs(
     runs: Sequence[Run],
-    metric: str = "val/loss",
+    metric: str = Loss.VAL,
     target_loss: Optional[float] = None,
     target_gap: float = 0.01,
 ) -> Comparison:

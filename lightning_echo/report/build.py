@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from lightning_echo.metric_names import Loss
 from lightning_echo.errors import describe_error
 from lightning_echo.report import table
 from lightning_echo.report.aggregate import Comparison, compare_runs
@@ -33,7 +34,7 @@ class Report:
 def write_report(
     paths: Sequence[Path],
     out_dir: Path,
-    metric: str = "val/loss",
+    metric: str = Loss.VAL,
     target_loss: Optional[float] = None,
     target_gap: float = 0.01,
     title: Optional[str] = None,
@@ -73,7 +74,7 @@ def report_after_sweep(sweep_dir: Path, settings: dict[str, Any]) -> Optional[Re
     """The end of a multirun: print the comparison table and where the report is. A report that
     cannot be built is one printed line; the sweep's own results and summary stay as they are."""
     try:
-        report = write_report([sweep_dir], sweep_dir / "report", metric=settings.get("metric", "val/loss"),
+        report = write_report([sweep_dir], sweep_dir / "report", metric=settings.get("metric", Loss.VAL),
                               target_loss=settings.get("target_loss"), target_gap=settings.get("target_gap", 0.01))
     except ReportInputError as error:
         print(f"no comparison report: {error}")

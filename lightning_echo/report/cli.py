@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lightning_echo.metric_names import Loss
 from lightning_echo.errors import ConfigError, LightningEchoError
 from lightning_echo.report.build import print_report, write_report
 from lightning_echo.validation import writable_directory
@@ -22,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, help="sweep or run directories")
     p.add_argument("--out", type=Path, default=None, help="where to write index.html and the PNGs "
                    "(default: <first path>/report)")
-    p.add_argument("--metric", default="val/loss", help="the loss to compare (default: val/loss)")
+    p.add_argument("--metric", default=Loss.VAL, help=f"the loss to compare (default: {Loss.VAL})")
     p.add_argument("--target", type=float, default=None, help="target loss (default: within --target-gap "
                    "of the synchronous runs' final loss)")
     p.add_argument("--target-gap", type=float, default=0.01, help="relative gap for the default target (0.01)")

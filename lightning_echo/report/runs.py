@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from lightning_echo.metric_names import Progress
 from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
 from lightning_echo.errors import LightningEchoError
 from lightning_echo.records import (
@@ -32,7 +33,7 @@ from lightning_echo.records import (
 )
 from lightning_echo.report.wandb_offline import read_offline_run
 
-STEP, ELAPSED, SIMULATED_TIME, FRESH = "progress/optimizer_steps", "time/elapsed_s", "time/simulated_s", "progress/fresh_samples"
+STEP, ELAPSED, SIMULATED_TIME, FRESH = Progress.OPTIMIZER_STEPS, Progress.ELAPSED_S, Progress.SIMULATED_S, Progress.FRESH_SAMPLES
 # The logged time of each clock a run can be measured in.
 TIME_KEYS = {WALL_CLOCK: ELAPSED, SIMULATED: SIMULATED_TIME}
 # How far below a given directory runs are looked for (sweep dir / job dir / wandb / offline-run).

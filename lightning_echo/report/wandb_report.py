@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import wandb_workspaces.reports.v2 as wr
 
+from lightning_echo.metric_names import Loss, Progress
 from lightning_echo.errors import ConfigError, LightningEchoError
 from lightning_echo.report.wandb_credentials import wandb_has_credentials
 
-X_AXES: tuple[str, ...] = ("time/elapsed_s", "progress/fresh_samples", "progress/optimizer_steps")
+X_AXES: tuple[str, ...] = (Progress.ELAPSED_S, Progress.FRESH_SAMPLES, Progress.OPTIMIZER_STEPS)
 """History keys the metric is plotted against (wall-clock time, fresh samples, steps)."""
-TRAIN_LOSS = "train/loss"
+TRAIN_LOSS = Loss.TRAIN
 MAX_TITLE = 128  # wandb rejects longer report titles
 _SECTIONS = ("config", "run", "summary")
 
@@ -51,7 +52,7 @@ class WandbReportSpec:
     groups: tuple[str, ...]
     title: str
     speedup_markdown: str
-    metric: str = "val/loss"
+    metric: str = Loss.VAL
     group_by: tuple[str, ...] = ("algorithm",)
     description: str = ""
     time_key: str = X_AXES[0]  # the runs' clock: time/elapsed_s (wall-clock) or time/simulated_s
@@ -69,7 +70,7 @@ class WandbReportSpec:
                 raise ConfigError(key, getattr(self, key), "must be a string")
 
 
-_TIME_NAMES = {"time/elapsed_s": "wall-clock training time", "time/simulated_s": "simulated time"}
+_TIME_NAMES = {Progress.ELAPSED_S: "wall-clock training time", Progress.SIMULATED_S: "simulated time"}
 
 
 def runset_groupby(key: str) -> str:
@@ -118,7 +119,7 @@ def build_wandb_report(spec: WandbReportSpec) -> wr.Report:
     )
     x_axes = (spec.time_key,) + X_AXES[1:]
     panels = [_line_plot(spec.metric, x, i) for i, x in enumerate(x_axes)]
-    panels.append(_line_plot(TRAIN_LOSS, "progress/optimizer_steps", len(panels)))
+    panels.append(_line_plot(TRAIN_LOSS, Progress.OPTIMIZER_STEPS, len(panels)))
     speedup = spec.speedup_markdown.strip() or "_No speed-up table was computed._"
     return wr.Report(
         project=spec.project,

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_echo.lightning_namespace import pl
-from lightning_echo.ps import ParameterServerError
-from lightning_echo.ps.strategy import ParameterServerStrategy
+from lightning_echo.stragglers.processes import ParameterServerError
+from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
 
 ROWS, DIM, BATCH, LR = 32, 4, 4, 0.1
 

@@ -31,14 +31,14 @@ import torch.distributed as dist
 
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.schedule import variant_spec
-from lightning_echo.ps import (
+from lightning_echo.stragglers.processes import (
     Kind,
     ParameterServer,
     connect,
     learner_delays,
     run_learner,
 )
-from lightning_echo.ps.transport import SERVER_RANK, learner_index
+from lightning_echo.stragglers.processes.transport import SERVER_RANK, learner_index
 
 ROWS, DIM, BATCH = 64, 5, 8
 

@@ -1,0 +1,44 @@
+"""Which of the library's components and Trainer settings combine, decided in one place.
+
+A run has at most one stage that knows what each optimizer step consumed (a
+:class:`~lightning_echo.core.progress.ProgressSource`: ``DataEchoing``, a straggler strategy);
+the components that rebuild the train loader take a single one; the straggler strategies average
+their own gradients, so Lightning's gradient accumulation would mix updates. Every component asks
+here, so a rule is stated (and worded) once. Duck-typed over the Trainer: no Lightning import.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from lightning_echo.core.progress import ProgressSource
+from lightning_echo.errors import ConfigError
+
+
+def find_progress_source(trainer: Any) -> Optional[ProgressSource]:
+    """The strategy or callback that reports what each step consumed, if any (the strategy first)."""
+    if isinstance(trainer.strategy, ProgressSource):
+        return trainer.strategy
+    return next((c for c in trainer.callbacks if isinstance(c, ProgressSource)), None)
+
+
+def refuse_second_progress_source(trainer: Any, owner: object, owner_name: str) -> None:
+    """Refuse a progress source among the callbacks other than ``owner`` (e.g. ``DataEchoing``
+    under a straggler strategy would serve one mini-batch to several learners)."""
+    other = next((c for c in trainer.callbacks if isinstance(c, ProgressSource) and c is not owner), None)
+    if other is not None:
+        raise ConfigError("callbacks", type(other).__name__, f"cannot be combined with {owner_name}: a run has one "
+                          "stage that says what each step consumed")
+
+
+def refuse_gradient_accumulation(trainer: Any, owner_name: str) -> None:
+    """Refuse ``accumulate_grad_batches > 1``: ``owner_name`` already averages each update's K gradients."""
+    if trainer.accumulate_grad_batches != 1:
+        raise ConfigError("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches,
+                          f"must be 1 with {owner_name}: each server update already averages K gradients")
+
+
+def refuse_several_train_loaders(loader: Any, owner_name: str) -> None:
+    """Refuse a list, tuple or dict of train loaders, or Lightning's ``CombinedLoader``."""
+    if isinstance(loader, (list, tuple, dict)) or type(loader).__name__ == "CombinedLoader":
+        raise ConfigError("train_dataloaders", type(loader).__name__, f"{owner_name} takes a single train loader")

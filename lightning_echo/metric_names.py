@@ -1,0 +1,76 @@
+"""Every metric name the library logs or reads, in one table.
+
+The callbacks, the echo stage, both straggler strategies, the reference models, the report and
+the wandb bridge name their metrics from here, so a renamed metric is renamed everywhere; the
+README's lists of logged metrics are checked against this table (``tests/test_documents.py``).
+Names are plain strings (``"stale/staleness_mean"``): what a logger writes and a report reads.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Loss:
+    """The losses of the module being trained (the library's models log them; a report reads them)."""
+
+    TRAIN: Final = "train/loss"
+    VAL: Final = "val/loss"
+    VAL_ACC: Final = "val/acc"
+    TRAIN_FULL: Final = "train/full_loss"  # TargetLoss: the loss on the whole training set
+
+
+class Progress:
+    """``TrainingProgress``: what training consumed and how long it took (every run)."""
+
+    FRESH_SAMPLES: Final = "progress/fresh_samples"
+    FRESH_BATCHES: Final = "progress/fresh_batches"
+    OPTIMIZER_STEPS: Final = "progress/optimizer_steps"
+    ELAPSED_S: Final = "time/elapsed_s"
+    DATA_WAIT_S: Final = "time/data_wait_s"
+    SIMULATED_S: Final = "time/simulated_s"
+
+
+class Echo:
+    """``DataEchoing``'s own counters."""
+
+    FRESH_BATCHES: Final = "echo/fresh_batches"
+    FRESH_SAMPLES: Final = "echo/fresh_samples"
+    ECHOED_STEPS: Final = "echo/echoed_steps"
+    EFFECTIVE_FACTOR: Final = "echo/effective_factor"
+    DATA_WAIT_S: Final = "echo/data_wait_s"
+
+
+class Stale:
+    """Both straggler backends, per server update; the same meaning on each, so reports compare
+    simulated and real runs on them. Counters count the whole run, across resumes."""
+
+    STALENESS_MEAN: Final = "stale/staleness_mean"
+    STALENESS_MAX: Final = "stale/staleness_max"
+    STEP_FACTOR: Final = "stale/step_factor"
+    LR: Final = "stale/lr"
+    DISCARDED: Final = "stale/discarded"
+    CANCELLED: Final = "stale/cancelled"
+    # simulated learners only
+    WASTED_TIME: Final = "stale/wasted_time"
+    UTILISATION: Final = "stale/utilisation"
+    SNAPSHOTS: Final = "stale/snapshots"
+
+
+class ParameterServer:
+    """The parameter server on real processes only."""
+
+    UPDATES_PER_S: Final = "ps/updates_per_s"
+    LOSS: Final = "ps/loss"
+    GRADIENTS: Final = "ps/gradients"
+    LOST_LEARNERS: Final = "ps/lost_learners"
+    CANCELLED_ARRIVED: Final = "ps/cancelled_arrived"
+    LEARNER_GRADIENTS_PER_S: Final = "ps/learner_{learner}/gradients_per_s"  # .format(learner=i)
+
+
+TABLES: tuple[type, ...] = (Loss, Progress, Echo, Stale, ParameterServer)
+
+
+def all_names() -> list[str]:
+    """Every name of the table (``ps/learner_{learner}/...`` as a pattern), in table order."""
+    return [value for table in TABLES for key, value in vars(table).items() if key.isupper()]

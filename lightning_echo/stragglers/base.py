@@ -1,0 +1,128 @@
+"""``StragglerStrategy``: what both straggler strategies do, written once.
+
+Each backend is a Lightning strategy (simulated learners over ``SingleDeviceStrategy``, the
+parameter server over ``DDPStrategy``) with this mixin first in its bases. The mixin holds the
+:class:`~lightning_echo.stragglers.settings.StragglerSettings` and, once ``P`` is known, the
+resolved variant and step-size rule; it refuses the Trainer settings neither backend can run,
+wraps the user's one optimizer in a :class:`~lightning_echo.stragglers.optim.StalenessAwareOptimizer`,
+and is the run's :class:`~lightning_echo.core.progress.ProgressSource`: one
+:class:`~lightning_echo.core.progress.StepReport` and one set of ``stale/*`` metrics per server
+update. A backend adds only its own knobs and how it obtains an update's gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Union
+
+from lightning_echo.combinations import (
+    refuse_gradient_accumulation,
+    refuse_second_progress_source,
+    refuse_several_train_loaders,
+)
+from lightning_echo.core.batches import find_batch_size
+from lightning_echo.core.progress import Clock, ProgressLedger, StepReport
+from lightning_echo.core.schedule import VariantSpec
+from lightning_echo.core.step_sizes import StepSizeRule
+from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import warn_if_other_lightning_imported
+from lightning_echo.metric_names import Stale
+from lightning_echo.stragglers.optim import StalenessAwareOptimizer
+from lightning_echo.stragglers.settings import StragglerSettings
+
+
+class StragglerStrategy:
+    """Mixin of the straggler strategies (put it first: ``class X(StragglerStrategy, SomeLightningStrategy)``).
+
+    Subclasses set ``clock`` and ``owner_name`` (how refusals name them), call
+    :meth:`_init_stragglers` in their constructor and :meth:`_resolve` once ``P`` is known, and
+    call :meth:`_record_update` after every server update.
+    """
+
+    clock: ClassVar[Clock]
+    owner_name: ClassVar[str]
+    enforces_budget = False
+
+    settings: StragglerSettings
+    spec: Optional[VariantSpec]
+    rule: Optional[StepSizeRule]
+
+    def _init_stragglers(self, settings: Union[StragglerSettings, str, None], fields: Dict[str, Any]) -> None:
+        warn_if_other_lightning_imported(self)
+        self.settings = StragglerSettings.build(settings, **fields)
+        self.spec = None
+        self.rule = None
+        self._undo: list[Callable[[], None]] = []
+        self._metrics: Dict[str, float] = {}
+        self._step_report: Optional[StepReport] = None
+
+    def _resolve(self, learners: int) -> None:
+        """Resolve the settings against ``learners`` (P): the variant with its K, the rule's M."""
+        resolved = self.settings.resolve(learners)
+        self.spec, self.rule = resolved.spec, resolved.rule
+
+    # -- what neither backend can run ----------------------------------------------------------
+    def check_trainer(self, trainer: Any) -> None:
+        """Refuse, in one line, Trainer settings this strategy cannot run; the command line calls
+        it before any run starts, ``setup`` again before training."""
+        refuse_gradient_accumulation(trainer, self.owner_name)
+        refuse_second_progress_source(trainer, self, self.owner_name)
+
+    def _check_train_loader(self, loader: Any) -> None:
+        refuse_several_train_loaders(loader, self.owner_name)
+
+    # -- the server's optimizer ------------------------------------------------------------------
+    def setup_optimizers(self, trainer: Any) -> None:
+        super().setup_optimizers(trainer)  # type: ignore[misc]
+        if trainer.training and len(self.optimizers) != 1:
+            raise ConfigError("configure_optimizers", f"{len(self.optimizers)} optimizers",
+                              f"{self.owner_name} needs exactly one optimizer (the parameter server's)")
+        assert self.rule is not None, "_resolve() must run before the optimizers are set up"
+        self.optimizers = [o if isinstance(o, StalenessAwareOptimizer) else StalenessAwareOptimizer(o, self.rule)
+                           for o in self.optimizers]
+
+    @property
+    def server_optimizer(self) -> StalenessAwareOptimizer:
+        """The user's optimizer, wrapped: it applies every server update."""
+        optimizer = self.optimizers[0]
+        assert isinstance(optimizer, StalenessAwareOptimizer)
+        return optimizer
+
+    # -- the progress source (lightning_echo.core.progress.ProgressSource) -----------------------
+    def step_report(self) -> Optional[StepReport]:
+        """What the server update being trained consumed (None outside an update)."""
+        return self._step_report
+
+    def progress_metrics(self, ledger: ProgressLedger) -> Dict[str, float]:
+        """The last update's metrics (``stale/*`` and the backend's own)."""
+        return dict(self._metrics)
+
+    def _record_update(self, staleness: Sequence[int], discarded: int, cancelled: int,
+                       extra: Dict[str, float]) -> None:
+        """The metrics of the update just applied: ``stale/*`` from its gradients' staleness, the
+        optimizer's last step and the run's counters, plus the backend's ``extra``."""
+        optimizer = self.server_optimizer
+        self._metrics = {
+            Stale.STALENESS_MEAN: sum(staleness) / len(staleness) if staleness else 0.0,
+            Stale.STALENESS_MAX: float(max(staleness)) if staleness else 0.0,
+            Stale.STEP_FACTOR: float(optimizer.last_factor),
+            Stale.LR: float(optimizer.last_lr),
+            Stale.DISCARDED: float(discarded),
+            Stale.CANCELLED: float(cancelled),
+            **extra,
+        }
+
+    def _undo_all(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+def examples_in(batch: Any) -> int:
+    """The examples in one learner's mini-batch: the first dimension of its first tensor; a batch
+    whose size cannot be told counts as one example, with a warning (as in ``DataEchoing``)."""
+    size = find_batch_size(batch)
+    if size is None:
+        warnings.warn(f"cannot tell the number of examples in a batch of type {type(batch).__name__}: each "
+                      "mini-batch counts as one sample in progress/fresh_samples", stacklevel=2)
+        return 1
+    return size

@@ -1,0 +1,61 @@
+"""A parameter server on real processes (torch.distributed, gloo channels): the server and
+learner loops that run the straggler-tolerant variants of :mod:`lightning_echo.core.schedule`
+across processes and machines. Design note: README.md here."""
+
+from lightning_echo.stragglers.processes.learner import LearnerReport, LearnerSession, Work, learner_delays, run_learner
+from lightning_echo.stragglers.processes.protocol import (
+    Kind,
+    Message,
+    ParameterLayout,
+    ParameterServerError,
+    ProtocolError,
+)
+from lightning_echo.stragglers.processes.server import (
+    ParameterServer,
+    PendingUpdate,
+    ServerReport,
+    UpdateRecord,
+    plain_sgd,
+)
+from lightning_echo.stragglers.processes.transport import (
+    SERVER_RANK,
+    PeerLost,
+    Transport,
+    connect,
+    learner_index,
+    learner_rank,
+)
+
+__all__ = [
+    "SERVER_RANK",
+    "Kind",
+    "LearnerReport",
+    "LearnerSession",
+    "Message",
+    "ParameterLayout",
+    "ParameterServer",
+    "ParameterServerError",
+    "PeerLost",
+    "PendingUpdate",
+    "ProtocolError",
+    "ServerReport",
+    "Transport",
+    "UpdateRecord",
+    "Work",
+    "connect",
+    "learner_delays",
+    "learner_index",
+    "learner_rank",
+    "plain_sgd",
+    "run_learner",
+]
+
+
+def __getattr__(name: str) -> object:
+    """``ParameterServerStrategy`` (the Lightning strategy) is imported on first use, so that this
+    package stays importable without Lightning."""
+    if name in ("ParameterServerStrategy", "STRATEGY_NAME"):
+        from lightning_echo.stragglers.processes import strategy
+
+        return getattr(strategy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

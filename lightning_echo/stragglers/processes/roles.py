@@ -1,0 +1,179 @@
+"""The two roles of a process in a parameter-server fit, over a model's trainable parameters
+(plain torch: the Lightning strategy decides when each method runs), and its floating-point
+buffers (state in a START, changes in a PUSH: :mod:`.exchange`).
+
+:class:`ServerRole` (rank 0) turns each server update into the module's ``.grad`` for the user's
+own optimizer step, and sends the parameters the step produced. :class:`LearnerRole` (ranks
+1..P) loads each START's parameters into the module and pushes the gradient the module's own
+backward left in ``.grad``, with the loss and batch size in the trailer (:mod:`.exchange`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from lightning_echo.core.schedule import VariantSpec
+from lightning_echo.stragglers.processes.exchange import FlatExchange
+from lightning_echo.stragglers.processes.learner import LearnerSession
+from lightning_echo.stragglers.processes.server import ParameterServer, PendingUpdate, ServerReport, UpdateRecord
+from lightning_echo.stragglers.processes.transport import Transport
+
+
+class ServerRole:
+    """Rank 0: the parameter server applied through the caller's optimizer.
+
+    Per update: :meth:`next_update` (waits for the gradients; fills :attr:`grads`), the caller
+    puts :attr:`grads` into ``.grad`` and steps its optimizer on :attr:`params`, then
+    :meth:`complete_update` sends the new parameters.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        spec: VariantSpec,
+        params: Sequence[torch.Tensor],
+        *,
+        keep_stale_params: bool,
+        timeout: float,
+        buffers: Sequence[torch.Tensor] = (),
+    ) -> None:
+        self.params = list(params)
+        self.buffers = list(buffers)
+        self.exchange = FlatExchange(self.params, self.buffers)
+        self.grads = [torch.empty_like(p) for p in self.params]
+        self.buffer_changes = [torch.empty_like(b) for b in self.buffers]
+        initial = torch.zeros(self.exchange.numel, dtype=self.exchange.dtype)
+        self.exchange.pack_parameters(self.params, initial, self.buffers)
+        self.server = ParameterServer(transport, spec, initial, keep_stale_params=keep_stale_params, timeout=timeout)
+        self.update: Optional[PendingUpdate] = None
+        self.loss = math.nan
+        self.samples = 0.0
+        self.started = False
+        self.finished = False
+
+    @property
+    def report(self) -> ServerReport:
+        """What the server counted in this fit."""
+        return self.server.report
+
+    def start(self, version: int) -> None:
+        """Send every learner the module's current parameters at ``version``."""
+        self.exchange.pack_parameters(self.params, self.server.params, self.buffers)
+        self.server.start(version)
+        self.started = True
+
+    def next_update(self) -> PendingUpdate:
+        """Wait for the next update; its mean gradient is in :attr:`grads`, its mean loss in
+        :attr:`loss` and its examples in :attr:`samples`. An update still pending (its optimizer
+        step did not run) is completed first, with the parameters as they are."""
+        if self.update is not None:
+            self.complete_update()
+        update = self.server.next_update()
+        self.loss, mean_samples = self.exchange.unpack_gradient(update.gradient, self.grads, self.buffer_changes)
+        with torch.no_grad():
+            for buffer, change in zip(self.buffers, self.buffer_changes):
+                buffer.add_(change)
+        self.samples = mean_samples * len(update.gradients)
+        self.update = update
+        return update
+
+    def stale_parameters(self, order: Sequence[torch.Tensor]) -> Optional[list[list[torch.Tensor]]]:
+        """Per gradient of the pending update, the parameters it was computed at, listed in
+        ``order`` (an optimizer's parameters; one not exchanged counts as unchanged); None when
+        the server keeps no stale copies."""
+        update = self.update
+        if update is None or update.stale_params is None:
+            return None
+        position = {id(p): i for i, p in enumerate(self.params)}
+        result = []
+        for flat in update.stale_params:
+            views = self.exchange.parameter_views(flat)
+            result.append([views[position[id(p)]].to(p.device) if id(p) in position else p.detach() for p in order])
+        return result
+
+    def complete_update(self) -> UpdateRecord:
+        """Send the parameters the optimizer step produced to the learners the policy starts."""
+        self.exchange.pack_parameters(self.params, self.server.params, self.buffers)
+        self.update = None
+        return self.server.complete_update()
+
+    def stop(self) -> ServerReport:
+        """Stop every learner (STOP, then wait for their goodbyes)."""
+        self.finished = True
+        return self.server.stop()
+
+    def abort(self, error: BaseException) -> None:
+        """Tell every learner that the run failed."""
+        self.finished = True
+        self.server.abort(error)
+
+
+class LearnerRole:
+    """Ranks 1..P: one gradient per training step, never an optimizer step."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        params: Sequence[torch.Tensor],
+        injected_delay: Optional[Callable[[], float]] = None,
+        buffers: Sequence[torch.Tensor] = (),
+    ) -> None:
+        self.params = list(params)
+        self.buffers = list(buffers)
+        self.exchange = FlatExchange(self.params, self.buffers)
+        self._buffers_read = [torch.empty_like(b) for b in self.buffers]  # as the START set them; then the changes
+        self.session = LearnerSession(transport, injected_delay)
+        self.working = False
+
+    @property
+    def stopped(self) -> bool:
+        """True once the server sent STOP."""
+        return self.session.stopped
+
+    def take_work(self) -> bool:
+        """Wait for a START and load its parameters into :attr:`params`; False once the server
+        sent STOP."""
+        work = self.session.next_work()
+        if work is None:
+            return False
+        try:
+            self.exchange.unpack_parameters(work.params, self.params, self.buffers)
+            for read, buffer in zip(self._buffers_read, self.buffers):
+                read.copy_(buffer)
+        except BaseException:
+            self.session.fail()
+            raise
+        self.working = True
+        return True
+
+    def deliver(self, loss: Optional[float], samples: float) -> bool:
+        """Push the gradient in the parameters' ``.grad`` (missing ones count as zeros) with the
+        loss and batch size; False when the work was cancelled or the run stopped meanwhile."""
+        if not self.working:
+            raise RuntimeError("take_work() must come first")
+        self.working = False
+        try:
+            grads = [p.grad for p in self.params]
+            changes = [torch.sub(buffer, read, out=read) for buffer, read in zip(self.buffers, self._buffers_read)]
+            self.exchange.pack_gradient(grads, math.nan if loss is None else float(loss), samples,
+                                        self.session.gradient_buffer, changes)
+        except BaseException:
+            self.session.fail()
+            raise
+        return self.session.deliver()
+
+    def fail(self) -> None:
+        """This learner failed: tell the server."""
+        self.working = False
+        self.session.fail()
+
+    def leave_if_running(self) -> None:
+        """The learner's loop ended without the server's STOP: tell the server it is gone."""
+        self.working = False
+        self.session.leave()
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,444 @@
+"""The parameter server's loop on real processes, driven by :class:`~lightning_echo.core.schedule.ServerPolicy`.
+
+The server holds the authoritative flat parameters. It starts every learner at version 0, then
+takes gradients as they arrive: the policy says whether each is accepted, when an update is due
+and which learners start (or are cancelled) when. An update averages the accepted gradients in
+arrival order and hands them to the caller, who changes :attr:`ParameterServer.params` in place
+(a plain SGD step, or the user's optimizer); the server then sends the new parameters to the
+learners the policy starts.
+
+Cancellation on real processes: the server sends a cancelled learner its new START at once. A
+learner still computing drops its work when that START arrives; a gradient that was already on
+its way carries the ticket of an older START and is dropped on arrival (counted in
+``cancelled_arrived``), with nothing sent back, since the learner finds the new START waiting.
+
+Lost learners: a learner whose process ends is noticed at once (its channel closes); one that
+delivers no gradient within ``timeout`` seconds of its START is declared unresponsive and sent
+STOP. Variants that cancel all running work at each update (sync, k_sync, k_batch_sync) wait for
+fresh gradients from their learners, so they stop with :class:`ParameterServerError`; the others
+carry on with the remaining learners while enough are left for an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from lightning_echo.core.schedule import GradientRecord, ServerPolicy, VariantSpec
+from lightning_echo.errors import ConfigError
+from lightning_echo.stragglers.processes.protocol import (
+    Kind,
+    ParameterServerError,
+    ProtocolError,
+    StopReason,
+)
+from lightning_echo.stragglers.processes.transport import (
+    Inbound,
+    PeerLost,
+    Transport,
+    learner_index,
+    learner_rank,
+)
+from lightning_echo.validation import positive_int
+
+LOG = logging.getLogger("lightning_echo.stragglers.processes")
+
+ApplyUpdate = Callable[[torch.Tensor, list[int], Optional[list[torch.Tensor]]], None]
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    """An update ready to apply: ``gradient`` is the mean of the accepted gradients (the server's
+    buffer: read it, do not keep it), ``staleness`` one value per gradient, ``stale_params`` the
+    flat parameters each gradient was computed at (only when the server keeps them)."""
+
+    version: int
+    gradient: torch.Tensor
+    staleness: list[int]
+    stale_params: Optional[list[torch.Tensor]]
+    gradients: tuple[GradientRecord, ...]
+    start_tickets: tuple[int, ...]
+    cancelled: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One applied update: the new ``version``, the gradients it averaged (learner, read version,
+    staleness, and the learner's START ticket each was computed for), the learners cancelled."""
+
+    version: int
+    learners: tuple[int, ...]
+    read_versions: tuple[int, ...]
+    staleness: tuple[int, ...]
+    start_tickets: tuple[int, ...]
+    cancelled: tuple[int, ...]
+    time_s: float
+
+
+@dataclass
+class ServerReport:
+    """What a run did, counted by the server."""
+
+    variant: str
+    learners: int
+    updates: int = 0
+    gradients_used: int = 0
+    gradients_discarded: int = 0  # refused by the policy (rennala's stale ones, ringmaster's too old)
+    computations_cancelled: int = 0  # running work the policy cancelled at updates
+    cancelled_arrived: int = 0  # gradients of cancelled work that arrived anyway and were dropped
+    unused_at_stop: int = 0  # gradients that arrived while the run was stopping
+    staleness_counts: dict[int, int] = field(default_factory=dict)
+    pushes_per_learner: list[int] = field(default_factory=list)
+    used_per_learner: list[int] = field(default_factory=list)
+    lost: dict[int, str] = field(default_factory=dict)  # learner -> why
+    no_goodbye: list[int] = field(default_factory=list)  # learners that did not answer STOP
+    wall_s: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    @property
+    def updates_per_s(self) -> float:
+        """Updates per second of wall-clock time from the first START to the last update."""
+        return self.updates / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def mean_staleness(self) -> float:
+        """Mean staleness of the gradients used."""
+        used = sum(self.staleness_counts.values())
+        return sum(s * n for s, n in self.staleness_counts.items()) / used if used else float("nan")
+
+
+class ParameterServer:
+    """Rank 0 of a parameter-server run.
+
+    Args:
+        transport: the server's channels (:func:`~lightning_echo.stragglers.processes.transport.connect` on rank 0).
+        spec: the variant; ``spec.learners`` must equal the number of learner ranks.
+        params: the initial flat parameters (copied into the server's buffer :attr:`params`).
+        keep_stale_params: keep a copy of every version a learner still reads, so updates carry
+            ``stale_params`` (the dutta step-size rule needs them; up to P copies).
+        timeout: seconds a started learner may take to deliver its gradient before it counts as
+            unresponsive, and to answer STOP.
+
+    Drive it with :meth:`run`, or step by step: :meth:`start`, then per update
+    :meth:`next_update`, change :attr:`params`, :meth:`complete_update`; finally :meth:`stop`
+    (or :meth:`abort` after an error).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        spec: VariantSpec,
+        params: torch.Tensor,
+        *,
+        keep_stale_params: bool = False,
+        timeout: Optional[float] = None,
+    ) -> None:
+        if len(transport.peers) != spec.learners:
+            raise ConfigError("stale.learners", spec.learners,
+                              f"must equal the number of learner processes ({len(transport.peers)})")
+        if params.dim() != 1 or params.numel() != transport.numel or params.dtype != transport.dtype:
+            raise ValueError(f"params must be a flat {transport.dtype} tensor of {transport.numel} elements")
+        self.transport = transport
+        self.spec = spec
+        self.policy = ServerPolicy(spec)
+        self.timeout = transport.timeout if timeout is None else float(timeout)
+        self.keep_stale_params = keep_stale_params
+        self._start_message = transport.new_message()
+        self.params = self._start_message.payload  # START sends it without a copy
+        self.params.copy_(params)
+        self._sum = torch.zeros_like(self.params)
+        self._accepted_tickets: list[int] = []  # START tickets of the accepted gradients, in arrival order
+        self._tickets = [0] * spec.learners
+        self._started_at = [0.0] * spec.learners
+        self._snapshots: dict[int, torch.Tensor] = {}
+        self._spare: list[torch.Tensor] = []
+        self._pending_update: Optional[PendingUpdate] = None
+        self._t0 = 0.0
+        self._closed = False
+        self.report = ServerReport(spec.name, spec.learners, pushes_per_learner=[0] * spec.learners,
+                                   used_per_learner=[0] * spec.learners)
+
+    @property
+    def version(self) -> int:
+        """The version of :attr:`params` (updates applied so far)."""
+        return self.policy.version
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(
+        self,
+        apply: ApplyUpdate,
+        max_updates: Optional[int] = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+        on_update: Optional[Callable[[UpdateRecord], None]] = None,
+    ) -> ServerReport:
+        """Train until ``max_updates`` updates or until ``should_stop()`` (checked before each
+        update) is true; ``apply(gradient, staleness, stale_params)`` changes :attr:`params` in
+        place. Stops every learner before returning; on an error, sends ERROR to every learner
+        still there and re-raises."""
+        if max_updates is None and should_stop is None:
+            raise ConfigError("max_updates", None, "give max_updates or should_stop, or the run never ends")
+        if max_updates is not None:
+            positive_int("max_updates", max_updates)
+        try:
+            self.start()
+            while (max_updates is None or self.report.updates < max_updates) and not (should_stop and should_stop()):
+                update = self.next_update()
+                apply(update.gradient, update.staleness, update.stale_params)
+                record = self.complete_update()
+                if on_update is not None:
+                    on_update(record)
+        except BaseException as error:
+            self.abort(error)
+            raise
+        return self.stop()
+
+    def start(self, version: int = 0) -> None:
+        """Send every learner its first START: :attr:`params` at ``version`` (0, or the number of
+        updates a resumed run already made)."""
+        self._t0 = time.monotonic()
+        for learner in self.policy.initial_starts(version):
+            self._start(learner)
+
+    def next_update(self) -> PendingUpdate:
+        """Receive gradients until the policy makes an update due; return it (not yet applied)."""
+        if self._pending_update is not None:
+            raise RuntimeError("complete_update() must follow next_update()")
+        while not self.policy.update_due:
+            self._check_progress_possible()
+            try:
+                inbound = self.transport.recv_any(timeout=self._time_to_next_deadline())
+            except PeerLost as lost:
+                self._lose(learner_index(lost.rank), lost.reason)
+                continue
+            if inbound is None:
+                self._expire_overdue()
+            else:
+                self._handle(inbound)
+        return self._prepare_update()
+
+    def complete_update(self) -> UpdateRecord:
+        """After :attr:`params` took the update: start the learners the policy starts now."""
+        update = self._pending_update
+        if update is None:
+            raise RuntimeError("next_update() must come first")
+        self._pending_update = None
+        report = self.report
+        report.updates += 1
+        report.gradients_used += len(update.gradients)
+        report.computations_cancelled += len(update.cancelled)
+        for gradient in update.gradients:
+            report.staleness_counts[gradient.staleness] = report.staleness_counts.get(gradient.staleness, 0) + 1
+            report.used_per_learner[gradient.learner] += 1
+        report.wall_s = time.monotonic() - self._t0
+        self._release_unread_snapshots()
+        for learner in self.policy.start_ready():
+            self._start(learner)
+        return UpdateRecord(
+            version=update.version,
+            learners=tuple(g.learner for g in update.gradients),
+            read_versions=tuple(g.read_version for g in update.gradients),
+            staleness=tuple(update.staleness),
+            start_tickets=update.start_tickets,
+            cancelled=update.cancelled,
+            time_s=report.wall_s,
+        )
+
+    # -- arrivals ------------------------------------------------------------------------------
+    def _handle(self, inbound: Inbound) -> None:
+        learner, header = learner_index(inbound.src), inbound.header
+        try:
+            if learner in self.report.lost:
+                return  # a message it sent before it was dropped
+            if header.kind == Kind.PUSH:
+                self._arrival(learner, inbound)
+            elif header.kind == Kind.ERROR:
+                self._lose(learner, "its gradient computation raised an error (see that learner's log)")
+            elif header.kind == Kind.BYE:
+                self._lose(learner, "it ended before the server stopped it")
+            else:
+                raise ProtocolError(f"learner {learner} (rank {inbound.src}) sent {header.kind.name}, which only the server sends")
+        finally:
+            self.transport.release(inbound)
+
+    def _arrival(self, learner: int, inbound: Inbound) -> None:
+        header = inbound.header
+        self.report.pushes_per_learner[learner] += 1
+        if header.ticket != self._tickets[learner]:
+            self.report.cancelled_arrived += 1  # its work was cancelled; the new START is already queued there
+            return
+        if learner not in self.policy.running():
+            raise ProtocolError(f"learner {learner} pushed a second gradient for its START {header.ticket}")
+        decision = self.policy.on_arrival(learner)
+        if decision.read_version != header.version:
+            raise ProtocolError(f"learner {learner} pushed a gradient for version {header.version}, "
+                                f"but was started at version {decision.read_version}")
+        if decision.accepted:
+            if not self._accepted_tickets:
+                self._sum.copy_(inbound.payload)
+            else:
+                self._sum.add_(inbound.payload)
+            self._accepted_tickets.append(header.ticket)
+        else:
+            self.report.gradients_discarded += 1
+        for other in decision.starts:
+            self._start(other)
+
+    def _prepare_update(self) -> PendingUpdate:
+        previous = self.policy.version
+        decision = self.policy.apply_update(defer_start=True)
+        count = len(decision.gradients)
+        gradient = self._sum if count == 1 else self._sum.div_(count)
+        tickets, self._accepted_tickets = tuple(self._accepted_tickets), []
+        stale = None
+        if self.keep_stale_params:
+            stale = [self.params if g.read_version == previous else self._snapshots[g.read_version] for g in decision.gradients]
+            if previous in self._read_versions():
+                self._snapshot(previous)  # a learner still computes at the version this update overwrites
+        update = PendingUpdate(decision.version, gradient, [g.staleness for g in decision.gradients], stale,
+                               decision.gradients, tickets, decision.cancelled)
+        self._pending_update = update
+        return update
+
+    # -- starting learners ---------------------------------------------------------------------
+    def _start(self, learner: int) -> None:
+        self._tickets[learner] += 1
+        self._started_at[learner] = time.monotonic()
+        try:
+            self.transport.send(learner_rank(learner), self._start_message, Kind.START, learner,
+                                version=self.policy.version, ticket=self._tickets[learner])
+        except PeerLost as lost:
+            self._lose(learner, lost.reason)
+
+    # -- stale parameters ----------------------------------------------------------------------
+    def _read_versions(self) -> set[int]:
+        return set(self.policy.running().values())
+
+    def _snapshot(self, version: int) -> None:
+        copy = self._spare.pop() if self._spare else torch.empty_like(self.params)
+        self._snapshots[version] = copy.copy_(self.params)
+
+    def _release_unread_snapshots(self) -> None:
+        read = self._read_versions()
+        for version in [v for v in self._snapshots if v not in read]:
+            self._spare.append(self._snapshots.pop(version))
+
+    # -- lost learners -------------------------------------------------------------------------
+    def _time_to_next_deadline(self) -> float:
+        running = self.policy.running()
+        if not running:
+            return self.timeout
+        oldest = min(self._started_at[learner] for learner in running)
+        return max(0.0, oldest + self.timeout - time.monotonic())
+
+    def _expire_overdue(self) -> None:
+        now = time.monotonic()
+        for learner in sorted(self.policy.running()):
+            if now - self._started_at[learner] >= self.timeout:
+                self._lose(learner, f"it delivered no gradient within ps.timeout={self.timeout:g} s of its start",
+                           tell_it=True)
+
+    def _lose(self, learner: int, reason: str, tell_it: bool = False) -> None:
+        if learner in self.report.lost:
+            return
+        self.report.lost[learner] = reason
+        LOG.warning("parameter server: learner %d (rank %d) is lost: %s", learner, learner_rank(learner), reason)
+        if self.policy.rules.at_update == "cancel_all":
+            raise ParameterServerError(
+                f"learner {learner} (rank {learner_rank(learner)}) is lost: {reason}; "
+                f"{self.spec.name} needs a fresh gradient from its learners at every update and cannot go on"
+            )
+        self.policy.retire(learner)
+        if tell_it:  # an unresponsive process may still be alive: tell it to end
+            try:
+                self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
+                                    version=self.policy.version, ticket=int(StopReason.RETIRED))
+            except PeerLost:
+                pass
+        self._check_progress_possible()
+
+    def _check_progress_possible(self) -> None:
+        # Without restart at once, each running learner delivers at most one gradient before the update.
+        policy = self.policy
+        needed = 1 if policy.rules.restart_at_once else policy.rules.k - len(policy.pending())
+        if policy.update_due or len(policy.running()) >= needed:
+            return
+        live = self.spec.learners - len(self.report.lost)
+        lost = "; ".join(f"learner {l}: {why}" for l, why in sorted(self.report.lost.items()))
+        raise ParameterServerError(
+            f"{live} of {self.spec.learners} learners are left, too few for the next {self.spec.name} update "
+            f"(k={self.spec.k}); lost {lost}"
+        )
+
+    # -- the end -------------------------------------------------------------------------------
+    def stop(self) -> ServerReport:
+        """Send STOP to every learner still there, wait up to ``timeout`` for their goodbyes."""
+        report = self.report
+        report.wall_s = time.monotonic() - self._t0 if self._t0 else 0.0
+        waiting = set()
+        for learner in range(self.spec.learners):
+            if learner in report.lost:
+                continue
+            try:
+                self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
+                                    version=self.policy.version, ticket=int(StopReason.DONE))
+                waiting.add(learner)
+            except PeerLost as lost:
+                report.lost[learner] = lost.reason
+        deadline = time.monotonic() + self.timeout
+        while waiting:
+            try:
+                inbound = self.transport.recv_any(timeout=max(0.0, deadline - time.monotonic()))
+            except PeerLost as lost:
+                waiting.discard(learner_index(lost.rank))
+                continue
+            if inbound is None:
+                break
+            learner, header = learner_index(inbound.src), inbound.header
+            kind = header.kind
+            self.transport.release(inbound)
+            if kind == Kind.PUSH and learner in waiting:
+                report.pushes_per_learner[learner] += 1
+                if header.ticket != self._tickets[learner]:
+                    report.cancelled_arrived += 1
+                else:
+                    report.unused_at_stop += 1
+            elif kind in (Kind.BYE, Kind.ERROR):
+                waiting.discard(learner)
+        report.no_goodbye = sorted(waiting)
+        if waiting:
+            LOG.warning("parameter server: learners %s did not answer STOP within %g s", report.no_goodbye, self.timeout)
+        self._close()
+        return report
+
+    def abort(self, error: BaseException) -> None:
+        """Tell every learner still there that the run failed (best effort), then close."""
+        LOG.error("parameter server: the run failed: %s", error)
+        for learner in range(self.spec.learners):
+            if learner not in self.report.lost:
+                try:
+                    self.transport.send(learner_rank(learner), self._start_message, Kind.ERROR, learner,
+                                        version=self.policy.version)
+                except PeerLost:
+                    pass
+        self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.report.bytes_sent = self.transport.bytes_sent
+            self.report.bytes_received = self.transport.bytes_received
+            self.transport.close(wait=1.0)
+
+
+def plain_sgd(params: torch.Tensor, lr: float) -> ApplyUpdate:
+    """An ``apply`` that takes a plain SGD step on the server's flat ``params``."""
+
+    def apply(gradient: torch.Tensor, staleness: Sequence[int], stale_params: Optional[list[torch.Tensor]]) -> None:
+        params.add_(gradient, alpha=-lr)
+
+    return apply

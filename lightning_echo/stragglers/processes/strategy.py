@@ -1,0 +1,540 @@
+"""``ParameterServerStrategy``: K-sync ... K-batch-async, Rennala and Ringmaster SGD for any
+LightningModule on real processes: a parameter server (global rank 0) and P learners (ranks
+1..P) on torch.distributed, launched as Lightning launches DDP.
+
+Rank 0 runs no training step of the user's: each of its Lightning steps is one server update
+(the averaged gradient becomes ``.grad``, the user's optimizer steps through Lightning, so
+schedulers, gradient clipping and precision work as usual, then the new parameters go out).
+Each learner's Lightning step takes the server's parameters, runs the user's ``training_step``
+and backward, and pushes the gradient instead of stepping. Design note: ``README.md`` here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+from torch.distributed.constants import default_pg_timeout
+from typing_extensions import override
+
+from lightning_echo import lightning_internals
+from lightning_echo.callbacks.divergence import DivergenceGuard
+from lightning_echo.callbacks.progress import training_progress
+from lightning_echo.core.progress import WALL_CLOCK, ProgressLedger, StepReport
+from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import import_lightning, pl
+from lightning_echo.metric_names import ParameterServer, Stale
+from lightning_echo.stragglers.base import StragglerStrategy, examples_in
+from lightning_echo.stragglers.processes.exchange import FlatExchange
+from lightning_echo.stragglers.processes.learner import LearnerReport, learner_delays
+from lightning_echo.stragglers.processes.metrics import CarriedCounts, process_metrics
+from lightning_echo.stragglers.processes.roles import LearnerRole, ServerRole
+from lightning_echo.stragglers.processes.server import ServerReport
+from lightning_echo.stragglers.processes.slots import ServerStep, UpdateSlots, server_epoch_length
+from lightning_echo.stragglers.processes.transport import SERVER_RANK, Transport, connect, learner_index
+from lightning_echo.stragglers.settings import StragglerSettings
+from lightning_echo.validation import boolean, positive_float, positive_int
+
+DDPStrategy, StrategyRegistry = pl.strategies.DDPStrategy, pl.strategies.StrategyRegistry
+ModelCheckpoint, EarlyStopping, Timer = pl.callbacks.ModelCheckpoint, pl.callbacks.EarlyStopping, pl.callbacks.Timer
+# Ends of fit that are no failure of the run: the server stops its learners as at the end.
+INTERRUPTIONS = (import_lightning("utilities.exceptions").SIGTERMException, KeyboardInterrupt)
+
+STRATEGY_NAME = "parameter_server"
+CHECKPOINT_KEY = "parameter_server"
+# Callbacks that end or save a run: the server's business, removed from the learners' Trainers.
+SERVER_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, Timer, DivergenceGuard)
+# The Trainer's batch limit of each evaluation stage: set to 0 on learners (the server evaluates).
+EVALUATION_LIMITS = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
+LOG = logging.getLogger("lightning_echo.stragglers.processes")
+
+
+class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
+    """Train any LightningModule with a parameter server (rank 0) and P learner processes.
+
+    Launch it like DDP with one process more than learners: ``Trainer(devices=P + 1,
+    accelerator="cpu", strategy=ParameterServerStrategy(...))`` (Lightning starts the other
+    processes), or under torchrun / SLURM with ``devices x num_nodes = P + 1`` processes: the
+    devices and nodes count the server too. Global rank 0 is the server, rank ``i + 1`` learner
+    ``i``. The ``timeout`` must exceed the longest gradient computation (injected delay included)
+    and any validation pass on the server.
+
+    Args:
+        settings: a :class:`~lightning_echo.stragglers.StragglerSettings`, or the variant's name
+            with the other settings as keywords (``k``, ``delay``, ``lr_rule``, ``c``,
+            ``rule_learners``, ``smoothness``, ``drop``, ``max_delay``, ``stop_stale``, ``seed``;
+            see there). ``delay`` here is injected: each learner sleeps until its drawn compute
+            time has passed (unset: none, the processes' real speed).
+        learners: if given, checked against the world (``devices x num_nodes - 1``).
+        timeout: seconds a started learner may take to deliver a gradient; learners give up on a
+            silent server after twice that.
+        inject_delays: whether learners sleep ``delay``'s compute times (None: when ``delay`` is set);
+            False runs a config written for simulated learners at the processes' own speed.
+        process_group_timeout: the default process group's timeout (DDP's ``timeout``).
+
+    What differs from DDP while ``fit`` runs:
+
+    - ``global_step`` and ``max_steps`` count server updates. Learners ignore their own
+      ``max_steps``, ``max_epochs``, ``min_*``, ``max_time``, checkpoint and early-stopping
+      callbacks, validation and lr schedulers: they compute gradients until the server's STOP.
+    - The server's train loader is never read: it yields one placeholder per update
+      (:class:`~lightning_echo.stragglers.processes.slots.UpdateSlots`, ``ceil(batches / K)`` per epoch). Learner
+      ``i`` reads shard ``i`` of ``P`` (the ``DistributedSampler`` Lightning adds); validation
+      runs on the server, on the whole validation set.
+    - Lightning's loop in each process sees a world of one (``world_size`` is 1): ``barrier`` is
+      a no-op, ``reduce`` / ``all_gather`` / ``broadcast`` (``self.log(..., sync_dist=True)``,
+      checkpoint and early-stopping decisions) return the process's own value, since the
+      processes take different numbers of steps.
+    - ``validate``, ``test`` and ``predict`` (before or after ``fit``) run on the server alone,
+      on all the data, with no collective (learners run no batch), so they also work after a
+      learner was lost. Other collectives outside ``fit`` are DDP's.
+    - Floating-point buffers of the parameters' dtype (BatchNorm's running statistics) travel with
+      the parameters: each learner sends what its forward passes changed, the server adds the
+      mean change of each update (:mod:`~lightning_echo.stragglers.processes.exchange`); integer buffers stay each
+      process's own. 16-bit mixed precision with a gradient scaler, manual optimization,
+      SyncBatchNorm and gradient accumulation are refused.
+
+    Checkpoints are written by rank 0: the module and optimizer are the server's, plus the
+    server's version, policy state and counters (``checkpoint["parameter_server"]``);
+    ``fit(ckpt_path=...)`` resumes the server at that version and every learner starts from its
+    START. Logged on rank 0 per update (through :class:`~lightning_echo.TrainingProgress`, added
+    if missing): the ``stale/*`` metrics both backends log and
+    :func:`~lightning_echo.stragglers.processes.metrics.process_metrics`; the time axis is wall-clock.
+
+    A learner that dies or stops answering: asynchronous variants carry on while enough learners
+    are left (logged as ``ps/lost_learners`` and a warning); sync, k_sync and k_batch_sync stop
+    with :class:`~lightning_echo.stragglers.processes.ParameterServerError`. The server dying ends every learner
+    with that error. Example (a script; Lightning re-runs it for ranks 1 and 2)::
+
+        strategy = ParameterServerStrategy("k_async", k=1, delay={"distribution": "exponential", "scale": 0.01})
+        trainer = pl.Trainer(devices=3, accelerator="cpu", strategy=strategy, max_steps=100)
+        trainer.fit(model)
+    """
+
+    strategy_name = STRATEGY_NAME
+    clock = WALL_CLOCK
+    owner_name = "the parameter server"
+
+    def __init__(
+        self,
+        settings: Union[StragglerSettings, str, None] = None,
+        learners: Optional[int] = None,
+        timeout: float = 60.0,
+        inject_delays: Optional[bool] = None,
+        *,
+        accelerator: Any = None,
+        parallel_devices: Optional[list[torch.device]] = None,
+        cluster_environment: Any = None,
+        checkpoint_io: Any = None,
+        precision_plugin: Any = None,
+        process_group_backend: Optional[str] = None,
+        process_group_timeout: Any = default_pg_timeout,
+        **setting_fields: Any,
+    ) -> None:
+        self._init_stragglers(settings, setting_fields)
+        super().__init__(
+            accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io, precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend, timeout=process_group_timeout,
+        )
+        self.learners = None if learners is None else positive_int("stale.learners", learners)
+        self.timeout = positive_float("ps.timeout", timeout)
+        inject = self.settings.compute_times is not None if inject_delays is None else boolean("ps.inject_delays", inject_delays)
+        self.injected_delays = self.settings.compute_times if inject else None
+        self.server_report: Optional[ServerReport] = None  # rank 0, after fit
+        self.learner_report: Optional[LearnerReport] = None  # learners, after fit
+        self._role: Union[ServerRole, LearnerRole, None] = None
+        self._evaluating = False
+        self._trainer: Optional[pl.Trainer] = None
+        self._loaded: Optional[Dict[str, Any]] = None  # the server state of the checkpoint being resumed
+        self._state: Optional[Dict[str, Any]] = None  # the server state a checkpoint saves now
+        self._carried = CarriedCounts()
+        self._grads_due = False
+        self._batch_samples = 0
+
+    # -- processes and collectives --------------------------------------------------------------
+    @override
+    def _configure_launcher(self) -> None:
+        lightning_internals.use_launcher_that_outlives_its_children(self, self.num_processes, self.num_nodes)
+
+    @property
+    @override
+    def world_size(self) -> int:
+        """P + 1 processes, but 1 while ``fit`` trains: each process runs its own loop."""
+        return 1 if self._local else super().world_size
+
+    @property
+    def _local(self) -> bool:
+        """Whether each process runs on its own now (``fit``, or a server-only evaluation)."""
+        return self._role is not None or self._evaluating
+
+    @property
+    @override
+    def distributed_sampler_kwargs(self) -> Dict[str, Any]:
+        if not self._local:
+            return super().distributed_sampler_kwargs
+        if isinstance(self._role, LearnerRole):
+            assert self.spec is not None
+            return {"num_replicas": self.spec.learners, "rank": learner_index(self.global_rank)}
+        return {"num_replicas": 1, "rank": 0}  # the server validates on everything; it reads no train batch
+
+    @override
+    def barrier(self, *args: Any, **kwargs: Any) -> None:
+        if not self._local:
+            super().barrier(*args, **kwargs)
+
+    @override
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj if self._local else super().broadcast(obj, src)
+
+    @override
+    def reduce(self, tensor: Any, group: Optional[Any] = None, reduce_op: Optional[Any] = "mean") -> Any:
+        return tensor if self._local else super().reduce(tensor, group=group, reduce_op=reduce_op)
+
+    @override
+    def all_gather(self, tensor: torch.Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> torch.Tensor:
+        return tensor if self._local else super().all_gather(tensor, group=group, sync_grads=sync_grads)
+
+    @override
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision if self._local else super().reduce_boolean_decision(decision, all=all)
+
+    @override
+    def configure_ddp(self) -> None:
+        """No DistributedDataParallel wrapper: gradients travel through the parameter server."""
+
+    # -- setup ----------------------------------------------------------------------------------
+    @override
+    def setup_environment(self) -> None:
+        super().setup_environment()  # the process group of all P + 1 processes, once
+        module = self.lightning_module
+        trainer = module.trainer if module is not None else None
+        # From here on an evaluation stage is the server's alone: Lightning's own barriers of the stage
+        # (before `setup` hooks) must not wait for processes that may be gone or busy elsewhere.
+        self._evaluating = trainer is not None and _stage(trainer) in EVALUATION_LIMITS
+        if trainer is not None and trainer.state.fn == "fit" and self.global_rank == SERVER_RANK:
+            # It logs the metrics of every update; added before a checkpoint's callback states are restored.
+            training_progress(trainer, add=True)
+
+    @override
+    def setup(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+        if trainer.state.fn != "fit":
+            self._setup_evaluation(trainer)
+            return
+        # Every check runs on every rank before the channels open, so all ranks fail alike.
+        self._resolve(self._learners_in_world())
+        self.check_trainer(trainer)
+        super().setup(trainer)
+        params, buffers = self._exchanged_tensors()
+        transport = connect(FlatExchange(params, buffers).numel, params[0].dtype, timeout=self.timeout)
+        if self.global_rank == SERVER_RANK:
+            self._become_server(trainer, transport, params, buffers)
+        else:
+            self._become_learner(trainer, transport, params, buffers)
+
+    def check_trainer(self, trainer: pl.Trainer) -> None:
+        """Refuse what cannot work with learners that compute independently of each other (the
+        module's settings once it is attached)."""
+        super().check_trainer(trainer)
+        processes = trainer.num_devices * trainer.num_nodes
+        if self.learners is not None and processes != self.learners + 1:
+            one_machine = trainer.num_nodes == 1
+            raise ConfigError("trainer.devices", trainer.num_devices if one_machine else f"{trainer.num_devices} x {trainer.num_nodes} nodes",
+                              f"a parameter server with stale.learners={self.learners} needs {self.learners + 1} processes"
+                              + (" on this machine" if one_machine else " (devices x num_nodes)")
+                              + " (the server and each learner); backend=processes sets it")
+        if getattr(self.precision_plugin, "scaler", None) is not None:
+            raise ConfigError("trainer.precision", trainer.precision,
+                              "a gradient scaler scales each process's gradients; use bf16-mixed or 32-true")
+        module = self.lightning_module
+        if module is None:
+            return
+        if not module.automatic_optimization:
+            raise ConfigError("automatic_optimization", False, "the parameter server applies the optimizer step itself; "
+                              "manual optimization is not supported")
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()):
+            raise ConfigError("trainer.sync_batchnorm", True, "SyncBatchNorm synchronises learners at every forward; "
+                              "the parameter server's learners compute independently")
+
+    def _learners_in_world(self) -> int:
+        """P: every process but the server's, checked against ``learners`` when it was given."""
+        learners = self.world_size - 1
+        if learners < 1:
+            raise ConfigError("trainer.devices x trainer.num_nodes", learners + 1,
+                              "a parameter server needs at least 2 processes: the server (rank 0) and a learner")
+        if self.learners is not None and self.learners != learners:
+            raise ConfigError("stale.learners", self.learners,
+                              f"must equal the learner processes: devices x num_nodes - 1 = {learners}")
+        return learners
+
+    def _exchanged_tensors(self) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
+        """The module's trainable parameters and the buffers that travel with them."""
+        module = self.lightning_module
+        assert module is not None
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("model parameters", 0, "the parameter server needs trainable parameters")
+        buffers = exchanged_buffers(module, params[0].dtype, warn=self.global_rank == SERVER_RANK)
+        FlatExchange(params, buffers)  # refuses parameters of several dtypes
+        return params, buffers
+
+    def _setup_evaluation(self, trainer: pl.Trainer) -> None:
+        """``validate`` / ``test`` / ``predict``: the server alone, on all the data; learners run no batch.
+
+        No collective runs (DDP's start-of-stage broadcast of the module included), so evaluation
+        also works after ``fit`` lost a learner, which would leave any collective waiting forever."""
+        assert self.accelerator is not None and self.model is not None
+        self.accelerator.setup(trainer)
+        self.precision_plugin.convert_module(self.model)
+        self.model_to_device()
+        self.setup_precision_plugin()
+        if self.global_rank != SERVER_RANK:
+            limit = EVALUATION_LIMITS.get(_stage(trainer))
+            if limit is not None:
+                saved = getattr(trainer, limit)
+                setattr(trainer, limit, 0)
+                self._undo.append(lambda: setattr(trainer, limit, saved))
+
+    def _become_server(self, trainer: pl.Trainer, transport: Transport, params: list[torch.nn.Parameter],
+                       buffers: list[torch.Tensor]) -> None:
+        """Rank 0: serve the learners; its train loader yields one placeholder per update."""
+        assert self.spec is not None and self.rule is not None and self.lightning_module is not None
+        self._role = ServerRole(transport, self.spec, params, keep_stale_params=self.rule.needs_distance,
+                                timeout=self.timeout, buffers=buffers)
+        self._undo.append(lightning_internals.wrap_train_source(trainer, self._server_loader))
+        self._undo.append(lightning_internals.wrap_before_batch_transfer(self.lightning_module, _skip_server_steps))
+        self._carried = CarriedCounts.from_totals(self._loaded["totals"]) if self._loaded else CarriedCounts()
+        self._state = self._loaded
+
+    def _server_loader(self, loader: Any) -> UpdateSlots:
+        self._check_train_loader(loader)
+        assert self.spec is not None and self._trainer is not None
+        length = server_epoch_length(loader, self.spec.k)
+        if length is None and self._trainer.max_steps < 0 and not any(isinstance(c, Timer) for c in self._trainer.callbacks):
+            raise ConfigError("trainer.max_steps", self._trainer.max_steps,
+                              "the train loader has no length, so the server's epochs never end: set max_steps "
+                              "(server updates) or max_time")
+        return UpdateSlots(length)
+
+    def _become_learner(self, trainer: pl.Trainer, transport: Transport, params: list[torch.nn.Parameter],
+                        buffers: list[torch.Tensor]) -> None:
+        """Ranks 1..P: compute gradients until the server's STOP; the server's limits, callbacks,
+        validation and schedules are not the learner's."""
+        delays = self.injected_delays
+        learner = learner_index(self.global_rank)
+        injected = learner_delays(delays, learner, self.settings.seed) if delays is not None else None
+        self._role = LearnerRole(transport, params, injected, buffers=buffers)
+        self._undo.append(lightning_internals.lift_fit_limits(trainer))
+        limit_val, callbacks = trainer.limit_val_batches, list(trainer.callbacks)
+        trainer.limit_val_batches = 0
+        trainer.callbacks[:] = [c for c in callbacks if not isinstance(c, SERVER_ONLY_CALLBACKS)]
+        self.lr_scheduler_configs = []  # a learner never steps its optimizer
+
+        def undo() -> None:
+            trainer.limit_val_batches = limit_val
+            trainer.callbacks[:] = callbacks
+
+        self._undo.append(undo)
+
+    # -- the progress source (lightning_echo.core.progress.ProgressSource) ---------------------------
+    @property
+    def enforces_budget(self) -> bool:
+        """On learners: the server ends them (a data budget counted on a learner must not)."""
+        return isinstance(self._role, LearnerRole)
+
+    def step_report(self) -> Optional[StepReport]:
+        """On the server: the update just applied, one fresh batch per gradient it used."""
+        return self._step_report if isinstance(self._role, ServerRole) else None
+
+    def progress_bar(self, ledger: ProgressLedger) -> Dict[str, float]:
+        if not self._metrics:
+            return {}
+        return {"upd/s": round(self._metrics[ParameterServer.UPDATES_PER_S], 1),
+                "stale": round(self._metrics[Stale.STALENESS_MEAN], 2)}
+
+    # -- one step -------------------------------------------------------------------------------
+    @override
+    def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
+        if isinstance(batch, ServerStep):
+            return batch
+        return super().batch_to_device(batch, device, dataloader_idx)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        role = self._role
+        if isinstance(role, ServerRole):
+            return self._server_step(role)
+        if isinstance(role, LearnerRole):
+            if not role.take_work():  # the server sent STOP
+                assert self._trainer is not None
+                self._trainer.should_stop = True
+                return None
+            self._batch_samples = examples_in(args[0]) if args else 0
+        return super().training_step(*args, **kwargs)
+
+    def _server_step(self, role: ServerRole) -> torch.Tensor:
+        if not role.started:
+            assert self._trainer is not None
+            role.start(int(self._loaded["version"]) if self._loaded else self._trainer.global_step)
+        update = role.next_update()
+        optimizer = self.server_optimizer
+        order = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.tell(update.staleness, stale_params=role.stale_parameters(order))
+        self._grads_due = True  # Lightning zeroes .grad after this step: backward() puts the update's there
+        samples = round(role.samples)
+        self._step_report = StepReport(samples=samples, fresh_samples=samples, fresh_batches=len(update.gradients))
+        return torch.tensor(role.loss, device=self.root_device)
+
+    @override
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        role = self._role
+        if isinstance(role, ServerRole) and self._grads_due:
+            self._grads_due = False
+            for param, grad in zip(role.params, role.grads):
+                param.grad = grad
+            return closure_loss
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    @override
+    def optimizer_step(self, optimizer: Any, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
+        role = self._role
+        if isinstance(role, LearnerRole):
+            loss = closure()  # the user's training_step and backward; no optimizer step
+            if role.working:
+                role.deliver(None if loss is None else float(loss), self._batch_samples)
+            return loss
+        result = super().optimizer_step(optimizer, closure, model, **kwargs)
+        if isinstance(role, ServerRole) and role.update is not None:
+            record = role.complete_update()
+            carried = self._carried
+            self._record_update(record.staleness, carried.total(role.report, "gradients_discarded"),
+                                carried.total(role.report, "computations_cancelled"),
+                                process_metrics(record, role.report, carried, loss=role.loss))
+            self._state = self._server_state(role)
+        return result
+
+    def _server_state(self, role: ServerRole) -> Dict[str, Any]:
+        return {"version": role.server.version, "policy": role.server.policy.state_dict(),
+                "totals": self._carried.totals(role.report)}
+
+    # -- the ranks' jobs (lightning_echo.protocols.AssignsRankRoles) -----------------------------
+    @property
+    def deciding_ranks(self) -> tuple[int, ...]:
+        """The server alone decides how a run ends: a lost learner is its business."""
+        return (SERVER_RANK,)
+
+    def saves_checkpoints(self, global_rank: int) -> bool:
+        """Rank 0 writes the run's checkpoints; learners save nothing (the server's state is the run's)."""
+        return global_rank == SERVER_RANK
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def train_loss(self) -> Optional[float]:
+        """Rank 0: the mean training loss of the last update's gradients (the server runs no
+        ``training_step``, so the module's own logged training loss exists only on learners)."""
+        return self._metrics.get(ParameterServer.LOSS)
+
+    @property
+    def server_state(self) -> Optional[Dict[str, Any]]:
+        """Rank 0: what a checkpoint saves under ``"parameter_server"`` now (the server's version,
+        its policy's state, the run's counters); None elsewhere and before the first update."""
+        return self._state
+
+    @override
+    def save_checkpoint(self, checkpoint: Dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+        if self._state is not None:
+            checkpoint = {**checkpoint, CHECKPOINT_KEY: self._state}
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    @override
+    def load_checkpoint(self, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, *args, **kwargs)
+        self._loaded = checkpoint.get(CHECKPOINT_KEY)
+        if self.global_rank != SERVER_RANK:
+            # The loops' state is the server's (its update slots); a learner starts its shard over.
+            checkpoint = {key: value for key, value in checkpoint.items() if key != "loops"}
+        return checkpoint
+
+    # -- the end --------------------------------------------------------------------------------
+    @override
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        role = self._role
+        if isinstance(role, ServerRole) and not role.finished:
+            self.server_report = role.stop()
+
+    @override
+    def on_exception(self, exception: BaseException) -> None:
+        super().on_exception(exception)
+        role = self._role
+        if isinstance(role, ServerRole) and not role.finished:
+            if isinstance(exception, INTERRUPTIONS):  # stopped on purpose: the learners stop as at the end
+                self.server_report = role.stop()
+            else:
+                role.abort(exception)
+                self.server_report = role.report
+        elif isinstance(role, LearnerRole):
+            role.fail()
+
+    @override
+    def teardown(self) -> None:
+        role, self._role = self._role, None
+        try:
+            if isinstance(role, ServerRole) and not role.finished:
+                self.server_report = role.stop()
+            elif isinstance(role, LearnerRole):
+                role.leave_if_running()
+                role.close()
+                self.learner_report = role.session.report
+        finally:
+            self._undo_all()
+            self._loaded = None
+            self._grads_due = False
+            self._evaluating = False
+            super().teardown()
+
+    # -- registry -------------------------------------------------------------------------------
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        strategy_registry.register(STRATEGY_NAME, cls, description="a parameter server (rank 0) and learner processes")
+
+
+def check_process_settings(timeout: float, inject_delays: bool) -> None:
+    """Check a ``ps`` config block (the processes backend's own settings) for any algorithm."""
+    positive_float("ps.timeout", timeout)
+    boolean("ps.inject_delays", inject_delays)
+
+
+def exchanged_buffers(module: torch.nn.Module, dtype: torch.dtype, warn: bool = False) -> list[torch.Tensor]:
+    """The buffers that travel with the parameters: the floating-point ones of the parameters'
+    ``dtype`` (BatchNorm's running statistics). Others (integer counters such as BatchNorm's
+    ``num_batches_tracked``, floats of another dtype) stay each process's own; with ``warn``, a
+    warning names the floating-point ones left out."""
+    exchanged, left_out = [], []
+    for name, buffer in module.named_buffers():
+        if buffer.is_floating_point():
+            (exchanged if buffer.dtype == dtype else left_out).append((name, buffer))
+    if warn and left_out:
+        LOG.warning("parameter server: buffers %s are %s, not %s like the parameters: each process keeps its own",
+                    ", ".join(name for name, _ in left_out), left_out[0][1].dtype, dtype)
+    return [buffer for _, buffer in exchanged]
+
+
+def _stage(trainer: pl.Trainer) -> Any:
+    """The Trainer's entry point now: ``fit``, ``validate``, ``test`` or ``predict``."""
+    return getattr(trainer.state.fn, "value", trainer.state.fn)
+
+
+def _skip_server_steps(original: Callable[..., Any]) -> Callable[..., Any]:
+    """The user's ``on_before_batch_transfer`` never sees the server's placeholders."""
+
+    def before_batch_transfer(batch: Any, dataloader_idx: int = 0) -> Any:
+        return batch if isinstance(batch, ServerStep) else original(batch, dataloader_idx)
+
+    return before_batch_transfer
+
+
+ParameterServerStrategy.register_strategies(StrategyRegistry)

@@ -1,0 +1,165 @@
+"""What both straggler backends share, as one frozen, validated value: the variant and its K, the
+learners' compute times, the staleness-aware step-size rule and the seed.
+
+A :class:`StragglerSettings` knows nothing of how many learners there are: a backend resolves it
+against its ``P`` (the simulated learners it is told of, or the learner processes of its world)
+into a :class:`ResolvedStragglers`, what the schedule core and the optimizer wrapper take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional, Union, get_args
+
+from lightning_echo.core.delays import ComputeTimeSource
+from lightning_echo.core.schedule import VARIANTS, Variant, VariantSpec, default_k, variant_spec
+from lightning_echo.core.step_sizes import RuleName, StepSizeRule
+from lightning_echo.errors import ConfigError
+from lightning_echo.stragglers.delay_config import compute_times_from_config
+from lightning_echo.validation import boolean, non_negative_int, one_of, positive_int
+
+Backend = Literal["simulated", "processes"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+DelaySetting = Union[Mapping[str, Any], ComputeTimeSource, None]
+
+
+@dataclass(frozen=True)
+class ResolvedStragglers:
+    """The settings resolved against ``P`` learners: the schedule's variant and the step-size rule."""
+
+    spec: VariantSpec
+    rule: StepSizeRule
+
+
+@dataclass(frozen=True)
+class StragglerSettings:
+    """One straggler-tolerant SGD configuration, whatever runs it.
+
+    Args:
+        variant: ``sync``, ``k_sync``, ``k_batch_sync``, ``async``, ``k_async``, ``k_batch_async``,
+            ``rennala`` or ``ringmaster`` (Dutta et al. 2018; Tyurin and Richtarik 2023;
+            Maranjyan et al. 2025).
+        k: gradients per server update (K, or Rennala's B); fixed by ``sync`` (P), ``async`` and
+            ``ringmaster`` (1); None gives half the learners.
+        delay: the learners' compute times: a mapping as the ``stale.delay`` config
+            (``{"distribution": "exponential", "scale": 1.0, "speeds": [...]}`` or
+            ``{"trace": "times.csv"}``) or a :class:`~lightning_echo.core.delays.ComputeTimeSource`;
+            None: the backend's default (simulated: exponential with mean 1; processes: none
+            injected, the processes' own speed).
+        lr_rule: step-size rule: ``constant``, ``dutta`` (needs ``c``), ``mishchenko`` or
+            ``koloskova`` (``rule_learners`` M, default P; koloskova needs ``smoothness`` or ``drop``).
+        max_delay: Ringmaster's threshold R (None: no threshold); ``stop_stale`` stops running
+            computations that reach it. Both are ignored by the other variants (checked all the
+            same), so one config can sweep every variant.
+        seed: seeds the compute times (each learner draws from its own stream).
+
+    Example::
+
+        settings = StragglerSettings("k_async", k=2, lr_rule="mishchenko")
+        resolved = settings.resolve(learners=8)
+        assert resolved.spec.k == 2 and resolved.rule.learners == 8
+        assert settings.label(8) == "k_async K=2 of P=8, mishchenko"
+    """
+
+    variant: Variant = "async"
+    k: Optional[int] = None
+    delay: DelaySetting = None
+    lr_rule: RuleName = "constant"
+    c: Optional[float] = None
+    rule_learners: Optional[int] = None
+    smoothness: Optional[float] = None
+    drop: bool = False
+    max_delay: Optional[int] = None
+    stop_stale: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        one_of("stale.variant", self.variant, VARIANTS)
+        if self.k is not None:
+            positive_int("stale.k", self.k)
+        if self.max_delay is not None:
+            positive_int("stale.max_delay", self.max_delay)
+        boolean("stale.stop_stale", self.stop_stale)
+        if self.variant != "ringmaster":  # another variant's settings, ignored
+            object.__setattr__(self, "max_delay", None)
+            object.__setattr__(self, "stop_stale", False)
+        if self.delay is not None and not isinstance(self.delay, ComputeTimeSource):
+            object.__setattr__(self, "delay", compute_times_from_config(self.delay))
+        # Checked now; M = 1 stands in for an unset M until P is known.
+        self._rule(1 if self.rule_learners is None else self.rule_learners)
+        non_negative_int("stale.seed", self.seed)
+
+    @classmethod
+    def build(cls, settings: Union["StragglerSettings", str, None] = None, **fields: Any) -> "StragglerSettings":
+        """``settings`` as is, or the settings of the variant it names with ``fields``; an unknown
+        field is refused in one line naming it."""
+        if isinstance(settings, StragglerSettings):
+            if fields:
+                raise ConfigError("stale", ", ".join(sorted(fields)),
+                                  "give either a StragglerSettings or the settings as keywords, not both")
+            return settings
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ConfigError(f"stale.{unknown[0]}", fields[unknown[0]],
+                              "is not a straggler setting; the settings are " + ", ".join(sorted(known)))
+        return cls(**({"variant": settings} if settings is not None else {}), **fields)
+
+    @property
+    def compute_times(self) -> Optional[ComputeTimeSource]:
+        """The learners' compute-time source (None: the backend's default)."""
+        return self.delay if isinstance(self.delay, ComputeTimeSource) else None
+
+    def _rule(self, learners: int) -> StepSizeRule:
+        return StepSizeRule(self.lr_rule, c=self.c, smoothness=self.smoothness, drop=self.drop,
+                            learners=self.rule_learners if self.rule_learners is not None else learners)
+
+    def spec(self, learners: int) -> VariantSpec:
+        """The schedule's variant for ``learners`` learners (K resolved; validated against P)."""
+        return variant_spec(self.variant, learners, default_k(self.variant, learners, self.k),
+                            self.max_delay, self.stop_stale)
+
+    def resolve(self, learners: int) -> ResolvedStragglers:
+        """Resolved against ``learners`` (P): K, the rule's M, the delay model's learner count."""
+        spec = self.spec(learners)
+        if self.compute_times is not None:
+            self.compute_times.check_learners(learners)
+        return ResolvedStragglers(spec, self._rule(learners))
+
+    def effective_k(self, learners: int) -> int:
+        """The K every update of the variant averages (``sync``: P; ``async``, ``ringmaster``: 1)."""
+        return self.spec(learners).k
+
+    def is_synchronous(self, learners: int) -> bool:
+        """True for the fully synchronous case (every update waits for all P learners' gradients)."""
+        spec = self.spec(learners)
+        return spec.name in ("sync", "k_sync") and spec.k == learners
+
+    def label(self, learners: int, backend: Backend = "simulated") -> str:
+        """The report label: ``k_async K=2 of P=8``; the fully synchronous case reads ``sync P=8
+        (simulated)`` on simulated learners; every run on real processes ends in ``(processes)``."""
+        one_of("backend", backend, BACKENDS)
+        spec = self.spec(learners)
+        processes = backend == "processes"
+        if self.is_synchronous(learners):
+            label = f"sync P={spec.learners}" + ("" if processes else " (simulated)")
+        elif spec.name in ("async", "ringmaster"):
+            label = f"{spec.name} P={spec.learners}"
+        elif spec.name == "rennala":
+            label = f"rennala B={spec.k}, P={spec.learners}"
+        else:
+            label = f"{spec.name} K={spec.k} of P={spec.learners}"
+        if spec.name == "ringmaster":
+            label += f", R={spec.max_delay if spec.max_delay is not None else 'inf'}" + (" (stops)" if spec.stop_stale else "")
+        return label + (f", {self.lr_rule}" if self.lr_rule != "constant" else "") + (" (processes)" if processes else "")
+
+
+def check_stale_settings(learners: int, **fields: Any) -> StragglerSettings:
+    """Check a ``stale`` config block (``learners`` and the settings) for any algorithm: the
+    command line refuses a bad ``stale.*`` value also when the chosen algorithm has no learners."""
+    positive_int("stale.learners", learners)
+    settings = StragglerSettings.build(None, **fields)
+    if settings.compute_times is not None:
+        settings.compute_times.check_learners(learners)
+    return settings

@@ -1,0 +1,230 @@
+"""``SimulatedLearnersStrategy``: K-sync ... K-batch-async, Rennala and Ringmaster SGD on simulated
+learners, for any LightningModule, on the Trainer's one device and a virtual clock.
+
+Each mini-batch the train loader yields is one learner's mini-batch. The schedule
+(:mod:`lightning_echo.core.schedule`) decides which learner computes at which parameter version,
+when the parameter server updates, and which work is cancelled or discarded; the strategy
+computes each gradient the schedule uses at the exact stale parameters its learner read, averages
+the update's gradients and takes one step of the user's own optimizer (scheduler, gradient
+clipping and precision as usual), scaled by a staleness-aware step-size rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import torch
+from typing_extensions import override
+
+from lightning_echo import lightning_internals
+from lightning_echo.core.delays import ComputeTimes, DelayDistribution
+from lightning_echo.core.progress import SIMULATED, ProgressLedger, StepReport
+from lightning_echo.core.schedule import ScheduleSimulation, VariantSpec
+from lightning_echo.errors import ConfigError
+from lightning_echo.lightning_namespace import pl
+from lightning_echo.metric_names import Stale
+from lightning_echo.stragglers.base import StragglerStrategy, examples_in
+from lightning_echo.stragglers.settings import StragglerSettings
+from lightning_echo.stragglers.simulated.loader import SnapshotStore, UpdateBundle, UpdateLoader
+from lightning_echo.validation import positive_int
+
+SingleDeviceStrategy, StrategyRegistry = pl.strategies.SingleDeviceStrategy, pl.strategies.StrategyRegistry
+
+STRATEGY_NAME = "simulated_learners"
+
+
+class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
+    """Train any LightningModule as ``learners`` simulated workers and a parameter server would.
+
+    Args:
+        settings: a :class:`~lightning_echo.stragglers.StragglerSettings`, or the variant's name
+            with the other settings as keywords (``k``, ``delay``, ``lr_rule``, ``c``,
+            ``rule_learners``, ``smoothness``, ``drop``, ``max_delay``, ``stop_stale``, ``seed``;
+            see there). An unset ``delay`` is exponential with mean 1.
+        learners: P, the number of simulated learners.
+        device: the Trainer's one device.
+
+    Every server update is one Lightning optimizer step: ``global_step`` and ``max_steps`` count
+    updates, schedulers step once per update. Logged (``stale/*``) per update: the staleness of
+    the gradients used, the step-size factor and lr applied, gradients discarded and computations
+    cancelled, the compute time they wasted and learner utilisation, all counted over the whole
+    run (a resumed run continues them); the run's clock is simulated (``time/simulated_s``, shown
+    in the progress bar as ``sim_s``).
+
+    Example::
+
+        from pytorch_lightning.demos.boring_classes import BoringModel
+
+        strategy = SimulatedLearnersStrategy("k_async", learners=4, k=2, delay={"distribution": "exponential"})
+        trainer = pl.Trainer(strategy=strategy, max_steps=5, logger=False, enable_progress_bar=False,
+                             enable_checkpointing=False, enable_model_summary=False)
+        trainer.fit(BoringModel())
+        assert trainer.global_step == 5 and strategy.clock_s > 0
+    """
+
+    strategy_name = STRATEGY_NAME
+    clock = SIMULATED
+    owner_name = "simulated learners"
+
+    def __init__(
+        self,
+        settings: Union[StragglerSettings, str, None] = None,
+        learners: int = 8,
+        device: Union[str, torch.device] = "cpu",
+        *,
+        accelerator: Any = None,
+        checkpoint_io: Any = None,
+        precision_plugin: Any = None,
+        **setting_fields: Any,
+    ) -> None:
+        self._init_stragglers(settings, setting_fields)
+        super().__init__(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
+                         precision_plugin=precision_plugin)
+        self.learners = positive_int("stale.learners", learners)
+        self._resolve(self.learners)
+        compute_times = self.settings.compute_times
+        self.compute_times = compute_times if compute_times is not None else ComputeTimes(DelayDistribution("exponential"))
+        self.store = SnapshotStore()
+        self.clock_s = 0.0
+        self._loader: Optional[UpdateLoader] = None
+        self._bundle: Optional[UpdateBundle] = None
+        self._pending_grads: Optional[list[Optional[torch.Tensor]]] = None
+        self._params: list[torch.nn.Parameter] = []
+
+    @property
+    def variant(self) -> VariantSpec:
+        """The variant resolved against the learners (K filled in)."""
+        assert self.spec is not None
+        return self.spec
+
+    # -- setup --------------------------------------------------------------------------------------
+    def check_trainer(self, trainer: pl.Trainer) -> None:
+        devices = lightning_internals.requested_devices(trainer) * trainer.num_nodes
+        if devices > 1:
+            raise ConfigError("trainer.devices", devices, "simulated learners run on one device (the learners are simulated); use devices=1")
+        super().check_trainer(trainer)
+
+    @override
+    def setup(self, trainer: pl.Trainer) -> None:
+        self.check_trainer(trainer)
+        super().setup(trainer)
+        if trainer.training:
+            self._undo.append(lightning_internals.wrap_train_source(trainer, self._update_loader))
+
+    def _update_loader(self, loader: Any) -> UpdateLoader:
+        self._check_train_loader(loader)
+        if self._loader is None:
+            simulation = ScheduleSimulation(self.variant, self.compute_times, seed=self.settings.seed)
+        else:  # a reloaded train loader continues the same simulation
+            simulation = self._loader.simulation
+        self._loader = UpdateLoader(loader, simulation, self.store)
+        return self._loader
+
+    @override
+    def teardown(self) -> None:
+        self._undo_all()
+        self._pending_grads = None
+        self._bundle = None
+        self._step_report = None
+        super().teardown()
+
+    def progress_bar(self, ledger: ProgressLedger) -> Dict[str, float]:
+        return {"sim_s": round(self.clock_s, 2)}
+
+    # -- one server update ---------------------------------------------------------------------------
+    @override
+    def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
+        if isinstance(batch, UpdateBundle):  # the user's transfer hooks see each mini-batch as usual
+            moved = [super(SimulatedLearnersStrategy, self).batch_to_device(b, device, dataloader_idx) for b in batch.batches]
+            return UpdateBundle(batch.plan, moved)
+        return super().batch_to_device(batch, device, dataloader_idx)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        if not args or not isinstance(args[0], UpdateBundle):
+            return super().training_step(*args, **kwargs)
+        bundle: UpdateBundle = args[0]
+        self._bundle = bundle
+        samples = sum(examples_in(b) for b in bundle.batches)
+        self._step_report = StepReport(samples=samples, fresh_samples=samples, fresh_batches=len(bundle.batches),
+                                       clock_s=bundle.plan.time)
+        plan = bundle.plan
+        module = self.lightning_module
+        assert module is not None
+        params = [p for p in module.parameters() if p.requires_grad]
+        losses = []
+        live = [p.data for p in params]
+        optimizer = self.server_optimizer
+        for p in params:  # Lightning zeroes gradients only after training_step: the last update's are still here
+            p.grad = None
+        try:
+            # Autograd sums the K gradients in .grad; only the parameter tensors are swapped, nothing is copied.
+            for gradient, batch in zip(plan.gradients, bundle.batches):
+                if gradient.read_version != plan.version:
+                    for p, value in zip(params, self.store.get(gradient.read_version)):
+                        p.data = value
+                output = super().training_step(batch, *args[1:], **kwargs)
+                loss = output["loss"] if isinstance(output, Mapping) else output
+                if loss is not None:
+                    super().backward(loss, optimizer)
+                    losses.append(loss.detach())
+                for p, value in zip(params, live):
+                    p.data = value
+        finally:
+            for p, value in zip(params, live):
+                p.data = value
+        count = len(plan.gradients)
+        # Moved out of .grad (Lightning zeroes it before calling backward), averaged in place.
+        self._pending_grads = [p.grad if p.grad is None or count == 1 else p.grad.div_(count) for p in params]
+        for p in params:
+            p.grad = None
+        self._params = params
+        stale = [self.store.get(g.read_version) if g.read_version != plan.version else live for g in plan.gradients]
+        assert self.rule is not None
+        optimizer.tell([g.staleness for g in plan.gradients], stale_params=stale if self.rule.needs_distance else None)
+        self.store.release_all_but(plan.held_versions)  # versions nobody reads after this update
+        if plan.version in plan.held_versions:
+            self.store.keep(plan.version, params)  # a running learner still reads the version this update overwrites
+        if not losses:
+            return None
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+    @override
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._pending_grads is None:
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
+        for p, grad in zip(self._params, self._pending_grads):
+            p.grad = grad
+        self._pending_grads = None
+        return closure_loss
+
+    @override
+    def optimizer_step(self, optimizer: Any, closure: Callable[[], Any], model: Any = None, **kwargs: Any) -> Any:
+        result = super().optimizer_step(optimizer, closure, model, **kwargs)
+        bundle = self._bundle
+        if bundle is not None:
+            self._after_update(bundle)
+        return result
+
+    def _after_update(self, bundle: UpdateBundle) -> None:
+        plan = bundle.plan
+        self.store.release_all_but(plan.held_versions)
+        self.clock_s = plan.time
+        totals = plan.totals  # the simulation's, up to this update: continuous across a resume
+        self._record_update(
+            [g.staleness for g in plan.gradients], totals.gradients_discarded, totals.computations_cancelled,
+            {
+                Stale.WASTED_TIME: float(totals.wasted_time),
+                Stale.UTILISATION: totals.busy_time / (self.variant.learners * plan.time) if plan.time > 0 else 0.0,
+                Stale.SNAPSHOTS: float(len(self.store.snapshots)),
+            },
+        )
+
+    # -- registry ------------------------------------------------------------------------------------
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: Any) -> None:
+        strategy_registry.register(STRATEGY_NAME, cls, description="simulated learners and a parameter server")
+
+
+SimulatedLearnersStrategy.register_strategies(StrategyRegistry)
