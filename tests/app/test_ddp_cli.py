@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import signal
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Optional
 import pytest
 
 from conftest import only_run_dir as _only_run_dir, processes_under, run_cli, run_record as _record
-from rank_faults import InjectedFault, fault_overrides as _fault, rank_env as _env  # noqa: F401
+from rank_faults import fault_overrides as _fault, rank_env as _env
 from lightning_echo.app.config import compose_config
 from lightning_echo.app.launch import RankEnd, RanksResult, process_plan
 from lightning_echo.cli import main

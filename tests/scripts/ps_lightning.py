@@ -23,7 +23,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the algorithm registry
+
 from lightning_echo.lightning_namespace import pl
+from lightning_echo.stragglers import StragglerSettings
 from lightning_echo.stragglers.processes import ParameterServerError
 from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
 
@@ -214,6 +217,37 @@ def scenario_server_killed(out: Path) -> dict[str, Any]:
     return result(fit, model)
 
 
+def registry_settings(name: str) -> StragglerSettings:
+    """The StragglerSettings the algorithm registry's ``name`` gives on this world's two learners,
+    with constant injected delays, learner 1 five times slower (so that work is cancelled or discarded)."""
+    from algorithm_registry import REGISTRY, backend_overrides  # tests/, on the path below
+
+    from lightning_echo.app.builders import build_algorithm_settings
+    from lightning_echo.app.config import compose_config
+
+    cfg = compose_config([f"algorithm={name}", *backend_overrides("processes"), *REGISTRY[name].overrides,
+                          "stale.learners=2", "stale.delay.distribution=constant", "stale.delay.value=0.01",
+                          "stale.delay.speeds=[1,5]"])
+    return build_algorithm_settings(cfg)
+
+
+def scenario_registry(out: Path, name: str) -> dict[str, Any]:
+    """Algorithm ``name`` of the registry: 4 updates, a checkpoint, then a second fit from it to 8."""
+    settings = registry_settings(name)
+    path = out / f"registry_{name}.ckpt"
+    first = trainer(out, f"registry_{name}_first", ParameterServerStrategy(settings, timeout=30.0), max_steps=4,
+                    enable_checkpointing=False)
+    first.fit(Regression(), **loaders())
+    first.save_checkpoint(path)
+    saved = torch.load(path, weights_only=True)["parameter_server"]["totals"] if rank() == 0 else None
+    model = Regression()
+    second = trainer(out, f"registry_{name}_second", ParameterServerStrategy(settings, timeout=30.0), max_steps=8,
+                     enable_checkpointing=False)
+    second.fit(model, ckpt_path=path, **loaders())
+    logs = [str(Path(fit.logger.log_dir) / "metrics.csv") for fit in (first, second)] if rank() == 0 else None
+    return {**result(second, model), "variant": settings.variant, "saved_totals": saved, "metrics_csv": logs}
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 
 
@@ -221,8 +255,9 @@ def main() -> None:
     torch.set_num_threads(1)
     out, names = Path(sys.argv[1]), sys.argv[2:]
     for name in names:
-        try:
-            outcome = SCENARIOS[name](out)
+        try:  # "registry_<algorithm>" runs scenario_registry for that algorithm of tests/algorithm_registry.py
+            scenario, _, algorithm = name.partition("_") if name.startswith("registry_") else (name, "", "")
+            outcome = SCENARIOS[scenario](out, algorithm) if algorithm else SCENARIOS[scenario](out)
         except ParameterServerError as error:  # recorded for the test, then this process fails
             (out / f"{name}.rank{rank()}.json").write_text(json.dumps({"rank": rank(), "error": str(error)}))
             raise

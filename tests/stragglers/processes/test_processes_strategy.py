@@ -30,6 +30,7 @@ from lightning_echo.stragglers.processes.exchange import FlatExchange
 from lightning_echo.stragglers.processes.slots import UpdateSlots, server_epoch_length
 from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy, exchanged_buffers
 
+from algorithm_registry import PROCESS_TOTALS, PROCESSES, REGISTRY, cases
 from conftest import SCRIPTS
 
 SCRIPT = SCRIPTS / "ps_lightning.py"
@@ -38,7 +39,10 @@ ps_lightning = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ps_lightning)  # the problem's data and loss, shared with the processes
 
 DEADLINE_S = 240
-SCENARIOS = ("async", "k_sync", "sync", "registered", "resume", "batchnorm", "killed")
+# Every straggler algorithm of the registry on real processes (4 updates, a checkpoint, 4 more),
+# then the named scenarios; "killed" last: the world has a learner less afterwards.
+REGISTRY_SCENARIOS = tuple(f"registry_{name}" for name, _ in cases((PROCESSES,)))
+SCENARIOS = (*REGISTRY_SCENARIOS, "async", "k_sync", "sync", "registered", "resume", "batchnorm", "killed")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -240,6 +244,30 @@ def test_fit_resumes_the_server_from_its_checkpoint(world: dict[str, Any]) -> No
     assert server["global_step"] == 7 and server["report"]["updates"] == 3  # the resumed fit made the rest
     assert server["state_after"]["version"] == 7 and server["state_after"]["totals"]["gradients_used"] == 7
     assert all(learner["report"]["stopped"] for learner in learners)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 60)
+@pytest.mark.parametrize("scenario", REGISTRY_SCENARIOS)
+def test_every_straggler_algorithm_runs_on_processes_and_its_totals_continue_across_a_resume(
+    world: dict[str, Any], scenario: str
+) -> None:
+    server, *learners = world[scenario]
+    assert server["variant"] == REGISTRY[scenario[len("registry_"):]].variant
+    assert server["global_step"] == 8 and server["report"]["lost"] == {}
+    assert all(learner["report"]["stopped"] for learner in learners)
+    first, second = (_metrics(path) for path in server["metrics_csv"])
+    saved = server["saved_totals"]
+    for name, total in zip(PROCESS_TOTALS, ("gradients_discarded", "computations_cancelled")):
+        before, after = _column(first, name), _column(second, name)
+        assert before and after, name
+        assert before[-1] == saved[total], name  # the checkpoint holds what the run logged last
+        assert after == sorted(after) and after[0] >= saved[total], name  # counted on from there, not from 0
+    assert _column(second, "progress/optimizer_steps")[-1] == 8
+    # learner 1 is five times slower: these variants cancel or discard its work (counted on from the checkpoint)
+    counted = {"k_batch_sync": PROCESS_TOTALS[1], "ringmaster": PROCESS_TOTALS[1], "rennala": PROCESS_TOTALS[0]}
+    if server["variant"] in counted:
+        assert _column(second, counted[server["variant"]])[-1] > 0, server["variant"]
 
 
 @pytest.mark.slow
