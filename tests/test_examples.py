@@ -1,10 +1,12 @@
 """Every ``Example::`` block of the package's docstrings, and every Python block of its method
-cards (``lightning_echo/**/README.md``), runs as written.
+cards (``lightning_echo/**/README.md``) and of the README, runs as written.
 
-Examples that mention ``model``, ``dm``, ``train_set``, ``train_loader``, ``batches`` or
-``trainer`` without defining them get small real ones (a BoringModel, its data); an unqualified
-``Trainer`` is a quiet Trainer capped at a few steps, so an example written for 20,000 steps
-still runs in a second.
+Examples that mention ``model``, ``dm``, ``train_set``, ``train_loader``, ``batches``, ``params``
+or ``trainer`` without defining them get small real ones (a BoringModel, its data); a
+``Trainer`` (or ``pl.Trainer``) is a quiet Trainer capped at a few steps, so an example written
+for 20,000 steps still runs in a second. A README block preceded by ``<!-- example: not run
+(reason) -->`` is a script that cannot run inside a test process (one that Lightning re-runs for
+its other processes); the reason is required, and such blocks are few.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def _namespace(module_globals: dict[str, Any]) -> dict[str, Any]:
         pl=pl, torch=torch, Trainer=_quick_trainer, model=BoringModel(), dm=BoringDataModule(),
         train_set=RandomDataset(32, 64), train_loader=DataLoader(RandomDataset(32, 64), batch_size=8),
         batches=[torch.randn(8, 32) for _ in range(4)], trainer=_quick_trainer(),
+        params=[torch.nn.Parameter(torch.zeros(32))],
     )
     return namespace
 
@@ -80,8 +83,22 @@ def _method_card_blocks() -> list[tuple[str, str]]:
     return found
 
 
+NOT_RUN = re.compile(r"<!-- example: not run \((.+?)\) -->\n```python\n(.*?)```", flags=re.S)
+
+
+def _readme_blocks() -> tuple[list[tuple[str, str]], list[str]]:
+    """The README's Python blocks to run, with the quick Trainer for ``pl.Trainer``; and the
+    reasons of those marked not run."""
+    text = (PACKAGE.parent / "README.md").read_text()
+    not_run = [reason for reason, _ in NOT_RUN.findall(text)]
+    runnable = NOT_RUN.sub("", text)
+    blocks = re.findall(r"```python\n(.*?)```", runnable, flags=re.S)
+    return [(f"README.md#{i}", code.replace("pl.Trainer(", "Trainer(")) for i, code in enumerate(blocks)], not_run
+
+
 DOCSTRING_EXAMPLES = _docstring_examples()
 METHOD_CARD_BLOCKS = _method_card_blocks()
+README_BLOCKS, README_NOT_RUN = _readme_blocks()
 
 
 def test_examples_are_found() -> None:
@@ -91,6 +108,8 @@ def test_examples_are_found() -> None:
         assert expected in names
     assert any(name.startswith("echo/README.md") for name, _ in METHOD_CARD_BLOCKS)
     assert any(name.startswith("echoed_optim/README.md") for name, _ in METHOD_CARD_BLOCKS)
+    assert len(README_BLOCKS) >= 4 and len(README_NOT_RUN) <= 1, (len(README_BLOCKS), README_NOT_RUN)
+    assert all(len(reason) > 20 for reason in README_NOT_RUN)
 
 
 @pytest.mark.parametrize("name,code", DOCSTRING_EXAMPLES, ids=[n for n, _ in DOCSTRING_EXAMPLES])
@@ -102,3 +121,8 @@ def test_docstring_example_runs(name: str, code: str) -> None:
 @pytest.mark.parametrize("name,code", METHOD_CARD_BLOCKS, ids=[n for n, _ in METHOD_CARD_BLOCKS])
 def test_method_card_code_runs(name: str, code: str) -> None:
     exec(compile(code, name, "exec"), _namespace({}))  # noqa: S102 - the package's own examples
+
+
+@pytest.mark.parametrize("name,code", README_BLOCKS, ids=[n for n, _ in README_BLOCKS])
+def test_readme_code_runs(name: str, code: str) -> None:
+    exec(compile(code, name, "exec"), _namespace({}))  # noqa: S102 - the project's own examples
