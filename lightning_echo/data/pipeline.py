@@ -10,7 +10,7 @@ the same for any iterable loader (a ``torch.utils.data.DataLoader`` included). B
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Literal, Optional, get_args
 
 import torch
 from torch.utils.data import (
@@ -42,7 +42,8 @@ from lightning_echo.data.nodes import (
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import one_of
 
-PLACEMENTS = ("after_augmentation", "before_augmentation")
+Placement = Literal["after_augmentation", "before_augmentation"]
+PLACEMENTS: tuple[Placement, ...] = get_args(Placement)
 AugmentFn = Callable[[Any, torch.Generator], Any]
 
 
@@ -73,7 +74,7 @@ class DataPipeline(StopsAtLightningTeardown):
         self._loader = Loader(self.build())
 
     # -- structure -------------------------------------------------------------------------
-    def build(self, insert: Optional[Callable[[BaseNode], BaseNode]] = None, placement: str = "after_augmentation") -> BaseNode:
+    def build(self, insert: Optional[Callable[[BaseNode], BaseNode]] = None, placement: Placement = "after_augmentation") -> BaseNode:
         """A fresh node graph, with ``insert(node)`` placed before or after the augmentation."""
         one_of("placement", placement, PLACEMENTS)
         node = self.source

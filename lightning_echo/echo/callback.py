@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union, get_args
 
 from torch.utils.data import DataLoader
 from torchdata.nodes import BaseNode
 from typing_extensions import override
 
+from lightning_echo.combinations import refuse_several_train_loaders
 from lightning_echo.protocols import StartsFreshBatches
 from lightning_echo.callbacks.progress import TrainingProgress, training_progress
 from lightning_echo.core.batches import rebuild, tensor_versions
@@ -26,7 +27,7 @@ from lightning_echo.core.progress import (
 )
 from lightning_echo.data.background import BackgroundQueue
 from lightning_echo.data.nodes import IterableNode
-from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline
+from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline, Placement
 from lightning_echo import lightning_internals as _lightning
 from lightning_echo.echo.loader import EchoLoader
 from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEcho, PassLimit, check_batch_size_fn
@@ -38,7 +39,8 @@ from lightning_echo.validation import non_negative_int, one_of, positive_int
 
 rank_zero_warn = import_lightning("utilities").rank_zero_warn
 
-KINDS = ("batch", "example")
+EchoKind = Literal["batch", "example"]
+KINDS: tuple[EchoKind, ...] = get_args(EchoKind)
 
 
 class DataEchoing(pl.Callback):
@@ -124,10 +126,10 @@ class DataEchoing(pl.Callback):
     def __init__(
         self,
         factor: EchoFactor = 2,
-        kind: str = "batch",
+        kind: EchoKind = "batch",
         max_factor: int = 4,
         shuffle_buffer: int = 1024,
-        placement: str = "after_augmentation",
+        placement: Placement = "after_augmentation",
         seed: int = 0,
         max_fresh_batches: Optional[int] = None,
         max_fresh_samples: Optional[int] = None,
@@ -312,8 +314,7 @@ class DataEchoing(pl.Callback):
             # Lightning's tuners (lr_find, scale_batch_size) detach every callback while they
             # search: they train on fresh batches, as without echoing.
             return loader
-        if isinstance(loader, (list, tuple, dict)) or type(loader).__name__ == "CombinedLoader":
-            raise ConfigError("train_dataloaders", type(loader).__name__, "DataEchoing echoes a single train loader")
+        refuse_several_train_loaders(loader, "DataEchoing")
         meter, closers = None, []
         reuse = self.kind == "batch"
         fresh_per_epoch: Optional[int] = None

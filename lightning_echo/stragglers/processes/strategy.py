@@ -228,7 +228,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self.check_trainer(trainer)
         super().setup(trainer)
         params, buffers = self._exchanged_tensors()
-        transport = connect(FlatExchange(params, buffers).numel, params[0].dtype, timeout=self.timeout)
+        exchange = FlatExchange(params, buffers)  # refuses parameters of several dtypes
+        transport = connect(exchange.numel, exchange.dtype, timeout=self.timeout)
         if self.global_rank == SERVER_RANK:
             self._become_server(trainer, transport, params, buffers)
         else:
@@ -276,9 +277,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("model parameters", 0, "the parameter server needs trainable parameters")
-        buffers = exchanged_buffers(module, params[0].dtype, warn=self.global_rank == SERVER_RANK)
-        FlatExchange(params, buffers)  # refuses parameters of several dtypes
-        return params, buffers
+        return params, exchanged_buffers(module, params[0].dtype, warn=self.global_rank == SERVER_RANK)
 
     def _setup_evaluation(self, trainer: pl.Trainer) -> None:
         """``validate`` / ``test`` / ``predict``: the server alone, on all the data; learners run no batch.

@@ -18,6 +18,7 @@ from torchdata.nodes import Loader
 from lightning_echo.core.schedule import ScheduleSimulation, UpdatePlan
 from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.data.nodes import IterableNode
+from lightning_echo.lightning_internals import stop_dataloader_workers
 
 
 @dataclass
@@ -133,4 +134,6 @@ class UpdateLoader(StopsAtLightningTeardown):
         self.store.load_state_dict(state_dict[self.SNAPSHOTS])
 
     def close(self) -> None:
-        """Nothing runs in the background here; the source's own loader is closed by Lightning."""
+        """Nothing runs in the background here, but Lightning, which sees only this loader, would
+        leave the source's threads or persistent worker processes running: stop them as it would."""
+        stop_dataloader_workers(self.source)

@@ -19,7 +19,7 @@ from typing_extensions import override
 from lightning_echo import lightning_internals
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.progress import SIMULATED, ProgressLedger, StepReport
-from lightning_echo.core.schedule import ScheduleSimulation, VariantSpec
+from lightning_echo.core.schedule import ScheduleSimulation
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.metric_names import Stale
@@ -91,12 +91,6 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         self._pending_grads: Optional[list[Optional[torch.Tensor]]] = None
         self._params: list[torch.nn.Parameter] = []
 
-    @property
-    def variant(self) -> VariantSpec:
-        """The variant resolved against the learners (K filled in)."""
-        assert self.spec is not None
-        return self.spec
-
     # -- setup --------------------------------------------------------------------------------------
     def check_trainer(self, trainer: pl.Trainer) -> None:
         devices = lightning_internals.requested_devices(trainer) * trainer.num_nodes
@@ -114,7 +108,8 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
     def _update_loader(self, loader: Any) -> UpdateLoader:
         self._check_train_loader(loader)
         if self._loader is None:
-            simulation = ScheduleSimulation(self.variant, self.compute_times, seed=self.settings.seed)
+            assert self.spec is not None
+            simulation = ScheduleSimulation(self.spec, self.compute_times, seed=self.settings.seed)
         else:  # a reloaded train loader continues the same simulation
             simulation = self._loader.simulation
         self._loader = UpdateLoader(loader, simulation, self.store)
@@ -215,7 +210,7 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
             [g.staleness for g in plan.gradients], totals.gradients_discarded, totals.computations_cancelled,
             {
                 Stale.WASTED_TIME: float(totals.wasted_time),
-                Stale.UTILISATION: totals.busy_time / (self.variant.learners * plan.time) if plan.time > 0 else 0.0,
+                Stale.UTILISATION: totals.busy_time / (self.learners * plan.time) if plan.time > 0 else 0.0,
                 Stale.SNAPSHOTS: float(len(self.store.snapshots)),
             },
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from lightning_echo.echo import DataEchoing
 from lightning_echo.data import SyntheticDataModule
 from lightning_echo.errors import ConfigError
 from lightning_echo.models import LogisticRegression
+from lightning_echo.data.pipeline import throttled_loader
 from lightning_echo.stragglers import SimulatedLearnersStrategy
 
 LEARNERS = 4
@@ -228,6 +231,28 @@ def test_empty_trace_file_is_refused(tmp_path: Path) -> None:
     trace.write_text("learner,seconds\n")
     with pytest.raises(ConfigError, match="stale.delay.trace"):
         SimulatedLearnersStrategy("async", learners=2, delay={"trace": str(trace)})
+
+
+@pytest.mark.parametrize("persistent_workers", [False, True], ids=["throttled-loader", "persistent-workers"])
+def test_no_loader_thread_or_worker_outlives_fit(persistent_workers: bool) -> None:
+    # Lightning sees only the strategy's update loader: the user's loader under it must stop too.
+    dataset = TensorDataset(torch.randn(64, 6), torch.randn(64))
+    if persistent_workers:
+        loader = DataLoader(dataset, batch_size=4, num_workers=1, persistent_workers=True)
+    else:
+        loader = throttled_loader(dataset, batch_size=4, seconds_per_batch=0.001)
+    fit = trainer(SimulatedLearnersStrategy("k_async", learners=2, k=1), 6)
+    fit.fit(Linear(), loader)
+    deadline = time.monotonic() + 5
+    while _loader_activity(loader) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _loader_activity(loader)
+
+
+def _loader_activity(loader: object) -> list[str]:
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("lightning_echo-") and t.is_alive()]
+    workers = [] if getattr(loader, "_iterator", None) is None else ["persistent DataLoader workers"]
+    return threads + workers
 
 
 def test_combinations_that_are_refused_before_training() -> None:
