@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_echo.metric_names import Loss
 from lightning_echo import lightning_internals
 from lightning_echo.app.builders import (
     algorithm_is_baseline,
@@ -37,6 +36,7 @@ from lightning_echo.app.resume import ResumePoint, keep_csv_history
 from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.lightning_namespace import pl
+from lightning_echo.metric_names import Loss
 from lightning_echo.protocols import AssignsRankRoles, ReportsTrainLoss
 from lightning_echo.records import (
     ALGORITHM_KEYS,
@@ -146,7 +146,7 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
     resumed = resume is not None and resume.checkpoint is not None
     run: Optional[_Run] = None
     try:
-        run = _build_run(cfg, output_dir, group, name, resume if resumed else None, rank)
+        run = _build_run(cfg, output_dir, record, name, resume if resumed else None, rank)
         initial_val_loss = _starting_loss(cfg, run, resume if resumed else None)
         record.note(RUNNING, initial_val_loss=initial_val_loss)
         run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume.checkpoint if resumed else None)
@@ -189,9 +189,10 @@ class _RunRecord:
             self.file.write(status=status, **fields)
 
 
-def _build_run(cfg: DictConfig, output_dir: Path, group: str, name: Optional[str],
+def _build_run(cfg: DictConfig, output_dir: Path, record: _RunRecord, name: Optional[str],
                resume: Optional[ResumePoint], rank: Optional[RankRun]) -> _Run:
-    """Data, model, callbacks, loggers (with the history a resume keeps) and the Trainer."""
+    """Data, model, callbacks, loggers (with the run's flat settings, and the history a resume
+    keeps) and the Trainer."""
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.spec)
     guard = DivergenceGuard()
@@ -202,11 +203,10 @@ def _build_run(cfg: DictConfig, output_dir: Path, group: str, name: Optional[str
     last_checkpoint = build_last_checkpoint(cfg, output_dir) if saves else None
     if last_checkpoint is not None:
         callbacks.append(last_checkpoint)
-    loggers = build_loggers(cfg, output_dir, group=group, name=name)
-    writes = rank is None or rank.writes_records
-    replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resume is not None and writes else None
+    loggers = build_loggers(cfg, output_dir, group=record.file.group, name=name)
+    replay_history = keep_csv_history(loggers, up_to_step=resume.step) if resume is not None and record.writes else None
     for logger in loggers:
-        logger.log_hyperparams(flat_run_config(cfg, group))
+        logger.log_hyperparams(record.file.config)
     if replay_history is not None:
         replay_history()
     trainer = build_trainer(cfg, output_dir, callbacks, loggers, strategy=strategy)

@@ -39,11 +39,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from lightning_echo.protocols import AssignsRankRoles
 from lightning_echo.app.builders import build_trainer, quiet_lightning
 from lightning_echo.app.interrupt import SIGNALS
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import ENV_VAR, PACKAGE, pl
+from lightning_echo.protocols import AssignsRankRoles
 from lightning_echo.records import DIVERGED, FAILED, INTERRUPTED
 
 # A rank process runs this (with its spec folder as argument); not `-m lightning_echo.app.rank`, which

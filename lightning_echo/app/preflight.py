@@ -24,6 +24,7 @@ from lightning_echo.app.builders import (
     build_trainer,
     quiet_lightning,
 )
+from lightning_echo.app.checkpoint import build_last_checkpoint
 from lightning_echo.app.config import (
     CONFIG_NAME,
     GROUPS,
@@ -31,7 +32,6 @@ from lightning_echo.app.config import (
     group_options,
     hydra_context,
 )
-from lightning_echo.app.checkpoint import build_last_checkpoint
 from lightning_echo.app.data_check import check_dataset_readable
 from lightning_echo.app.launch import processes_to_start
 from lightning_echo.app.outputs import check_logger_paths, refuse_used_output_dir
@@ -41,7 +41,6 @@ from lightning_echo.app.value_checks import check_algorithm_settings, check_inte
 from lightning_echo.errors import ConfigError, one_line
 from lightning_echo.protocols import ChecksTrainer
 from lightning_echo.validation import boolean, random_seed, writable_directory
-
 
 # Group options that were renamed: the old spelling is refused with the new one.
 RENAMED_OPTIONS = {("trainer", "parameter_server"): "backend=processes"}

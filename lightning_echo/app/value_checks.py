@@ -9,8 +9,8 @@ from typing import Any, Mapping
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_echo.metric_names import Loss
 from lightning_echo.errors import ConfigError
+from lightning_echo.metric_names import Loss
 from lightning_echo.validation import MAX_INT64, boolean, non_negative_float
 
 

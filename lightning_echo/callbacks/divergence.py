@@ -11,9 +11,9 @@ from typing import Any, Optional
 import torch
 from typing_extensions import override
 
-from lightning_echo.metric_names import Loss
-from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
 from lightning_echo.callbacks.progress import find_callback
+from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.metric_names import Loss
 from lightning_echo.validation import positive_int
 
 TRAIN_LOSS = Loss.TRAIN

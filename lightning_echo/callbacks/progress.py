@@ -17,7 +17,12 @@ from lightning_echo.core.progress import (
     ProgressSource,
     StepReport,
 )
-from lightning_echo.lightning_namespace import import_lightning, pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.lightning_namespace import (
+    import_lightning,
+    pl,
+    require_same_lightning,
+    warn_if_other_lightning_imported,
+)
 from lightning_echo.metric_names import Progress
 
 extract_batch_size = import_lightning("utilities.data").extract_batch_size

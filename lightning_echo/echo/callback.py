@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 from torchdata.nodes import BaseNode
 from typing_extensions import override
 
-from lightning_echo.combinations import refuse_several_train_loaders
-from lightning_echo.protocols import StartsFreshBatches
+from lightning_echo import lightning_internals as _lightning
 from lightning_echo.callbacks.progress import TrainingProgress, training_progress
+from lightning_echo.combinations import refuse_several_train_loaders
 from lightning_echo.core.batches import rebuild, tensor_versions
 from lightning_echo.core.echo_factor import (
     AUTO,
@@ -28,13 +28,18 @@ from lightning_echo.core.progress import (
 from lightning_echo.data.background import BackgroundQueue
 from lightning_echo.data.nodes import IterableNode
 from lightning_echo.data.pipeline import PLACEMENTS, DataPipeline, Placement
-from lightning_echo import lightning_internals as _lightning
 from lightning_echo.echo.loader import EchoLoader
 from lightning_echo.echo.node import BatchEcho, BatchSizeFn, EchoInfo, ExampleEcho, PassLimit, check_batch_size_fn
 from lightning_echo.echo.rank_zero_return import RankZeroReturn
 from lightning_echo.errors import ConfigError
-from lightning_echo.lightning_namespace import import_lightning, pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.lightning_namespace import (
+    import_lightning,
+    pl,
+    require_same_lightning,
+    warn_if_other_lightning_imported,
+)
 from lightning_echo.metric_names import Echo
+from lightning_echo.protocols import StartsFreshBatches
 from lightning_echo.validation import non_negative_int, one_of, positive_int
 
 rank_zero_warn = import_lightning("utilities").rank_zero_warn

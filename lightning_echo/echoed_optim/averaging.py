@@ -8,10 +8,10 @@ from typing import Any, Iterable, Iterator, Optional
 import torch
 from typing_extensions import override
 
-from lightning_echo.protocols import KeepsIterates
 from lightning_echo.combinations import find_progress_source
 from lightning_echo.core.progress import ProgressSource
 from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.protocols import KeepsIterates
 
 
 @contextmanager

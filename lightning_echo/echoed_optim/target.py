@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lightning_echo.metric_names import Loss
 from lightning_echo.callbacks.divergence import Divergence, DivergenceGuard, divergence_guard
 from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.core.optimum import logistic_regression_optimum
@@ -22,6 +21,7 @@ from lightning_echo.data.modules.synthetic import least_squares_optimum
 from lightning_echo.echoed_optim.averaging import parameters_at_iterates
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import pl, require_same_lightning, warn_if_other_lightning_imported
+from lightning_echo.metric_names import Loss
 from lightning_echo.models import LinearRegression, LogisticRegression
 from lightning_echo.records import write_json
 from lightning_echo.validation import positive_float, positive_int

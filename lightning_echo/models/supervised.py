@@ -15,9 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 from typing_extensions import override
 
-from lightning_echo.metric_names import Loss
 from lightning_echo.data.spec import DataSpec
 from lightning_echo.lightning_namespace import pl
+from lightning_echo.metric_names import Loss
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 

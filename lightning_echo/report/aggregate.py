@@ -15,8 +15,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from lightning_echo.metric_names import Loss
 from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
+from lightning_echo.metric_names import Loss
 from lightning_echo.records import ALGORITHM_KEYS, BASELINE, CLOCK, COMPLETED, LABEL
 from lightning_echo.report.runs import UNREADABLE, Point, Run
 from lightning_echo.report.settings import Settings, canonical, describe, differing_keys, run_settings, shown_keys

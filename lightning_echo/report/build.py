@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from lightning_echo.metric_names import Loss
 from lightning_echo.errors import describe_error
+from lightning_echo.metric_names import Loss
 from lightning_echo.report import table
 from lightning_echo.report.aggregate import Comparison, compare_runs
 from lightning_echo.report.figures import write_figures

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning_echo.metric_names import Loss
 from lightning_echo.errors import ConfigError, LightningEchoError
+from lightning_echo.metric_names import Loss
 from lightning_echo.report.build import print_report, write_report
 from lightning_echo.validation import writable_directory
 

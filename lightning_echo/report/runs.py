@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from lightning_echo.metric_names import Progress
 from lightning_echo.core.progress import SIMULATED, WALL_CLOCK
 from lightning_echo.errors import LightningEchoError
+from lightning_echo.metric_names import Progress
 from lightning_echo.records import (
     ALGORITHM_KEYS,
     BASELINE,

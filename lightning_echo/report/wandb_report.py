@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import wandb_workspaces.reports.v2 as wr
 
-from lightning_echo.metric_names import Loss, Progress
 from lightning_echo.errors import ConfigError, LightningEchoError
+from lightning_echo.metric_names import Loss, Progress
 from lightning_echo.report.wandb_credentials import wandb_has_credentials
 
 X_AXES: tuple[str, ...] = (Progress.ELAPSED_S, Progress.FRESH_SAMPLES, Progress.OPTIMIZER_STEPS)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-from lightning_echo.core.delays import DISTRIBUTION_NAMES, ComputeTimes, ComputeTimeSource, DelayDistribution, TraceComputeTimes
+from lightning_echo.core.delays import (
+    DISTRIBUTION_NAMES,
+    ComputeTimes,
+    ComputeTimeSource,
+    DelayDistribution,
+    TraceComputeTimes,
+)
 from lightning_echo.errors import ConfigError
 
 DISTRIBUTION_PARAMETERS = ("scale", "shift", "shape", "sigma", "low", "high", "value")
