@@ -123,9 +123,16 @@ class StragglerSettings:
     def resolve(self, learners: int) -> ResolvedStragglers:
         """Resolved against ``learners`` (P): K, the rule's M, the delay model's learner count."""
         spec = self.spec(learners)
-        if self.compute_times is not None:
-            self.compute_times.check_learners(learners)
+        self.check_learners(learners)
         return ResolvedStragglers(spec, self._rule(learners))
+
+    def check_learners(self, learners: int) -> None:
+        """Refuse a delay model that does not fit ``learners`` (one slowdown per learner, a trace's learners)."""
+        if self.compute_times is not None:
+            try:
+                self.compute_times.check_learners(learners)
+            except ConfigError as error:
+                raise error.with_prefix("stale.delay.") from None
 
     def effective_k(self, learners: int) -> int:
         """The K every update of the variant averages (``sync``: P; ``async``, ``ringmaster``: 1)."""
@@ -160,6 +167,5 @@ def check_stale_settings(learners: int, **fields: Any) -> StragglerSettings:
     command line refuses a bad ``stale.*`` value also when the chosen algorithm has no learners."""
     positive_int("stale.learners", learners)
     settings = StragglerSettings.build(None, **fields)
-    if settings.compute_times is not None:
-        settings.compute_times.check_learners(learners)
+    settings.check_learners(learners)
     return settings

@@ -46,6 +46,16 @@ def _error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["validate_before_training=maybe"], ["validate_before_training='maybe' is not allowed: must be true or false"]),
         (["report.target_gap=-1"], ["report.target_gap=-1 is not allowed: must be a finite number >= 0"]),
         (["algorithm=sync", "echo.factor=abc"], ["echo.factor='abc' is not allowed: must be a number >= 1 or 'auto'"]),
+        # the straggler algorithms' and the processes backend's settings, checked under any algorithm
+        (["algorithm=sync", "stale.k=0"], ["stale.k=0 is not allowed: must be a positive integer"]),
+        (["algorithm=echo", "stale.delay.distribution=gamma"], ["stale.delay.distribution='gamma' is not allowed"]),
+        (["algorithm=sync", "stale.learners=2", "stale.delay.speeds=[1,2,3]"], ["stale.delay.speeds=[1.0, 2.0, 3.0] is not allowed", "2 entries"]),
+        (["algorithm=sync", "ps.timeout=0"], ["ps.timeout=0 is not allowed"]),
+        (["algorithm=sync", "ps.inject_delays=maybe"], ["ps.inject_delays='maybe' is not allowed: must be true or false"]),
+        # a renamed option: the old spelling points to the new one
+        (["algorithm=k_async", "trainer=parameter_server"], ["trainer='parameter_server' is not allowed: it is now backend=processes; choose one of"]),
+        (["algorithm=sync", "backend=processes"], ["backend='processes' is not allowed: runs a straggler algorithm's learners"]),
+        (["algorithm=_stragglers"], ["algorithm='_stragglers' is not allowed: choose one of"]),
         (["+optimizer.betas=[0.9,0.99]"], ["optimizer='torch.optim.SGD' is not allowed", "unexpected keyword argument 'betas'"]),
         # values that need quoting
         (["+ckpt_path=/runs/epoch=0-step=10.ckpt"], ["cannot parse it", "\"+ckpt_path='/runs/epoch=0-step=10.ckpt'\""]),
