@@ -37,8 +37,7 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def group_options(group: str) -> list[str]:
-    """Names of the options of a config group, e.g. ``group_options("model")``; a config whose name
-    starts with ``_`` is a base other options build on (``algorithm/_stragglers``), not an option."""
+    """Names of the options of a config group, e.g. ``group_options("model")``."""
     with hydra_context():
         loader = GlobalHydra.instance().config_loader()
-        return sorted(name for name in loader.get_group_options(group) if not name.startswith("_"))
+        return sorted(loader.get_group_options(group))

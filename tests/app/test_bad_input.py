@@ -55,7 +55,6 @@ def _error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         # a renamed option: the old spelling points to the new one
         (["algorithm=k_async", "trainer=parameter_server"], ["trainer='parameter_server' is not allowed: it is now backend=processes; choose one of"]),
         (["algorithm=sync", "backend=processes"], ["backend='processes' is not allowed: runs a straggler algorithm's learners"]),
-        (["algorithm=_stragglers"], ["algorithm='_stragglers' is not allowed: choose one of"]),
         (["+optimizer.betas=[0.9,0.99]"], ["optimizer='torch.optim.SGD' is not allowed", "unexpected keyword argument 'betas'"]),
         # values that need quoting
         (["+ckpt_path=/runs/epoch=0-step=10.ckpt"], ["cannot parse it", "\"+ckpt_path='/runs/epoch=0-step=10.ckpt'\""]),
