@@ -18,6 +18,7 @@ from algorithm_registry import NO_BACKEND, PROCESSES, REGISTRY, SIMULATED, backe
 from lightning_echo.app.config import compose_config, group_options
 from lightning_echo.app.job import flat_run_config
 from lightning_echo.app.preflight import validate_config
+from lightning_echo.stragglers.settings import BACKENDS
 from run_resume import SMALL, THROTTLED, assert_same_training_state, interrupt_and_resume
 
 STOP_AT = 7  # SIGTERM after this step: mid-epoch, and mid echo group for factors 2, 2.5 and 3
@@ -35,6 +36,7 @@ def _xfail_if_known(name: str, test: str, backend: str) -> None:
 
 def test_the_registry_covers_every_algorithm_option() -> None:
     assert sorted(REGISTRY) == group_options("algorithm")
+    assert group_options("backend") == sorted(BACKENDS) == sorted((SIMULATED, PROCESSES))
     stragglers = {name for name, case in REGISTRY.items() if case.variant is not None}
     for name, case in REGISTRY.items():
         assert case.backends == ((SIMULATED, PROCESSES) if name in stragglers else (NO_BACKEND,)), name
