@@ -48,7 +48,7 @@ def figure8(args: argparse.Namespace) -> None:
                Method("k_sync", f"K-sync (K = {k})", "k_sync", lr, k=k),
                Method("k_batch_async", f"K-batch-async (K = {k})", "k_batch_async", lr, k=k),
                Method("async", "async (K = 1)", "async", lr)]
-    data = MNISTDataModule(root=args.data_root, batch_size=m, seed=args.seed)
+    data = MNISTDataModule(root=args.data_root, batch_size=m, seed=args.seed, verify_checksums=not args.no_verify_checksums)
     data.setup()
     objective = full_objective(data.splits.x_train, data.splits.y_train)
 

@@ -239,8 +239,10 @@ def image_module(args: argparse.Namespace, dataset: str, batch_size: int) -> pl.
     if dataset == "fashion_mnist":
         from lightning_echo.data import FashionMNISTDataModule
 
-        return FashionMNISTDataModule(root=args.data_root, batch_size=batch_size, seed=args.seed)
-    return MNISTDataModule(root=args.data_root, batch_size=batch_size, seed=args.seed)
+        return FashionMNISTDataModule(root=args.data_root, batch_size=batch_size, seed=args.seed,
+                                      verify_checksums=not args.no_verify_checksums)
+    return MNISTDataModule(root=args.data_root, batch_size=batch_size, seed=args.seed,
+                           verify_checksums=not args.no_verify_checksums)
 
 
 def fashion_available(root: Optional[str]) -> bool:

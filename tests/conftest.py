@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+from lightning_echo.data.formats.idx import write_idx
 
 TESTS = Path(__file__).resolve().parent
 REPOSITORY = TESTS.parent
@@ -117,3 +120,37 @@ def only_run_dir(tmp_path: Path) -> Path:
     runs = list((tmp_path / "le_outputs" / "runs").iterdir())
     assert len(runs) == 1, runs  # a rank that re-ran the command line would have made its own
     return runs[0]
+
+
+def write_mnist_like(
+    directory: Path,
+    gz: bool = True,
+    n_train: int = 48,
+    n_val: int = 24,
+    image_shape: tuple[int, int] = (28, 28),
+    n_labels: dict[str, int] | None = None,
+    max_label: int = 9,
+) -> Path:
+    """The four IDX files with random images and labels; ``n_labels`` overrides a labels file's length."""
+    directory.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_val)):
+        images = torch.randint(0, 256, (n, *image_shape), generator=generator, dtype=torch.uint8)
+        n_lab = (n_labels or {}).get(prefix, n)
+        labels = torch.randint(0, max_label + 1, (n_lab,), generator=generator, dtype=torch.uint8)
+        write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def mnist_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A data root holding ``mnist/``, and the recipe flags it needs: real MNIST when ``../shared``
+    has it; on a clone without it, small random files in the same IDX format (which only
+    ``--no-verify-checksums`` accepts)."""
+    if MNIST_DIR.is_dir() and any(MNIST_DIR.glob("train-images-idx3-ubyte*")):
+        return MNIST_DIR.parent, []
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root / "mnist", n_train=2000, n_val=200)
+    return root, ["--no-verify-checksums"]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MNIST_DIR
 from lightning_echo.app.config import group_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +57,16 @@ def _run_recipe(script: str, out: Path, *args: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, methods", [
-    ("dutta_fig8.py", ["--horizon-scale", "0.01", "--data-root", str(MNIST_DIR.parent)],
-     ["sync", "k_sync", "k_batch_async", "async"]),
-    ("dutta_fig9.py", ["--horizon-scale", "0.02", "--dataset", "mnist", "--data-root", str(MNIST_DIR.parent)],
+    ("dutta_fig8.py", ["--horizon-scale", "0.01", "MNIST"], ["sync", "k_sync", "k_batch_async", "async"]),
+    ("dutta_fig9.py", ["--horizon-scale", "0.02", "--dataset", "mnist", "MNIST"],
      ["async", "async_adaptive", "paper_lr", "control"]),
     ("mishchenko_least_squares.py", ["--horizon-scale", "0.02", "--no-tune"],
      ["sync", "async", "async_adaptive", "rennala", "ringmaster"]),
 ])
 def test_simulated_learner_recipes_write_their_results(tmp_path: Path, script: str, args: list[str],
-                                                       methods: list[str]) -> None:
+                                                       methods: list[str], mnist_files: tuple[Path, list[str]]) -> None:
+    root, flags = mnist_files  # "MNIST" stands for the data root (real MNIST, or small files in its format)
+    args = [item for arg in args for item in (["--data-root", str(root), *flags] if arg == "MNIST" else [arg])]
     results = _run_recipe(script, tmp_path, *args)
     curves = {curve["method"]["key"]: curve for curve in results["curves"]}
     assert list(curves) == methods

@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import write_mnist_like
 from lightning_echo.data import CIFAR10DataModule, CovtypeDataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_echo.data.formats.cifar_pickle import write_cifar_batch
 from lightning_echo.data.modules.covtype import binary_labels
@@ -44,28 +45,6 @@ def fit_three_steps(model: pl.LightningModule, datamodule: pl.LightningDataModul
     trainer.fit(model, datamodule=datamodule)
     assert trainer.global_step == 3
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters()))
-
-
-def write_mnist_like(
-    directory: Path,
-    gz: bool = True,
-    n_train: int = N_TRAIN,
-    n_val: int = N_VAL,
-    image_shape: tuple[int, int] = (28, 28),
-    n_labels: dict[str, int] | None = None,
-    max_label: int = 9,
-) -> Path:
-    """The four IDX files with random images and labels; ``n_labels`` overrides a labels file's length."""
-    directory.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(0)
-    suffix = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_val)):
-        images = torch.randint(0, 256, (n, *image_shape), generator=generator, dtype=torch.uint8)
-        n_lab = (n_labels or {}).get(prefix, n)
-        labels = torch.randint(0, max_label + 1, (n_lab,), generator=generator, dtype=torch.uint8)
-        write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
-    return directory
 
 
 def write_covtype(path: Path, labels: tuple[float, float] = (1, 2), n: int = 80) -> Path:
