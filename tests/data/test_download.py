@@ -23,6 +23,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import MNIST_DIR
 from lightning_echo.data import CIFAR10DataModule, CovtypeDataModule, MNISTDataModule
 from lightning_echo.data.formats.cifar_pickle import write_cifar_batch
 from lightning_echo.data.modules.covtype import COVTYPE_BZ2_MD5
@@ -33,7 +34,7 @@ from lightning_echo.data.modules.mnist import IDX_FILES, MNIST_SHA256
 from lightning_echo.errors import ConfigError, DataFileError
 from lightning_echo.models import LogisticRegression
 
-SHARED_MNIST = Path("/work/shared/data/mnist")
+SHARED_MNIST = MNIST_DIR  # ../shared/data/mnist beside the clone, when it is there
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import write_mnist_like
+from conftest import MNIST_DIR, write_mnist_like
 from lightning_echo.data import CIFAR10DataModule, CovtypeDataModule, FashionMNISTDataModule, MNISTDataModule
 from lightning_echo.data.formats.cifar_pickle import write_cifar_batch
 from lightning_echo.data.modules.covtype import binary_labels
@@ -22,7 +22,7 @@ from lightning_echo.data.spec import DataSpec
 from lightning_echo.errors import ConfigError, DataFileError
 from lightning_echo.models import CNN, MLP, LogisticRegression
 
-SHARED_MNIST = Path("/work/shared/data/mnist")
+SHARED_MNIST = MNIST_DIR  # ../shared/data/mnist beside the clone, when it is there
 N_TRAIN, N_VAL = 48, 24
 
 
