@@ -1,6 +1,7 @@
 """A parameter server on real processes (torch.distributed, gloo channels): the server and
 learner loops that run the straggler-tolerant variants of :mod:`lightning_echo.core.schedule`
-across processes and machines. Design note: README.md here."""
+across processes and machines. Its Lightning strategy, ``ParameterServerStrategy``, is exported by
+:mod:`lightning_echo.stragglers` (and ``lightning_echo``). Design note: README.md here."""
 
 from lightning_echo.stragglers.processes.learner import LearnerReport, LearnerSession, Work, learner_delays, run_learner
 from lightning_echo.stragglers.processes.protocol import (
@@ -49,13 +50,3 @@ __all__ = [
     "plain_sgd",
     "run_learner",
 ]
-
-
-def __getattr__(name: str) -> object:
-    """``ParameterServerStrategy`` (the Lightning strategy) is imported on first use, so that this
-    package stays importable without Lightning."""
-    if name in ("ParameterServerStrategy", "STRATEGY_NAME"):
-        from lightning_echo.stragglers.processes import strategy
-
-        return getattr(strategy, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
