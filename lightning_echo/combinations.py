@@ -42,3 +42,12 @@ def refuse_several_train_loaders(loader: Any, owner_name: str) -> None:
     """Refuse a list, tuple or dict of train loaders, or Lightning's ``CombinedLoader``."""
     if isinstance(loader, (list, tuple, dict)) or type(loader).__name__ == "CombinedLoader":
         raise ConfigError("train_dataloaders", type(loader).__name__, f"{owner_name} takes a single train loader")
+
+
+def refuse_manual_optimization(module: Any, owner_name: str) -> None:
+    """Refuse ``automatic_optimization = False``: ``owner_name`` decides when and at which
+    parameters each gradient is computed, and steps the optimizer itself."""
+    if module is not None and not module.automatic_optimization:
+        raise ConfigError("automatic_optimization", False, f"with {owner_name}, the strategy computes each "
+                          "gradient and applies the optimizer step itself; use automatic optimization (return the "
+                          "loss from training_step)")

@@ -28,6 +28,8 @@ Variant = Literal["sync", "k_sync", "k_batch_sync", "async", "k_async", "k_batch
 VARIANTS: tuple[Variant, ...] = get_args(Variant)
 # Variants whose K may exceed the number of learners (a learner contributes several mini-batches).
 BATCH_VARIANTS: tuple[Variant, ...] = ("k_batch_sync", "k_batch_async", "rennala")
+# Variants whose learners keep computing across updates, so a gradient may be stale.
+STALE_VARIANTS: tuple[Variant, ...] = ("async", "k_async", "k_batch_async", "ringmaster")
 
 
 # -- the variant -----------------------------------------------------------------------------

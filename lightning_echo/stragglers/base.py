@@ -17,12 +17,13 @@ from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Union
 
 from lightning_echo.combinations import (
     refuse_gradient_accumulation,
+    refuse_manual_optimization,
     refuse_second_progress_source,
     refuse_several_train_loaders,
 )
 from lightning_echo.core.batches import find_batch_size
 from lightning_echo.core.progress import Clock, ProgressLedger, StepReport
-from lightning_echo.core.schedule import VariantSpec
+from lightning_echo.core.schedule import STALE_VARIANTS, VariantSpec
 from lightning_echo.core.step_sizes import StepSizeRule
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import warn_if_other_lightning_imported
@@ -67,6 +68,7 @@ class StragglerStrategy:
         it before any run starts, ``setup`` again before training."""
         refuse_gradient_accumulation(trainer, self.owner_name)
         refuse_second_progress_source(trainer, self, self.owner_name)
+        refuse_manual_optimization(trainer.lightning_module, self.owner_name)
 
     def _check_train_loader(self, loader: Any) -> None:
         refuse_several_train_loaders(loader, self.owner_name)
@@ -80,6 +82,8 @@ class StragglerStrategy:
         assert self.rule is not None, "_resolve() must run before the optimizers are set up"
         self.optimizers = [o if isinstance(o, StalenessAwareOptimizer) else StalenessAwareOptimizer(o, self.rule)
                            for o in self.optimizers]
+        if trainer.training and trainer.global_rank == 0:  # the server's optimizer: learners never step theirs
+            warn_if_momentum_meets_staleness(self.optimizers[0], self.spec)
 
     @property
     def server_optimizer(self) -> StalenessAwareOptimizer:
@@ -115,6 +119,29 @@ class StragglerStrategy:
     def _undo_all(self) -> None:
         while self._undo:
             self._undo.pop()()
+
+
+def warn_if_momentum_meets_staleness(optimizer: Any, spec: Optional[VariantSpec]) -> None:
+    """Warn when a variant whose gradients may be stale steps an optimizer with momentum: the two
+    compound (asynchrony itself acts as momentum, about ``1 - 1/P``; Mitliagkas et al. 2016), and
+    runs that converge without momentum can diverge with 0.9."""
+    if spec is None or spec.name not in STALE_VARIANTS:
+        return
+    momenta = [_momentum_of(group) for group in optimizer.param_groups]
+    strongest = max(momenta, default=0.0)
+    if strongest > 0:
+        warnings.warn(
+            f"{spec.name} applies stale gradients, and the optimizer has momentum {strongest:g}: asynchrony adds an "
+            f"implicit momentum of about 1 - 1/P = {1 - 1 / spec.learners:.2f}, and the two together often diverge. "
+            "Lower the optimizer's momentum (or use a synchronous variant); see the stragglers method card", stacklevel=2)
+
+
+def _momentum_of(group: Dict[str, Any]) -> float:
+    """A param group's momentum: SGD/RMSprop ``momentum``, or Adam-style ``betas[0]``."""
+    if "momentum" in group:
+        return float(group["momentum"] or 0.0)
+    betas = group.get("betas")
+    return float(betas[0]) if isinstance(betas, (tuple, list)) and betas else 0.0
 
 
 def examples_in(batch: Any) -> int:

@@ -49,6 +49,7 @@ class LearnerReport:
     compute_s: float = 0.0  # time in compute_gradient
     injected_s: float = 0.0  # time spent in the injected delay
     stopped: bool = False  # ended by the server's STOP
+    server_failed: bool = False  # ended by the server's ERROR (the run failed there)
 
 
 def learner_delays(source: ComputeTimeSource, learner: int, seed: int = 0) -> Callable[[], float]:
@@ -139,15 +140,16 @@ class LearnerSession:
             self._goodbye(stop)
             return None
         except ParameterServerError:
-            self._ended = True  # the server is gone or ended the run: it takes no more messages
+            self._end_after()
             raise
         self._began = time.monotonic()
         header = self._work.header
         return Work(header.version, header.ticket, self._work.payload, self._began)
 
-    def deliver(self, gradient: Optional[torch.Tensor] = None) -> bool:
+    def deliver(self, gradient: Optional[torch.Tensor] = None, note: bytes = b"") -> bool:
         """Push the gradient of the current work (``gradient``, or what the caller wrote into
-        :attr:`gradient_buffer`) once the injected delay has passed. Returns False when the work
+        :attr:`gradient_buffer`), with ``note`` (what the learner logged, see
+        :mod:`.logged`), once the injected delay has passed. Returns False when the work
         was dropped instead: a newer START cancelled it (taken by the next :meth:`next_work`) or
         the server sent STOP."""
         work = self._work
@@ -171,12 +173,12 @@ class LearnerSession:
                 self._held = _accept(self.transport, self.report, newer)
                 self.report.cancelled += 1
                 return False
-            _send(self.transport, self._out, Kind.PUSH, self.learner, header.version, header.ticket)
+            _send(self.transport, self._out, Kind.PUSH, self.learner, header.version, header.ticket, note)
         except _Stop as stop:
             self._goodbye(stop)
             return False
         except ParameterServerError:
-            self._ended = True
+            self._end_after()
             raise
         self.report.pushed += 1
         return True
@@ -196,8 +198,10 @@ class LearnerSession:
             self._ended = True
             _send_quietly(self.transport, self._out, Kind.BYE, self.learner)
 
-    def close(self, wait: float = 0.5) -> None:
-        """Release the buffers and wait briefly for the receiver thread (see :meth:`Transport.close`)."""
+    def close(self, wait: Optional[float] = None) -> None:
+        """Release the buffers and wait for the receiver thread: it ends with the server's final
+        message (STOP or ERROR; the server sends one in answer to this learner's own), at most
+        ``wait`` seconds (default: the transport's timeout; see :meth:`Transport.close`)."""
         if self._closed:
             return
         self._closed = True
@@ -205,7 +209,14 @@ class LearnerSession:
         if self._held is not None:
             self.transport.release(self._held)
             self._held = None
-        self.transport.close(wait=wait)
+        self.transport.close(wait=self.transport.timeout if wait is None else wait)
+
+    def _end_after(self) -> None:
+        """The server is gone, silent, or ended the run. One that ended it with ERROR still
+        listens: say BYE, so that its receiver thread for this learner ends."""
+        if self.report.server_failed and not self._ended:
+            _send_quietly(self.transport, self._out, Kind.BYE, self.learner)
+        self._ended = True
 
     def _release_work(self) -> None:
         if self._work is not None:
@@ -291,6 +302,7 @@ def _accept(transport: Transport, report: LearnerReport, inbound: Inbound) -> In
         report.stopped = True
         raise _Stop(retired=header.ticket == StopReason.RETIRED)
     if header.kind == Kind.ERROR:
+        report.server_failed = True
         raise ParameterServerError(
             f"the parameter server (rank {SERVER_RANK}) ended the run with an error (see its log); "
             f"learner {report.learner} stops"
@@ -298,9 +310,10 @@ def _accept(transport: Transport, report: LearnerReport, inbound: Inbound) -> In
     raise ProtocolError(f"the parameter server sent {header.kind.name}, which only learners send")
 
 
-def _send(transport: Transport, out: Message, kind: Kind, learner: int, version: int, ticket: int) -> None:
+def _send(transport: Transport, out: Message, kind: Kind, learner: int, version: int, ticket: int,
+          note: bytes = b"") -> None:
     try:
-        transport.send(SERVER_RANK, out, kind, learner, version=version, ticket=ticket)
+        transport.send(SERVER_RANK, out, kind, learner, version=version, ticket=ticket, note=note)
     except PeerLost as lost:
         raise ParameterServerError(f"learner {learner} stops: {lost}") from None
 

@@ -2,7 +2,8 @@
 carry one, a flat payload (parameters or a gradient) in one contiguous byte buffer.
 
 A message travels as one point-to-point send: ``HEADER_BYTES`` of header (``kind, learner,
-version, ticket, numel`` as int64) followed by ``numel`` payload elements. Sending header and
+version, ticket, numel, note`` as int64) followed by ``numel`` payload elements and, in a PUSH,
+``note`` bytes of what the learner logged (at most ``NOTE_CAPACITY``). Sending header and
 payload together (rather than as two sends) halves the handshakes per message and makes every
 message atomic: two threads of one process can send on the same channel without their parts
 interleaving. The receiver always posts a receive of the largest message; the header says how
@@ -23,8 +24,9 @@ import torch
 
 from lightning_echo.errors import ConfigError, LightningEchoError
 
-HEADER_FIELDS = ("kind", "learner", "version", "ticket", "numel")
+HEADER_FIELDS = ("kind", "learner", "version", "ticket", "numel", "note")
 HEADER_BYTES = 8 * len(HEADER_FIELDS)
+NOTE_CAPACITY = 4096  # bytes a PUSH may carry after its payload (the learner's logged values)
 
 
 class Kind(enum.IntEnum):
@@ -50,6 +52,7 @@ class Kind(enum.IntEnum):
 
 
 CARRIES_PAYLOAD = frozenset({Kind.START, Kind.PUSH})
+CARRIES_NOTE = frozenset({Kind.PUSH})
 FINAL = frozenset({Kind.STOP, Kind.ERROR, Kind.BYE})  # the sender sends nothing after these
 
 
@@ -73,6 +76,7 @@ class Header:
     version: int
     ticket: int
     numel: int
+    note: int = 0
 
 
 class Message:
@@ -92,28 +96,37 @@ class Message:
         itemsize = torch.empty((), dtype=dtype).element_size()
         self.numel = numel
         self.dtype = dtype
-        self.buffer = torch.zeros(HEADER_BYTES + numel * itemsize, dtype=torch.uint8)
+        self._payload_bytes = numel * itemsize
+        self.buffer = torch.zeros(HEADER_BYTES + self._payload_bytes + NOTE_CAPACITY, dtype=torch.uint8)
         self._fields = self.buffer[:HEADER_BYTES].view(torch.int64).numpy()  # shares the buffer's memory
-        self.payload = self.buffer[HEADER_BYTES:].view(dtype)
+        self.payload = self.buffer[HEADER_BYTES : HEADER_BYTES + self._payload_bytes].view(dtype)
+        self._note = self.buffer[HEADER_BYTES + self._payload_bytes :].numpy()
 
     @property
     def capacity(self) -> int:
-        """Bytes of the largest message this buffer holds (header and full payload)."""
+        """Bytes of the largest message this buffer holds (header, full payload and note)."""
         return self.buffer.numel()
 
-    def encode(self, kind: Kind, learner: int, version: int = 0, ticket: int = 0) -> torch.Tensor:
-        """Write the header; return the bytes to send (the payload only for kinds that carry one)."""
+    def encode(self, kind: Kind, learner: int, version: int = 0, ticket: int = 0, note: bytes = b"") -> torch.Tensor:
+        """Write the header (and ``note`` after the payload of a PUSH); return the bytes to send
+        (the payload only for kinds that carry one)."""
+        if note and kind not in CARRIES_NOTE:
+            raise ValueError(f"a {kind.name} message carries no note")
+        if len(note) > NOTE_CAPACITY:
+            raise ValueError(f"a note of {len(note)} bytes exceeds NOTE_CAPACITY={NOTE_CAPACITY}")
         numel = self.numel if kind in CARRIES_PAYLOAD else 0
-        self._fields[:] = (int(kind), learner, version, ticket, numel)
-        return self.buffer[: self.wire_bytes(kind)]
+        self._fields[:] = (int(kind), learner, version, ticket, numel, len(note))
+        if note:
+            self._note[: len(note)] = memoryview(note)
+        return self.buffer[: self.wire_bytes(kind, len(note))]
 
-    def wire_bytes(self, kind: Kind) -> int:
-        """Bytes a message of ``kind`` occupies on the wire."""
-        return self.capacity if kind in CARRIES_PAYLOAD else HEADER_BYTES
+    def wire_bytes(self, kind: Kind, note: int = 0) -> int:
+        """Bytes a message of ``kind`` with a ``note`` of that many bytes occupies on the wire."""
+        return HEADER_BYTES + (self._payload_bytes if kind in CARRIES_PAYLOAD else 0) + note
 
     def header(self) -> Header:
         """The header as last written or received."""
-        kind, learner, version, ticket, numel = self._fields.tolist()
+        kind, learner, version, ticket, numel, note = self._fields.tolist()
         try:
             decoded = Kind(kind)
         except ValueError:
@@ -121,7 +134,13 @@ class Message:
         expected = self.numel if decoded in CARRIES_PAYLOAD else 0
         if numel != expected:
             raise ProtocolError(f"a {decoded.name} message announced {numel} payload elements; expected {expected}")
-        return Header(decoded, learner, version, ticket, numel)
+        if not 0 <= note <= (NOTE_CAPACITY if decoded in CARRIES_NOTE else 0):
+            raise ProtocolError(f"a {decoded.name} message announced a note of {note} bytes")
+        return Header(decoded, learner, version, ticket, numel, note)
+
+    def note(self) -> bytes:
+        """The note of the message as last written or received (empty when it has none)."""
+        return self._note[: int(self._fields[5])].tobytes()
 
 
 class ParameterLayout:

@@ -11,13 +11,15 @@ backward left in ``.grad``, with the loss and batch size in the trailer (:mod:`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+import warnings
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
 from lightning_echo.core.schedule import VariantSpec
 from lightning_echo.stragglers.processes.exchange import FlatExchange
 from lightning_echo.stragglers.processes.learner import LearnerSession
+from lightning_echo.stragglers.processes.logged import LoggedValue, decode_note, encode_note, mean_over_update
 from lightning_echo.stragglers.processes.server import ParameterServer, PendingUpdate, ServerReport, UpdateRecord
 from lightning_echo.stragglers.processes.transport import Transport
 
@@ -51,6 +53,7 @@ class ServerRole:
         self.update: Optional[PendingUpdate] = None
         self.loss = math.nan
         self.samples = 0.0
+        self.logged: Dict[str, LoggedValue] = {}
         self.started = False
         self.finished = False
 
@@ -67,7 +70,8 @@ class ServerRole:
 
     def next_update(self) -> PendingUpdate:
         """Wait for the next update; its mean gradient is in :attr:`grads`, its mean loss in
-        :attr:`loss` and its examples in :attr:`samples`. An update still pending (its optimizer
+        :attr:`loss`, its examples in :attr:`samples`, the mean of what its learners logged in
+        :attr:`logged`. An update still pending (its optimizer
         step did not run) is completed first, with the parameters as they are."""
         if self.update is not None:
             self.complete_update()
@@ -77,6 +81,7 @@ class ServerRole:
             for buffer, change in zip(self.buffers, self.buffer_changes):
                 buffer.add_(change)
         self.samples = mean_samples * len(update.gradients)
+        self.logged = mean_over_update([decode_note(note) for note in update.notes])
         self.update = update
         return update
 
@@ -127,6 +132,7 @@ class LearnerRole:
         self._buffers_read = [torch.empty_like(b) for b in self.buffers]  # as the START set them; then the changes
         self.session = LearnerSession(transport, injected_delay)
         self.working = False
+        self._left_out: set[str] = set()
 
     @property
     def stopped(self) -> bool:
@@ -149,9 +155,10 @@ class LearnerRole:
         self.working = True
         return True
 
-    def deliver(self, loss: Optional[float], samples: float) -> bool:
+    def deliver(self, loss: Optional[float], samples: float, logged: Optional[Mapping[str, LoggedValue]] = None) -> bool:
         """Push the gradient in the parameters' ``.grad`` (missing ones count as zeros) with the
-        loss and batch size; False when the work was cancelled or the run stopped meanwhile."""
+        loss and batch size, and ``logged`` as its note; False when the work was cancelled or the
+        run stopped meanwhile."""
         if not self.working:
             raise RuntimeError("take_work() must come first")
         self.working = False
@@ -160,10 +167,15 @@ class LearnerRole:
             changes = [torch.sub(buffer, read, out=read) for buffer, read in zip(self.buffers, self._buffers_read)]
             self.exchange.pack_gradient(grads, math.nan if loss is None else float(loss), samples,
                                         self.session.gradient_buffer, changes)
+            note, left_out = encode_note(logged or {})
         except BaseException:
             self.session.fail()
             raise
-        return self.session.deliver()
+        if set(left_out) - self._left_out:
+            self._left_out.update(left_out)
+            warnings.warn(f"the logged values {', '.join(left_out)} do not fit in a gradient's note with the others: "
+                          "the parameter server does not log them", stacklevel=2)
+        return self.session.deliver(note=note)
 
     def fail(self) -> None:
         """This learner failed: tell the server."""

@@ -54,7 +54,8 @@ ApplyUpdate = Callable[[torch.Tensor, list[int], Optional[list[torch.Tensor]]], 
 class PendingUpdate:
     """An update ready to apply: ``gradient`` is the mean of the accepted gradients (the server's
     buffer: read it, do not keep it), ``staleness`` one value per gradient, ``stale_params`` the
-    flat parameters each gradient was computed at (only when the server keeps them)."""
+    flat parameters each gradient was computed at (only when the server keeps them), ``notes``
+    the note each gradient's PUSH carried (what its learner logged)."""
 
     version: int
     gradient: torch.Tensor
@@ -63,6 +64,7 @@ class PendingUpdate:
     gradients: tuple[GradientRecord, ...]
     start_tickets: tuple[int, ...]
     cancelled: tuple[int, ...]
+    notes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class ParameterServer:
         self.params.copy_(params)
         self._sum = torch.zeros_like(self.params)
         self._accepted_tickets: list[int] = []  # START tickets of the accepted gradients, in arrival order
+        self._accepted_notes: list[bytes] = []  # and the notes their PUSHes carried
         self._tickets = [0] * spec.learners
         self._started_at = [0.0] * spec.learners
         self._snapshots: dict[int, torch.Tensor] = {}
@@ -256,10 +259,10 @@ class ParameterServer:
                 return  # a message it sent before it was dropped
             if header.kind == Kind.PUSH:
                 self._arrival(learner, inbound)
-            elif header.kind == Kind.ERROR:
-                self._lose(learner, "its gradient computation raised an error (see that learner's log)")
+            elif header.kind == Kind.ERROR:  # its final message; told in return, so its receiver thread ends
+                self._lose(learner, "its gradient computation raised an error (see that learner's log)", tell_it=True)
             elif header.kind == Kind.BYE:
-                self._lose(learner, "it ended before the server stopped it")
+                self._lose(learner, "it ended before the server stopped it", tell_it=True)
             else:
                 raise ProtocolError(f"learner {learner} (rank {inbound.src}) sent {header.kind.name}, which only the server sends")
         finally:
@@ -283,6 +286,7 @@ class ParameterServer:
             else:
                 self._sum.add_(inbound.payload)
             self._accepted_tickets.append(header.ticket)
+            self._accepted_notes.append(inbound.message.note())
         else:
             self.report.gradients_discarded += 1
         for other in decision.starts:
@@ -294,13 +298,14 @@ class ParameterServer:
         count = len(decision.gradients)
         gradient = self._sum if count == 1 else self._sum.div_(count)
         tickets, self._accepted_tickets = tuple(self._accepted_tickets), []
+        notes, self._accepted_notes = tuple(self._accepted_notes), []
         stale = None
         if self.keep_stale_params:
             stale = [self.params if g.read_version == previous else self._snapshots[g.read_version] for g in decision.gradients]
             if previous in self._read_versions():
                 self._snapshot(previous)  # a learner still computes at the version this update overwrites
         update = PendingUpdate(decision.version, gradient, [g.staleness for g in decision.gradients], stale,
-                               decision.gradients, tickets, decision.cancelled)
+                               decision.gradients, tickets, decision.cancelled, notes)
         self._pending_update = update
         return update
 
@@ -347,18 +352,18 @@ class ParameterServer:
             return
         self.report.lost[learner] = reason
         LOG.warning("parameter server: learner %d (rank %d) is lost: %s", learner, learner_rank(learner), reason)
+        if tell_it:  # a process that is still alive: tell it to end (the server sends it nothing more)
+            try:
+                self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
+                                    version=self.policy.version, ticket=int(StopReason.RETIRED))
+            except PeerLost:
+                pass
         if self.policy.rules.at_update == "cancel_all":
             raise ParameterServerError(
                 f"learner {learner} (rank {learner_rank(learner)}) is lost: {reason}; "
                 f"{self.spec.name} needs a fresh gradient from its learners at every update and cannot go on"
             )
         self.policy.retire(learner)
-        if tell_it:  # an unresponsive process may still be alive: tell it to end
-            try:
-                self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
-                                    version=self.policy.version, ticket=int(StopReason.RETIRED))
-            except PeerLost:
-                pass
         self._check_progress_possible()
 
     def _check_progress_possible(self) -> None:
@@ -379,12 +384,30 @@ class ParameterServer:
         """Send STOP to every learner still there, wait up to ``timeout`` for their goodbyes."""
         report = self.report
         report.wall_s = time.monotonic() - self._t0 if self._t0 else 0.0
+        self._end_every_learner(Kind.STOP)
+        if report.no_goodbye:
+            LOG.warning("parameter server: learners %s did not answer STOP within %g s", report.no_goodbye, self.timeout)
+        self._close()
+        return report
+
+    def abort(self, error: BaseException) -> None:
+        """Tell every learner still there that the run failed, wait up to ``timeout`` for their
+        goodbyes (best effort), then close."""
+        LOG.error("parameter server: the run failed: %s", error)
+        self._end_every_learner(Kind.ERROR)
+        self._close()
+
+    def _end_every_learner(self, kind: Kind) -> None:
+        """Send ``kind`` (STOP or ERROR) to every learner still there and wait up to ``timeout``
+        for their final messages, so that every receiver thread ends; ``report.no_goodbye``
+        lists those that did not answer."""
+        report = self.report
         waiting = set()
         for learner in range(self.spec.learners):
             if learner in report.lost:
                 continue
             try:
-                self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
+                self.transport.send(learner_rank(learner), self._start_message, kind, learner,
                                     version=self.policy.version, ticket=int(StopReason.DONE))
                 waiting.add(learner)
             except PeerLost as lost:
@@ -399,33 +422,17 @@ class ParameterServer:
             if inbound is None:
                 break
             learner, header = learner_index(inbound.src), inbound.header
-            kind = header.kind
+            arrived = header.kind
             self.transport.release(inbound)
-            if kind == Kind.PUSH and learner in waiting:
+            if arrived == Kind.PUSH and learner in waiting:
                 report.pushes_per_learner[learner] += 1
                 if header.ticket != self._tickets[learner]:
                     report.cancelled_arrived += 1
                 else:
                     report.unused_at_stop += 1
-            elif kind in (Kind.BYE, Kind.ERROR):
+            elif arrived in (Kind.BYE, Kind.ERROR):
                 waiting.discard(learner)
         report.no_goodbye = sorted(waiting)
-        if waiting:
-            LOG.warning("parameter server: learners %s did not answer STOP within %g s", report.no_goodbye, self.timeout)
-        self._close()
-        return report
-
-    def abort(self, error: BaseException) -> None:
-        """Tell every learner still there that the run failed (best effort), then close."""
-        LOG.error("parameter server: the run failed: %s", error)
-        for learner in range(self.spec.learners):
-            if learner not in self.report.lost:
-                try:
-                    self.transport.send(learner_rank(learner), self._start_message, Kind.ERROR, learner,
-                                        version=self.policy.version)
-                except PeerLost:
-                    pass
-        self._close()
 
     def _close(self) -> None:
         if not self._closed:

@@ -28,6 +28,8 @@ from lightning_echo.metric_names import ParameterServer, Stale
 from lightning_echo.stragglers.base import StragglerStrategy, examples_in
 from lightning_echo.stragglers.processes.exchange import FlatExchange
 from lightning_echo.stragglers.processes.learner import LearnerReport, learner_delays
+from lightning_echo.stragglers.processes.local_metrics import keep_metric_syncs_local
+from lightning_echo.stragglers.processes.logged import StepLogs
 from lightning_echo.stragglers.processes.metrics import CarriedCounts, process_metrics
 from lightning_echo.stragglers.processes.roles import LearnerRole, ServerRole
 from lightning_echo.stragglers.processes.server import ServerReport
@@ -146,6 +148,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self.learner_report: Optional[LearnerReport] = None  # learners, after fit
         self._role: Union[ServerRole, LearnerRole, None] = None
         self._evaluating = False
+        self._fitting = False  # from the process group's creation for fit until teardown
+        self._step_logs = StepLogs()
         self._trainer: Optional[pl.Trainer] = None
         self._loaded: Optional[Dict[str, Any]] = None  # the server state of the checkpoint being resumed
         self._state: Optional[Dict[str, Any]] = None  # the server state a checkpoint saves now
@@ -161,8 +165,17 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     @property
     @override
     def world_size(self) -> int:
-        """P + 1 processes, but 1 while ``fit`` trains: each process runs its own loop."""
-        return 1 if self._local else super().world_size
+        """P + 1 processes outside ``fit``; in ``fit``, P (the learners' world) while the module and
+        its DataModule are set up and the optimizers configured, then 1 while the processes train,
+        each in its own loop (also 1 in a server-only evaluation)."""
+        if self._local:
+            return 1
+        return self._processes - 1 if self._fitting else super().world_size
+
+    @property
+    def _processes(self) -> int:
+        """P + 1: every process of the world, the server's included."""
+        return self.num_nodes * self.num_processes
 
     @property
     def _local(self) -> bool:
@@ -172,12 +185,11 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     @property
     @override
     def distributed_sampler_kwargs(self) -> Dict[str, Any]:
-        if not self._local:
-            return super().distributed_sampler_kwargs
-        if isinstance(self._role, LearnerRole):
-            assert self.spec is not None
-            return {"num_replicas": self.spec.learners, "rank": learner_index(self.global_rank)}
-        return {"num_replicas": 1, "rank": 0}  # the server validates on everything; it reads no train batch
+        if self._fitting and self.global_rank != SERVER_RANK:
+            return {"num_replicas": self._processes - 1, "rank": learner_index(self.global_rank)}
+        if self._fitting or self._evaluating:
+            return {"num_replicas": 1, "rank": 0}  # the server validates on everything; it reads no train batch
+        return super().distributed_sampler_kwargs
 
     @override
     def barrier(self, *args: Any, **kwargs: Any) -> None:
@@ -213,6 +225,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         # From here on an evaluation stage is the server's alone: Lightning's own barriers of the stage
         # (before `setup` hooks) must not wait for processes that may be gone or busy elsewhere.
         self._evaluating = trainer is not None and _stage(trainer) in EVALUATION_LIMITS
+        self._fitting = trainer is not None and trainer.state.fn == "fit"
         if trainer is not None and trainer.state.fn == "fit" and self.global_rank == SERVER_RANK:
             # It logs the metrics of every update; added before a checkpoint's callback states are restored.
             training_progress(trainer, add=True)
@@ -226,6 +239,11 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         # Every check runs on every rank before the channels open, so all ranks fail alike.
         self._resolve(self._learners_in_world())
         self.check_trainer(trainer)
+        if self.global_rank == SERVER_RANK:
+            # Before configure_optimizers: `estimated_stepping_batches` must count server updates.
+            self._undo.append(lightning_internals.wrap_train_source(trainer, self._server_loader))
+        assert self.lightning_module is not None
+        self._undo.append(keep_metric_syncs_local(self.lightning_module))
         super().setup(trainer)
         params, buffers = self._exchanged_tensors()
         exchange = FlatExchange(params, buffers)  # refuses parameters of several dtypes
@@ -252,16 +270,13 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         module = self.lightning_module
         if module is None:
             return
-        if not module.automatic_optimization:
-            raise ConfigError("automatic_optimization", False, "the parameter server applies the optimizer step itself; "
-                              "manual optimization is not supported")
         if any(isinstance(m, torch.nn.SyncBatchNorm) for m in module.modules()):
             raise ConfigError("trainer.sync_batchnorm", True, "SyncBatchNorm synchronises learners at every forward; "
                               "the parameter server's learners compute independently")
 
     def _learners_in_world(self) -> int:
         """P: every process but the server's, checked against ``learners`` when it was given."""
-        learners = self.world_size - 1
+        learners = self._processes - 1
         if learners < 1:
             raise ConfigError("trainer.devices x trainer.num_nodes", learners + 1,
                               "a parameter server needs at least 2 processes: the server (rank 0) and a learner")
@@ -289,6 +304,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self.precision_plugin.convert_module(self.model)
         self.model_to_device()
         self.setup_precision_plugin()
+        if self.lightning_module is not None:
+            self._undo.append(keep_metric_syncs_local(self.lightning_module))
         if self.global_rank != SERVER_RANK:
             limit = EVALUATION_LIMITS.get(_stage(trainer))
             if limit is not None:
@@ -302,7 +319,6 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         assert self.spec is not None and self.rule is not None and self.lightning_module is not None
         self._role = ServerRole(transport, self.spec, params, keep_stale_params=self.rule.needs_distance,
                                 timeout=self.timeout, buffers=buffers)
-        self._undo.append(lightning_internals.wrap_train_source(trainer, self._server_loader))
         self._undo.append(lightning_internals.wrap_before_batch_transfer(self.lightning_module, _skip_server_steps))
         self._carried = CarriedCounts.from_totals(self._loaded["totals"]) if self._loaded else CarriedCounts()
         self._state = self._loaded
@@ -324,7 +340,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         delays = self.injected_delays
         learner = learner_index(self.global_rank)
         injected = learner_delays(delays, learner, self.settings.seed) if delays is not None else None
-        self._role = LearnerRole(transport, params, injected, buffers=buffers)
+        role = self._role = LearnerRole(transport, params, injected, buffers=buffers)
+        self._undo.append(self._step_logs.install(self.lightning_module, lambda: role.working))
         self._undo.append(lightning_internals.lift_fit_limits(trainer))
         limit_val, callbacks = trainer.limit_val_batches, list(trainer.callbacks)
         trainer.limit_val_batches = 0
@@ -384,6 +401,10 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self._grads_due = True  # Lightning zeroes .grad after this step: backward() puts the update's there
         samples = round(role.samples)
         self._step_report = StepReport(samples=samples, fresh_samples=samples, fresh_batches=len(update.gradients))
+        module = self.lightning_module
+        assert module is not None
+        for name, logged in role.logged.items():  # what the learners logged in training_step, as the user logged it
+            module.log(name, logged.value, batch_size=max(1, samples), **logged.options)
         return torch.tensor(role.loss, device=self.root_device)
 
     @override
@@ -402,7 +423,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         if isinstance(role, LearnerRole):
             loss = closure()  # the user's training_step and backward; no optimizer step
             if role.working:
-                role.deliver(None if loss is None else float(loss), self._batch_samples)
+                role.deliver(None if loss is None else float(loss), self._batch_samples, self._step_logs.take())
             return loss
         result = super().optimizer_step(optimizer, closure, model, **kwargs)
         if isinstance(role, ServerRole) and role.update is not None:
@@ -492,6 +513,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
             self._loaded = None
             self._grads_due = False
             self._evaluating = False
+            self._fitting = False
+            self._step_logs.take()
             super().teardown()
 
     # -- registry -------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ class Transport:
                 reason = str(error) if isinstance(error, ProtocolError) else describe_error(error)
                 self._inbox.put(_Lost(peer, reason))
                 return
-            self._bytes_received[peer] += message.wire_bytes(header.kind)
+            self._bytes_received[peer] += message.wire_bytes(header.kind, header.note)
             self._inbox.put(Inbound(peer, header, message))
             if header.kind in FINAL:
                 return
@@ -167,13 +167,15 @@ class Transport:
         self._free.put(inbound.message)
 
     # -- sending -------------------------------------------------------------------------------
-    def send(self, dst: int, message: Message, kind: Kind, learner: int, version: int = 0, ticket: int = 0) -> None:
-        """Send ``message`` (its payload for START and PUSH) to rank ``dst``; blocks until the
-        peer has taken it. Raises :class:`PeerLost` if it is not taken within the timeout."""
+    def send(self, dst: int, message: Message, kind: Kind, learner: int, version: int = 0, ticket: int = 0,
+             note: bytes = b"") -> None:
+        """Send ``message`` (its payload for START and PUSH, and ``note`` for a PUSH) to rank
+        ``dst``; blocks until the peer has taken it. Raises :class:`PeerLost` if it is not taken
+        within the timeout."""
         group = self._groups.get(dst)
         if group is None:
             raise ValueError(f"rank {self.rank} has no channel to rank {dst} (peers: {self.peers})")
-        wire = message.encode(kind, learner, version, ticket)
+        wire = message.encode(kind, learner, version, ticket, note)
         try:
             work = dist.isend(wire, dst=dst, group=group)
             work.wait(timeout=datetime.timedelta(seconds=self.timeout))

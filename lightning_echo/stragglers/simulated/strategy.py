@@ -101,9 +101,10 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
     @override
     def setup(self, trainer: pl.Trainer) -> None:
         self.check_trainer(trainer)
-        super().setup(trainer)
         if trainer.training:
+            # Before configure_optimizers: `estimated_stepping_batches` must count server updates.
             self._undo.append(lightning_internals.wrap_train_source(trainer, self._update_loader))
+        super().setup(trainer)
 
     def _update_loader(self, loader: Any) -> UpdateLoader:
         self._check_train_loader(loader)

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import math
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,56 +27,22 @@ from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
 
 from algorithm_registry import PROCESS_TOTALS, PROCESSES, REGISTRY, cases
 from conftest import SCRIPTS
+from process_worlds import DEADLINE_S, run_world
 
 SCRIPT = SCRIPTS / "ps_lightning.py"
 _spec = importlib.util.spec_from_file_location("ps_lightning", SCRIPT)
 ps_lightning = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ps_lightning)  # the problem's data and loss, shared with the processes
 
-DEADLINE_S = 240
 # Every straggler algorithm of the registry on real processes (4 updates, a checkpoint, 4 more),
 # then the named scenarios; "killed" last: the world has a learner less afterwards.
 REGISTRY_SCENARIOS = tuple(f"registry_{name}" for name, _ in cases((PROCESSES,)))
 SCENARIOS = (*REGISTRY_SCENARIOS, "async", "k_sync", "sync", "registered", "resume", "batchnorm", "killed")
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def run_world(out: Path, *scenarios: str) -> dict[str, Any]:
-    """Run the script; return its exit code, log, whether its processes outlived it, and each
-    scenario's results by rank (None where a rank wrote nothing)."""
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "world.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, str(SCRIPT), str(out), *scenarios], cwd=out, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            returncode = process.wait(timeout=DEADLINE_S)
-            deadline = time.monotonic() + 30
-            while _group_alive(process.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            outlived = _group_alive(process.pid)
-        finally:
-            if _group_alive(process.pid):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    results: dict[str, Any] = {"returncode": returncode, "outlived": outlived, "log": log_path.read_text()}
-    for name in scenarios:
-        files = [out / f"{name}.rank{rank}.json" for rank in range(3)]
-        results[name] = [json.loads(f.read_text()) if f.exists() else None for f in files]
-    return results
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    results = run_world(tmp_path_factory.mktemp("ps_strategy"), *SCENARIOS)
+    results = run_world(SCRIPT, tmp_path_factory.mktemp("ps_strategy"), *SCENARIOS)
     assert results["returncode"] == 0, results["log"][-4000:]
     assert not results["outlived"], "a process of the world outlived its script"
     yield results
@@ -306,7 +267,7 @@ def test_batchnorm_statistics_follow_the_learners_data_and_constant_buffers_stay
 @pytest.mark.slow
 @pytest.mark.timeout(DEADLINE_S + 60)
 def test_every_learner_fails_with_one_clear_error_when_the_server_dies(tmp_path: Path) -> None:
-    results = run_world(tmp_path / "server_killed", "server_killed")
+    results = run_world(SCRIPT, tmp_path / "server_killed", "server_killed")
     assert results["returncode"] == -signal.SIGKILL and not results["outlived"]
     server, *learners = results["server_killed"]
     assert server is None  # killed after its third update
