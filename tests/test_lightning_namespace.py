@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import pytest
 
-from conftest import console_script
+from conftest import TESTS, console_script
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import ENV_VAR, LightningMissing, choose_package, pl
 
@@ -72,12 +72,21 @@ echo, progress, averaging = DataEchoing(factor=2), TrainingProgress(), EchoItera
 fit(ProxModel(), callbacks=[echo, progress, averaging])
 by_instance = fit(strategy=SimulatedLearnersStrategy("k_async", learners=2, k=1))
 by_name = fit(strategy="simulated_learners")
+# a third-party-style module (torchmetrics, a DDP-style DataModule, OneCycleLR sized by the run)
+sys.path.insert(0, {tests!r})
+from project_modules import DigitsDataModule, OneCycleDigitsModule
+one_cycle = OneCycleDigitsModule()
+project = lightning_module.Trainer(strategy=SimulatedLearnersStrategy("k_sync", learners=4, k=2), max_epochs=1,
+                                   logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                   enable_model_summary=False)
+project.fit(one_cycle, datamodule=DigitsDataModule(batch_size=8))
 seen = {{
     "module": MODULE,
     "is_callback": isinstance(echo, lightning_module.Callback),
     "echo": [echo.fresh_batches, echo.echoed_steps, progress.fresh_batches, averaging.count],
     "strategies": [type(by_instance.strategy).__name__, type(by_name.strategy).__name__,
                    by_instance.global_step, by_name.global_step],
+    "project": [one_cycle.estimated_steps, project.global_step, "train/acc" in project.callback_metrics],
 }}
 if {cli}:
     from {module}.cli import LightningCLI
@@ -136,7 +145,7 @@ CLI_RUN = ["experiment=single", "algorithm=echo", "echo.factor=2", "trainer.max_
 def _scenarios() -> dict[str, tuple[str, dict]]:
     """Each scenario that trains (seconds each): its code and how to run it."""
     def fits(package: str, first: Optional[str], cli: bool) -> str:
-        return FITS.format(first=FIRST[first], module=MODULE_OF[package], cli=cli)
+        return FITS.format(first=FIRST[first], module=MODULE_OF[package], cli=cli, tests=str(TESTS))
 
     return {
         "lightning_first": (fits("lightning", "lightning", cli=True), {}),
@@ -184,6 +193,7 @@ def test_the_lightning_imported_first_is_used_and_the_other_never_loaded(runs: d
     # 4 steps at factor 2: 2 fresh batches, 2 echoes; the echoed optimizer averaged per fresh batch.
     assert seen["echo"] == [2, 2, 2, 2]
     assert seen["strategies"] == ["SimulatedLearnersStrategy", "SimulatedLearnersStrategy", 4, 4]
+    assert seen["project"] == [6, 6, True]  # 12 mini-batches, K = 2: 6 updates, as the one-cycle schedule was told
     # LightningCLI took DataEchoing from its command line and echoed.
     assert seen["cli"] == [2, 2, 4]
     assert not set(PACKAGE_MODULES[other].split(",")) & set(seen["loaded"]), seen["loaded"]
@@ -198,6 +208,7 @@ def test_each_package_alone_works(runs: dict, package: str) -> None:
     seen = _seen(runs[f"{package}_alone"].result())
     assert seen["module"] == MODULE_OF[package] and seen["is_callback"]
     assert seen["echo"] == [2, 2, 2, 2]
+    assert seen["project"] == [6, 6, True]
     assert seen["strategies"] == ["SimulatedLearnersStrategy", "SimulatedLearnersStrategy", 4, 4]
 
 

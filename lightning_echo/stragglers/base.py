@@ -22,6 +22,7 @@ from lightning_echo.combinations import (
     refuse_several_train_loaders,
 )
 from lightning_echo.core.batches import find_batch_size
+from lightning_echo.core.momentum import implicit_momentum
 from lightning_echo.core.progress import Clock, ProgressLedger, StepReport
 from lightning_echo.core.schedule import STALE_VARIANTS, VariantSpec
 from lightning_echo.core.step_sizes import StepSizeRule
@@ -47,12 +48,14 @@ class StragglerStrategy:
     settings: StragglerSettings
     spec: Optional[VariantSpec]
     rule: Optional[StepSizeRule]
+    momentum_offset: float
 
     def _init_stragglers(self, settings: Union[StragglerSettings, str, None], fields: Dict[str, Any]) -> None:
         warn_if_other_lightning_imported(self)
         self.settings = StragglerSettings.build(settings, **fields)
         self.spec = None
         self.rule = None
+        self.momentum_offset = 0.0
         self._undo: list[Callable[[], None]] = []
         self._metrics: Dict[str, float] = {}
         self._step_report: Optional[StepReport] = None
@@ -60,7 +63,7 @@ class StragglerStrategy:
     def _resolve(self, learners: int) -> None:
         """Resolve the settings against ``learners`` (P): the variant with its K, the rule's M."""
         resolved = self.settings.resolve(learners)
-        self.spec, self.rule = resolved.spec, resolved.rule
+        self.spec, self.rule, self.momentum_offset = resolved.spec, resolved.rule, resolved.momentum_offset
 
     # -- what neither backend can run ----------------------------------------------------------
     def check_trainer(self, trainer: Any) -> None:
@@ -80,9 +83,10 @@ class StragglerStrategy:
             raise ConfigError("configure_optimizers", f"{len(self.optimizers)} optimizers",
                               f"{self.owner_name} needs exactly one optimizer (the parameter server's)")
         assert self.rule is not None, "_resolve() must run before the optimizers are set up"
-        self.optimizers = [o if isinstance(o, StalenessAwareOptimizer) else StalenessAwareOptimizer(o, self.rule)
+        self.optimizers = [o if isinstance(o, StalenessAwareOptimizer)
+                           else StalenessAwareOptimizer(o, self.rule, momentum_offset=self.momentum_offset)
                            for o in self.optimizers]
-        if trainer.training and trainer.global_rank == 0:  # the server's optimizer: learners never step theirs
+        if trainer.training and trainer.global_rank == 0 and not self.momentum_offset:  # learners never step theirs
             warn_if_momentum_meets_staleness(self.optimizers[0], self.spec)
 
     @property
@@ -127,21 +131,23 @@ def warn_if_momentum_meets_staleness(optimizer: Any, spec: Optional[VariantSpec]
     runs that converge without momentum can diverge with 0.9."""
     if spec is None or spec.name not in STALE_VARIANTS:
         return
-    momenta = [_momentum_of(group) for group in optimizer.param_groups]
-    strongest = max(momenta, default=0.0)
-    if strongest > 0:
+    momentum, kind = max((_momentum_of(group) for group in optimizer.param_groups), default=(0.0, "momentum"))
+    implicit = implicit_momentum(spec.learners, spec.k)
+    if momentum > 0 and implicit > 0:
+        remedy = ("set momentum_correction='implicit' (stale.momentum_correction=implicit) to lower it by that much, "
+                  if kind == "momentum" else "lower it ")
         warnings.warn(
-            f"{spec.name} applies stale gradients, and the optimizer has momentum {strongest:g}: asynchrony adds an "
-            f"implicit momentum of about 1 - 1/P = {1 - 1 / spec.learners:.2f}, and the two together often diverge. "
-            "Lower the optimizer's momentum (or use a synchronous variant); see the stragglers method card", stacklevel=2)
+            f"{spec.name} applies stale gradients, and the optimizer has {kind} {momentum:g}: asynchrony adds an "
+            f"implicit momentum of about 1 - K/P = {implicit:.2f}, and the two together often diverge; {remedy}"
+            "or use a synchronous variant (see the stragglers method card)", stacklevel=2)
 
 
-def _momentum_of(group: Dict[str, Any]) -> float:
-    """A param group's momentum: SGD/RMSprop ``momentum``, or Adam-style ``betas[0]``."""
+def _momentum_of(group: Dict[str, Any]) -> tuple[float, str]:
+    """A param group's momentum and what it is called: SGD/RMSprop ``momentum``, or Adam-style ``betas[0]``."""
     if "momentum" in group:
-        return float(group["momentum"] or 0.0)
+        return float(group["momentum"] or 0.0), "momentum"
     betas = group.get("betas")
-    return float(betas[0]) if isinstance(betas, (tuple, list)) and betas else 0.0
+    return (float(betas[0]), "betas[0]") if isinstance(betas, (tuple, list)) and betas else (0.0, "momentum")
 
 
 def examples_in(batch: Any) -> int:

@@ -6,7 +6,9 @@ step applies, then :meth:`~StalenessAwareOptimizer.step`. The wrapper is a real
 ``torch.optim.Optimizer`` that shares the wrapped optimizer's ``param_groups`` and ``state``, so
 lr schedulers, Lightning's ``LearningRateMonitor``, gradient clipping and checkpoints treat it
 as the optimizer itself. The rule scales the lr for that one step only: schedulers and
-monitors keep seeing their own (base) lr; the lr actually applied is in ``last_lr``.
+monitors keep seeing their own (base) lr; the lr actually applied is in ``last_lr``. A
+``momentum_offset`` lowers every group's ``momentum`` the same way, for the step only
+(:mod:`lightning_echo.core.momentum`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch.optim import Optimizer
 
+from lightning_echo.core.momentum import corrected_momentum
 from lightning_echo.core.optimizer_wrapper import OptimizerWrapper
 from lightning_echo.core.step_sizes import (
     StepSizeRule,
@@ -58,6 +61,7 @@ class _Progress:
     """
 
     rule: StepSizeRule
+    momentum_offset: float = 0.0
     told: Optional[Told] = None
     steps: int = 0
     dropped: int = 0
@@ -94,7 +98,8 @@ class StalenessAwareOptimizer(OptimizerWrapper):
     STATE_KEY = STATE_KEY
     OWN_FIELDS = ("_progress",)
 
-    def __init__(self, optimizer: Optimizer, rule: Union[StepSizeRule, str] = "constant", **rule_params: Any) -> None:
+    def __init__(self, optimizer: Optimizer, rule: Union[StepSizeRule, str] = "constant", *,
+                 momentum_offset: float = 0.0, **rule_params: Any) -> None:
         if not isinstance(optimizer, Optimizer):
             raise ConfigError("optimizer", type(optimizer).__name__, "must be a torch.optim.Optimizer")
         if isinstance(optimizer, StalenessAwareOptimizer):
@@ -110,8 +115,10 @@ class StalenessAwareOptimizer(OptimizerWrapper):
             rule = StepSizeRule.from_config(rule, rule_params)
         for index, group in enumerate(optimizer.param_groups):
             self._check_lr(group, index)
+        if isinstance(momentum_offset, bool) or not isinstance(momentum_offset, (int, float)) or not 0 <= momentum_offset < 1:
+            raise ConfigError("momentum_offset", momentum_offset, "must be a number in [0, 1)")
         super().__init__(optimizer)
-        self._progress = _Progress(rule, last_lr=float(optimizer.param_groups[0]["lr"]))
+        self._progress = _Progress(rule, float(momentum_offset), last_lr=float(optimizer.param_groups[0]["lr"]))
 
     @property
     def rule(self) -> StepSizeRule:
@@ -137,6 +144,11 @@ class StalenessAwareOptimizer(OptimizerWrapper):
     def last_lr(self) -> float:
         """The lr the last step actually applied to the first group (0 when dropped)."""
         return self._progress.last_lr
+
+    @property
+    def momentum_offset(self) -> float:
+        """Subtracted from every group's ``momentum`` (floored at 0) for each step."""
+        return self._progress.momentum_offset
 
     @property
     def last_staleness(self) -> Union[int, tuple[int, ...]]:
@@ -221,15 +233,21 @@ class StalenessAwareOptimizer(OptimizerWrapper):
             progress.last_factor, progress.last_lr = 0.0, 0.0
             return loss
         base_lrs = [group["lr"] for group in self.param_groups]
+        offset = progress.momentum_offset
+        base_momenta = [group.get("momentum") for group in self.param_groups]
         try:
             for group, factor in zip(self.param_groups, factors):
                 if factor != 1.0:
                     group["lr"] = group["lr"] * factor
+                if offset and group.get("momentum"):
+                    group["momentum"] = corrected_momentum(group["momentum"], offset)
             applied = self.param_groups[0]["lr"]
             self.optimizer.step()
         finally:
-            for group, lr in zip(self.param_groups, base_lrs):
+            for group, lr, momentum in zip(self.param_groups, base_lrs, base_momenta):
                 group["lr"] = lr
+                if momentum is not None:
+                    group["momentum"] = momentum
         progress.last_factor, progress.last_lr = factors[0], float(applied)
         return loss
 
@@ -255,6 +273,7 @@ class StalenessAwareOptimizer(OptimizerWrapper):
         told, staleness = own["told"], own["last_staleness"]
         loaded = _Progress(
             rule=StepSizeRule(**own["rule"]),
+            momentum_offset=self._progress.momentum_offset,  # a setting of this run, not state
             told=None if told is None else (
                 tuple(told["staleness"]),
                 None if told["distance_sq"] is None else tuple(told["distance_sq"]),

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional, Union, get_args
 
 from lightning_echo.core.delays import ComputeTimeSource
-from lightning_echo.core.schedule import VARIANTS, Variant, VariantSpec, default_k, variant_spec
+from lightning_echo.core.momentum import MOMENTUM_CORRECTIONS, MomentumCorrection, implicit_momentum
+from lightning_echo.core.schedule import STALE_VARIANTS, VARIANTS, Variant, VariantSpec, default_k, variant_spec
 from lightning_echo.core.step_sizes import RuleName, StepSizeRule
 from lightning_echo.errors import ConfigError
 from lightning_echo.stragglers.delay_config import compute_times_from_config
@@ -26,10 +27,12 @@ DelaySetting = Union[Mapping[str, Any], ComputeTimeSource, None]
 
 @dataclass(frozen=True)
 class ResolvedStragglers:
-    """The settings resolved against ``P`` learners: the schedule's variant and the step-size rule."""
+    """The settings resolved against ``P`` learners: the schedule's variant, the step-size rule,
+    and what to subtract from the optimizer's momentum (0 unless ``momentum_correction`` says so)."""
 
     spec: VariantSpec
     rule: StepSizeRule
+    momentum_offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class StragglerSettings:
         max_delay: Ringmaster's threshold R (None: no threshold); ``stop_stale`` stops running
             computations that reach it. Both are ignored by the other variants (checked all the
             same), so one config can sweep every variant.
+        momentum_correction: ``none`` (the optimizer's momentum as configured) or ``implicit``:
+            under a variant whose gradients may be stale, lower the optimizer's ``momentum`` by
+            the momentum asynchrony itself adds, ``1 - K/P`` (Mitliagkas et al. 2016; see
+            :mod:`lightning_echo.core.momentum`).
         seed: seeds the compute times (each learner draws from its own stream).
 
     Example::
@@ -72,6 +79,7 @@ class StragglerSettings:
     drop: bool = False
     max_delay: Optional[int] = None
     stop_stale: bool = False
+    momentum_correction: MomentumCorrection = "none"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -88,6 +96,7 @@ class StragglerSettings:
             object.__setattr__(self, "delay", compute_times_from_config(self.delay))
         # Checked now; M = 1 stands in for an unset M until P is known.
         self._rule(1 if self.rule_learners is None else self.rule_learners)
+        one_of("stale.momentum_correction", self.momentum_correction, MOMENTUM_CORRECTIONS)
         non_negative_int("stale.seed", self.seed)
 
     @classmethod
@@ -124,7 +133,10 @@ class StragglerSettings:
         """Resolved against ``learners`` (P): K, the rule's M, the delay model's learner count."""
         spec = self.spec(learners)
         self.check_learners(learners)
-        return ResolvedStragglers(spec, self._rule(learners))
+        offset = 0.0
+        if self.momentum_correction == "implicit" and spec.name in STALE_VARIANTS:
+            offset = implicit_momentum(learners, spec.k)
+        return ResolvedStragglers(spec, self._rule(learners), offset)
 
     def check_learners(self, learners: int) -> None:
         """Refuse a delay model that does not fit ``learners`` (one slowdown per learner, a trace's learners)."""

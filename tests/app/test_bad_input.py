@@ -51,6 +51,7 @@ def _error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["algorithm=echo", "stale.delay.distribution=gamma"], ["stale.delay.distribution='gamma' is not allowed"]),
         (["algorithm=sync", "stale.learners=2", "stale.delay.speeds=[1,2,3]"], ["stale.delay.speeds=[1.0, 2.0, 3.0] is not allowed", "2 entries"]),
         (["algorithm=sync", "ps.timeout=0"], ["ps.timeout=0 is not allowed"]),
+        (["algorithm=sync", "stale.momentum_correction=sometimes"], ["stale.momentum_correction='sometimes' is not allowed"]),
         (["algorithm=sync", "ps.inject_delays=maybe"], ["ps.inject_delays='maybe' is not allowed: must be true or false"]),
         # a renamed option: the old spelling points to the new one
         (["algorithm=k_async", "trainer=parameter_server"], ["trainer='parameter_server' is not allowed: it is now backend=processes; choose one of"]),

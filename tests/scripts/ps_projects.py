@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,20 @@ def scenario_one_cycle(out: Path) -> dict[str, Any]:
                   enable_checkpointing=False)
     fit.fit(model, datamodule=DigitsDataModule(batch_size=12))
     return {"estimated": model.estimated_steps, "global_step": fit.global_step, "lrs": model.lrs}
+
+
+def scenario_momentum(out: Path) -> dict[str, Any]:
+    """SGD momentum 0.9 under async on 2 learners: a warning on the server, none with the correction."""
+    seen = {}
+    for correction in ("none", "implicit"):
+        strategy = ParameterServerStrategy("async", timeout=30.0, momentum_correction=correction)
+        fit = trainer(out, f"momentum_{correction}", strategy, max_steps=2, enable_checkpointing=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit.fit(DigitsLitModule(momentum=0.9, scheduler=False), datamodule=DigitsDataModule(batch_size=12))
+        seen[correction] = {"warnings": [str(w.message) for w in caught if "implicit momentum" in str(w.message)],
+                            "offset": strategy.momentum_offset}
+    return seen
 
 
 class FailsAtStep(pl.Callback):

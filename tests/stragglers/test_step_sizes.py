@@ -404,6 +404,8 @@ BAD_INPUTS = [
     ("len(stale_params)", lambda: sgd_wrapper("dutta", c=1.0).tell([1, 2], [[torch.zeros(2), torch.zeros(2, 2)]])),
     ("len(stale_params[0])", lambda: sgd_wrapper("dutta", c=1.0).tell(1, [[torch.zeros(2)]])),
     ("stale_params[0][1].shape", lambda: sgd_wrapper("dutta", c=1.0).tell(1, [[torch.zeros(2), torch.zeros(4)]])),
+    ("momentum_offset", lambda: StalenessAwareOptimizer(torch.optim.SGD(two_params()), momentum_offset=1.0)),
+    ("momentum_offset", lambda: StalenessAwareOptimizer(torch.optim.SGD(two_params()), momentum_offset="0.5")),
 ]
 
 
@@ -536,3 +538,27 @@ def test_async_least_squares_constant_diverges_while_the_rules_stay_finite() -> 
     for rule, settings in (("mishchenko", {"learners": 4}), ("dutta", {})):
         _, final, _ = async_least_squares(rule, **settings)
         assert math.isfinite(final) and final < 1e-3 * initial, (rule, final)
+
+
+def test_a_momentum_offset_lowers_each_steps_momentum_and_the_group_keeps_its_own() -> None:
+    weights = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+    reference = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+    wrapped = StalenessAwareOptimizer(torch.optim.SGD(weights, lr=0.1, momentum=0.9), momentum_offset=0.875)
+    plain = torch.optim.SGD(reference, lr=0.1, momentum=0.025)
+    for step in range(4):
+        for params in (weights, reference):
+            for p in params:
+                p.grad = torch.full((3,), float(step + 1))
+        wrapped.step()
+        plain.step()
+        assert wrapped.param_groups[0]["momentum"] == 0.9  # schedulers and monitors see the configured value
+    for mine, theirs in zip(weights, reference):
+        assert torch.allclose(mine, theirs)
+    # below the offset, no momentum at all; a saved state keeps this run's offset
+    low = StalenessAwareOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1, momentum=0.5),
+                                  momentum_offset=0.75)
+    low.param_groups[0]["params"][0].grad = torch.ones(1)
+    low.step()
+    assert "momentum_buffer" not in low.state[low.param_groups[0]["params"][0]] or low.state[low.param_groups[0]["params"][0]]["momentum_buffer"] is None
+    low.load_state_dict(low.state_dict())
+    assert low.momentum_offset == 0.75

@@ -65,7 +65,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     Args:
         settings: a :class:`~lightning_echo.stragglers.StragglerSettings`, or the variant's name
             with the other settings as keywords (``k``, ``delay``, ``lr_rule``, ``c``,
-            ``rule_learners``, ``smoothness``, ``drop``, ``max_delay``, ``stop_stale``, ``seed``;
+            ``rule_learners``, ``smoothness``, ``drop``, ``max_delay``, ``stop_stale``, ``momentum_correction``, ``seed``;
             see there). ``delay`` here is injected: each learner sleeps until its drawn compute
             time has passed (unset: none, the processes' real speed).
         learners: if given, checked against the world (``devices x num_nodes - 1``).

@@ -39,7 +39,7 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
     Args:
         settings: a :class:`~lightning_echo.stragglers.StragglerSettings`, or the variant's name
             with the other settings as keywords (``k``, ``delay``, ``lr_rule``, ``c``,
-            ``rule_learners``, ``smoothness``, ``drop``, ``max_delay``, ``stop_stale``, ``seed``;
+            ``rule_learners``, ``smoothness``, ``drop``, ``max_delay``, ``stop_stale``, ``momentum_correction``, ``seed``;
             see there). An unset ``delay`` is exponential with mean 1.
         learners: P, the number of simulated learners.
         device: the Trainer's one device.

@@ -16,7 +16,7 @@ from conftest import SCRIPTS
 from process_worlds import DEADLINE_S, run_world
 
 SCRIPT = SCRIPTS / "ps_projects.py"
-SCENARIOS = ("learner_fails", "server_fails", "template", "one_cycle")
+SCENARIOS = ("learner_fails", "server_fails", "template", "one_cycle", "momentum")
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +86,12 @@ def test_a_servers_error_fails_every_fit_first_with_the_users_own_error_and_leav
     assert [learner["error_type"] for learner in learners] == ["ParameterServerError", "ParameterServerError"]
     assert [rank["threads_after_fit"] for rank in world["server_fails"]] == [[], [], []]
     assert "terminate called" not in world["log"]
+
+
+def test_momentum_under_async_warns_on_the_server_and_the_correction_applies_to_the_servers_steps(
+        world: dict[str, Any]) -> None:
+    server, *learners = world["momentum"]
+    assert len(server["none"]["warnings"]) == 1 and "momentum 0.9" in server["none"]["warnings"][0]
+    assert server["none"]["offset"] == 0.0
+    assert server["implicit"] == {"warnings": [], "offset": 0.5}  # 1 - 1/2 on two learners
+    assert all(not learner["none"]["warnings"] for learner in learners)  # learners never step an optimizer

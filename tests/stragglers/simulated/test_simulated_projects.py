@@ -64,3 +64,19 @@ def test_no_momentum_warning_without_stale_gradients_or_without_momentum(variant
         warnings.simplefilter("always")
         fit.fit(DigitsLitModule(momentum=momentum, scheduler=False), datamodule=DigitsDataModule(batch_size=8))
     assert not [w for w in caught if "implicit momentum" in str(w.message)]
+
+
+@pytest.mark.slow
+def test_the_implicit_momentum_correction_keeps_async_with_momentum_from_diverging() -> None:
+    def final_val_loss(correction: str) -> float:
+        model = DigitsLitModule(lr=0.1, momentum=0.9, scheduler=False)
+        strategy = SimulatedLearnersStrategy("async", learners=8, momentum_correction=correction)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = trainer(strategy, max_epochs=4)
+            fit.fit(model, datamodule=DigitsDataModule(batch_size=8, train_rows=512, val_rows=128))
+        assert fit.optimizers[0].param_groups[0]["momentum"] == 0.9  # the user's setting, as configured
+        return float(fit.callback_metrics["val/loss"])
+
+    assert final_val_loss("none") > 100  # momentum 0.9 on top of the 0.875 asynchrony adds: diverged
+    assert final_val_loss("implicit") < 0.5  # 0.025 explicit: as good as plain SGD (bench/momentum_staleness.py)
