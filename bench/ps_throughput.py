@@ -272,7 +272,7 @@ def transport_cost(sizes: list[int], rounds: int) -> None:
           f"{max((os.cpu_count() or 1) - 1, 1)} the learners time-share cores with the server, which caps what "
           f"can be measured")
     print(f"{'parameters':>10s} {'P':>2s} {'upd/s':>8s} {'ms/update':>10s} {'x P=1':>6s} {'sent/upd':>10s}"
-          f" {'recv/upd':>10s} {'2(4n+40)':>10s} {'exact':>5s} {'MB/s':>7s} {'updates':>7s}")
+          f" {'recv/upd':>10s} {f'2(4n+{HEADER_BYTES})':>10s} {'exact':>5s} {'MB/s':>7s} {'updates':>7s}")
     for numel in sizes:
         updates = max(20, min(1000, int(4e8 / (numel * 4 * 2))))
         runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -295,11 +295,11 @@ def transport_cost(sizes: list[int], rounds: int) -> None:
           f"size (below 1: the learners' exchanges overlap, one learner's round trip hidden behind another's; about 1: "
           f"the server serialises the updates, so each of P learners waits about P times longer for its exchange; "
           f"above 1: sharing the link and the cores costs more than serialising); sent/upd, recv/upd: "
-          f"ServerReport.bytes_sent / bytes_received over the updates; 2(4n+40): one PUSH in and one START out per "
+          f"ServerReport.bytes_sent / bytes_received over the updates; 2(4n+{HEADER_BYTES}): one PUSH in and one START out per "
           f"update; exact: in every world "
           f"the server sent (updates + P) STARTs and P STOPs ({HEADER_BYTES} B each) and received one PUSH per "
           f"gradient (the updates' plus those that arrived after the last update) and P BYEs, to the byte, so the "
-          f"bytes per update are 2(4n+40) plus those START/STOP/BYE overheads spread over the run; MB/s: bytes sent "
+          f"bytes per update are 2(4n+{HEADER_BYTES}) plus those START/STOP/BYE overheads spread over the run; MB/s: bytes sent "
           f"and received by rank 0 over the server's wall time")
 
 

@@ -116,6 +116,10 @@ class StepLogs:
 def encode_note(values: Mapping[str, LoggedValue], capacity: int = NOTE_CAPACITY) -> tuple[bytes, list[str]]:
     """``values`` as a PUSH note; returns the bytes and the names left out because the note
     would exceed ``capacity`` bytes (the first names logged go first)."""
+    entries = {name: [logged.value, [logged.options.get(k) for k in FORWARDED_OPTIONS]] for name, logged in values.items()}
+    whole = json.dumps(entries, separators=(",", ":")).encode() if entries else b""
+    if len(whole) <= capacity:
+        return whole, []
     kept: Dict[str, list[Any]] = {}
     left_out: list[str] = []
     note = b""

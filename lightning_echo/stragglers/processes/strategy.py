@@ -77,17 +77,22 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
     What differs from DDP while ``fit`` runs:
 
-    - ``global_step`` and ``max_steps`` count server updates. Learners ignore their own
+    - ``global_step``, ``max_steps`` and ``estimated_stepping_batches`` count server updates
+      (a one-cycle schedule sized by the run ends with it). Learners ignore their own
       ``max_steps``, ``max_epochs``, ``min_*``, ``max_time``, checkpoint and early-stopping
       callbacks, validation and lr schedulers: they compute gradients until the server's STOP.
     - The server's train loader is never read: it yields one placeholder per update
       (:class:`~lightning_echo.stragglers.processes.slots.UpdateSlots`, ``ceil(batches / K)`` per epoch). Learner
       ``i`` reads shard ``i`` of ``P`` (the ``DistributedSampler`` Lightning adds); validation
       runs on the server, on the whole validation set.
-    - Lightning's loop in each process sees a world of one (``world_size`` is 1): ``barrier`` is
-      a no-op, ``reduce`` / ``all_gather`` / ``broadcast`` (``self.log(..., sync_dist=True)``,
-      checkpoint and early-stopping decisions) return the process's own value, since the
-      processes take different numbers of steps.
+    - ``setup`` hooks and ``configure_optimizers`` see ``world_size`` P, the learners' world (a
+      DDP-style DataModule divides its batch by P). Lightning's loop in each process then sees a
+      world of one (``world_size`` is 1): ``barrier`` is a no-op, ``reduce`` / ``all_gather`` /
+      ``broadcast`` (``self.log(..., sync_dist=True)``, checkpoint and early-stopping decisions)
+      return the process's own value, since the processes take different numbers of steps; the
+      module's torchmetrics objects compute from their own process's state.
+    - What a learner logs in ``training_step`` travels with its gradient; the server logs the mean
+      over each update with the user's options (rank 0's loggers and callbacks see it).
     - ``validate``, ``test`` and ``predict`` (before or after ``fit``) run on the server alone,
       on all the data, with no collective (learners run no batch), so they also work after a
       learner was lost. Other collectives outside ``fit`` are DDP's.
@@ -96,6 +101,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
       mean change of each update (:mod:`~lightning_echo.stragglers.processes.exchange`); integer buffers stay each
       process's own. 16-bit mixed precision with a gradient scaler, manual optimization,
       SyncBatchNorm and gradient accumulation are refused.
+    - A fit that fails raises the user's own error where it happened and
+      :class:`~lightning_echo.stragglers.processes.ParameterServerError` elsewhere, and every
+      channel thread ends before ``fit`` returns.
 
     Checkpoints are written by rank 0: the module and optimizer are the server's, plus the
     server's version, policy state and counters (``checkpoint["parameter_server"]``);
