@@ -38,7 +38,7 @@ def trainer(out: Path, name: str, strategy: ParameterServerStrategy, **kwargs: A
 
 
 def accuracy_on_validation(model: DigitsLitModule) -> float:
-    data = digits(32, seed=2)
+    data = digits(256, seed=2)  # the validation set of scenario_template
     with torch.no_grad():
         return float((model(data.tensors[0]).argmax(1) == data.tensors[1]).float().mean())
 
@@ -46,7 +46,7 @@ def accuracy_on_validation(model: DigitsLitModule) -> float:
 def scenario_template(out: Path) -> dict[str, Any]:
     """The lightning-hydra-template set-up: torchmetrics objects, a DDP-style DataModule,
     ReduceLROnPlateau on val/loss, early stopping and checkpoints on training metrics."""
-    model, data = DigitsLitModule(lr=0.2), DigitsDataModule(batch_size=12)
+    model, data = DigitsLitModule(lr=0.2), DigitsDataModule(batch_size=12, val_rows=256)
     callbacks = [pl.callbacks.EarlyStopping(monitor="train/loss", mode="min", patience=10),
                  pl.callbacks.ModelCheckpoint(monitor="train/acc", mode="max", dirpath=out / "template_ckpt")]
     fit = trainer(out, "template", ParameterServerStrategy("async", timeout=30.0), max_epochs=3, callbacks=callbacks)

@@ -40,7 +40,7 @@ def test_torchmetrics_objects_compute_within_their_process_and_validation_covers
     assert "error" not in server, server
     # The server validated the final parameters on the whole validation set, with no sync to learners.
     assert server["metrics"]["val/acc"] == pytest.approx(server["val_accuracy_now"], abs=1e-6)
-    assert 0.25 < server["val_accuracy_now"] < 1.0  # the check discriminates: neither chance nor perfect
+    assert 0.5 < server["val_accuracy_now"] < 1.0  # the check discriminates: neither chance nor all 256 right
     assert server["metrics"]["val/acc_best"] >= server["metrics"]["val/acc"]
     assert all("error" not in learner for learner in learners)
 
