@@ -7,6 +7,7 @@ process group is killed afterwards in any case.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -52,3 +53,17 @@ def run_world(script: Path, out: Path, *scenarios: str, ranks: int = 3) -> dict[
         files = [out / f"{name}.rank{rank}.json" for rank in range(ranks)]
         results[name] = [json.loads(f.read_text()) if f.exists() else None for f in files]
     return results
+
+
+def run_clean_world(script: Path, out: Path, *scenarios: str) -> dict[str, Any]:
+    """:func:`run_world`, asserting that the script succeeded and no process of it outlived it."""
+    results = run_world(script, out, *scenarios)
+    assert results["returncode"] == 0, results["log"][-4000:]
+    assert not results["outlived"], "a process of the world outlived its script"
+    return results
+
+
+def metrics_rows(path: str) -> list[dict[str, str]]:
+    """The rows of a CSVLogger's ``metrics.csv``."""
+    with open(path) as file:
+        return list(csv.DictReader(file))

@@ -6,14 +6,13 @@ fit no thread of the library is left in any process, and the next fit of the sam
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from conftest import SCRIPTS
-from process_worlds import DEADLINE_S, run_world
+from process_worlds import DEADLINE_S, metrics_rows, run_clean_world
 
 SCRIPT = SCRIPTS / "ps_projects.py"
 SCENARIOS = ("learner_fails", "server_fails", "template", "one_cycle", "momentum")
@@ -21,15 +20,7 @@ SCENARIOS = ("learner_fails", "server_fails", "template", "one_cycle", "momentum
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    results = run_world(SCRIPT, tmp_path_factory.mktemp("ps_projects"), *SCENARIOS)
-    assert results["returncode"] == 0, results["log"][-4000:]
-    assert not results["outlived"], "a process of the world outlived its script"
-    yield results
-
-
-def _rows(path: str) -> list[dict[str, str]]:
-    with open(path) as file:
-        return list(csv.DictReader(file))
+    yield run_clean_world(SCRIPT, tmp_path_factory.mktemp("ps_projects"), *SCENARIOS)
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEADLINE_S + 60)]
@@ -52,7 +43,7 @@ def test_the_datamodule_sizes_its_per_device_batch_for_the_learners(world: dict[
 
 def test_what_learners_log_in_training_step_reaches_the_servers_logs_and_callbacks(world: dict[str, Any]) -> None:
     server = world["template"][0]
-    rows = _rows(server["metrics_csv"])
+    rows = metrics_rows(server["metrics_csv"])
     epochs = [row for row in rows if row.get("train/loss")]
     assert len(epochs) == 3  # on_epoch=True, on_step=False: one value per server epoch, as the user logged it
     losses = [float(row["train/loss"]) for row in epochs]

@@ -10,7 +10,6 @@ script's main process ends (the whole process group is killed afterwards in any 
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import math
 import signal
@@ -27,7 +26,7 @@ from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
 
 from algorithm_registry import PROCESS_TOTALS, PROCESSES, REGISTRY, cases
 from conftest import SCRIPTS
-from process_worlds import DEADLINE_S, run_world
+from process_worlds import DEADLINE_S, metrics_rows, run_clean_world, run_world
 
 SCRIPT = SCRIPTS / "ps_lightning.py"
 _spec = importlib.util.spec_from_file_location("ps_lightning", SCRIPT)
@@ -42,15 +41,7 @@ SCENARIOS = (*REGISTRY_SCENARIOS, "async", "k_sync", "sync", "registered", "resu
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    results = run_world(SCRIPT, tmp_path_factory.mktemp("ps_strategy"), *SCENARIOS)
-    assert results["returncode"] == 0, results["log"][-4000:]
-    assert not results["outlived"], "a process of the world outlived its script"
-    yield results
-
-
-def _metrics(path: str) -> list[dict[str, str]]:
-    with open(path) as file:
-        return list(csv.DictReader(file))
+    yield run_clean_world(SCRIPT, tmp_path_factory.mktemp("ps_strategy"), *SCENARIOS)
 
 
 def _column(rows: list[dict[str, str]], name: str) -> list[float]:
@@ -141,7 +132,7 @@ def test_async_trains_until_the_servers_max_steps_and_logs_each_update(world: di
     assert "Timer" not in fast["callbacks"] and "ModelCheckpoint" not in fast["callbacks"]
     assert "ModelCheckpoint" in server["callbacks"] and "TrainingProgress" in server["callbacks"]
     assert sum(report["used_per_learner"]) == 12 and report["used_per_learner"][0] > report["used_per_learner"][1]
-    rows = _metrics(server["metrics_csv"])
+    rows = metrics_rows(server["metrics_csv"])
     for name in ("ps/updates_per_s", "ps/loss", "stale/staleness_mean", "stale/step_factor", "stale/lr",
                  "stale/discarded", "stale/cancelled", "ps/learner_0/gradients_per_s", "ps/learner_1/gradients_per_s",
                  "time/elapsed_s"):
@@ -217,7 +208,7 @@ def test_every_straggler_algorithm_runs_on_processes_and_its_totals_continue_acr
     assert server["variant"] == REGISTRY[scenario[len("registry_"):]].variant
     assert server["global_step"] == 8 and server["report"]["lost"] == {}
     assert all(learner["report"]["stopped"] for learner in learners)
-    first, second = (_metrics(path) for path in server["metrics_csv"])
+    first, second = (metrics_rows(path) for path in server["metrics_csv"])
     saved = server["saved_totals"]
     for name, total in zip(PROCESS_TOTALS, ("gradients_discarded", "computations_cancelled")):
         before, after = _column(first, name), _column(second, name)
@@ -240,7 +231,7 @@ def test_async_carries_on_when_a_learner_is_killed(world: dict[str, Any]) -> Non
     assert server["global_step"] == 20 and report["updates"] == 20
     assert list(report["lost"]) == ["1"] and report["used_per_learner"][1] <= 2
     assert survivor["report"]["stopped"]
-    assert _column(_metrics(server["metrics_csv"]), "ps/lost_learners")[-1] == 1
+    assert _column(metrics_rows(server["metrics_csv"]), "ps/lost_learners")[-1] == 1
     assert "learner 1 (rank 2) is lost" in world["log"]
 
 
