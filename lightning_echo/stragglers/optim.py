@@ -34,6 +34,17 @@ Told = tuple[tuple[int, ...], Optional[tuple[float, ...]]]  # stalenesses, squar
 STATE_KEY = "staleness_aware"
 
 
+def in_optimizer_order(
+    optimizer_params: Sequence[torch.Tensor], params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``values`` (one per tensor of ``params``: what a learner read) re-listed in the order of
+    ``optimizer_params``, the order :meth:`StalenessAwareOptimizer.tell` pairs stale parameters
+    in. A parameter of the optimizer's that is not among ``params`` (frozen, not exchanged)
+    counts as unchanged: its current value. Pairs by identity, never by position."""
+    position = {id(p): i for i, p in enumerate(params)}
+    return [values[position[id(p)]] if id(p) in position else p.detach() for p in optimizer_params]
+
+
 def _evaluate(closure: Closure) -> Any:
     if closure is None:
         return None

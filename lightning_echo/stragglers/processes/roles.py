@@ -17,6 +17,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import torch
 
 from lightning_echo.core.schedule import VariantSpec
+from lightning_echo.stragglers.optim import in_optimizer_order
 from lightning_echo.stragglers.processes.exchange import FlatExchange
 from lightning_echo.stragglers.processes.learner import LearnerSession
 from lightning_echo.stragglers.processes.logged import LoggedValue, decode_note, encode_note, mean_over_update
@@ -92,11 +93,10 @@ class ServerRole:
         update = self.update
         if update is None or update.stale_params is None:
             return None
-        position = {id(p): i for i, p in enumerate(self.params)}
         result = []
         for flat in update.stale_params:
-            views = self.exchange.parameter_views(flat)
-            result.append([views[position[id(p)]].to(p.device) if id(p) in position else p.detach() for p in order])
+            views = [view.to(p.device) for view, p in zip(self.exchange.parameter_views(flat), self.params)]
+            result.append(in_optimizer_order(order, self.params, views))
         return result
 
     def complete_update(self) -> UpdateRecord:

@@ -24,6 +24,7 @@ from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.metric_names import Stale
 from lightning_echo.stragglers.base import StragglerStrategy, examples_in
+from lightning_echo.stragglers.optim import in_optimizer_order
 from lightning_echo.stragglers.settings import StragglerSettings
 from lightning_echo.stragglers.simulated.loader import SnapshotStore, UpdateBundle, UpdateLoader
 from lightning_echo.validation import positive_int
@@ -175,9 +176,13 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         for p in params:
             p.grad = None
         self._params = params
-        stale = [self.store.get(g.read_version) if g.read_version != plan.version else live for g in plan.gradients]
         assert self.rule is not None
-        optimizer.tell([g.staleness for g in plan.gradients], stale_params=stale if self.rule.needs_distance else None)
+        stale = None
+        if self.rule.needs_distance:  # the parameters each gradient was computed at, paired as the optimizer lists them
+            order = [p for group in optimizer.param_groups for p in group["params"]]
+            read = [self.store.get(g.read_version) if g.read_version != plan.version else live for g in plan.gradients]
+            stale = [in_optimizer_order(order, params, values) for values in read]
+        optimizer.tell([g.staleness for g in plan.gradients], stale_params=stale)
         self.store.release_all_but(plan.held_versions)  # versions nobody reads after this update
         if plan.version in plan.held_versions:
             self.store.keep(plan.version, params)  # a running learner still reads the version this update overwrites

@@ -9,6 +9,7 @@ import warnings
 from typing import Any
 
 import pytest
+import torch
 
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import pl
@@ -80,3 +81,49 @@ def test_the_implicit_momentum_correction_keeps_async_with_momentum_from_divergi
 
     assert final_val_loss("none") > 100  # momentum 0.9 on top of the 0.875 asynchrony adds: diverged
     assert final_val_loss("implicit") < 0.5  # 0.025 explicit: as good as plain SGD (bench/momentum_staleness.py)
+
+
+class TwoVectors(pl.LightningModule):
+    """Two same-shape parameters, grouped the way weight-decay splits group them."""
+
+    def __init__(self, group_order: str = "ab", leave_out: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Parameter(torch.randn(4))
+        self.b = torch.nn.Parameter(torch.randn(4))
+        self.extra = torch.nn.Linear(4, 1)  # trainable, left out of the optimizer when leave_out
+        self.group_order, self.leave_out = group_order, leave_out
+        self.factors: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        prediction = x @ self.a + 3.0 * (x @ self.b) + self.extra(x).squeeze(-1)
+        return ((prediction - y) ** 2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = {"a": {"params": [self.a]}, "b": {"params": [self.b], "weight_decay": 0.0}}
+        extra = [] if self.leave_out else [{"params": list(self.extra.parameters())}]
+        return torch.optim.SGD([groups[name] for name in self.group_order] + extra, lr=0.05)
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.factors.append(self.trainer.strategy.server_optimizer.last_factor)
+
+
+def _vectors() -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 4, generator=generator)
+    y = x @ torch.tensor([1.0, -1.0, 0.5, 2.0]) + 0.1 * torch.randn(64, generator=generator)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=4)
+
+
+@pytest.mark.parametrize("leave_out", [False, True])
+def test_the_dutta_rule_pairs_stale_parameters_by_identity_whatever_the_optimizers_group_order(leave_out: bool) -> None:
+    def factors(order: str) -> list[float]:
+        model = TwoVectors(order, leave_out)
+        strategy = SimulatedLearnersStrategy("async", learners=4, lr_rule="dutta", c=0.002)
+        trainer(strategy, max_epochs=2).fit(model, _vectors())
+        return model.factors
+
+    straight, swapped = factors("ab"), factors("ba")
+    assert len(straight) == 32 and any(f < 1.0 for f in straight)  # the rule really shrank some steps
+    assert swapped == pytest.approx(straight, rel=1e-6)  # the same distances, however the groups are listed
