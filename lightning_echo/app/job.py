@@ -33,7 +33,7 @@ from lightning_echo.app.divergence import RunDiverged, divergence_hint
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted, interruption_signal
 from lightning_echo.app.launch import ProcessPlan, RankFailed, RankRun, RankSpec, process_plan, run_ranks
 from lightning_echo.app.resume import ResumePoint, keep_csv_history
-from lightning_echo.callbacks.divergence import DivergenceGuard
+from lightning_echo.callbacks.divergence import DEFAULT_MAX_GROWTH, DivergenceGuard
 from lightning_echo.callbacks.progress import TrainingProgress
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.metric_names import Loss
@@ -151,7 +151,7 @@ def run_training(cfg: DictConfig, output_dir: Path, group: Optional[str] = None,
         record.note(RUNNING, initial_val_loss=initial_val_loss)
         run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=resume.checkpoint if resumed else None)
         SIGNALS.raise_if_received()
-        final_train_loss, final_val_loss = _final_losses(run)
+        final_train_loss, final_val_loss = _final_losses(run, initial_val_loss)
     except BaseException as error:
         ended = _ended_early(error, record, output_dir, run)
         if ended is error:
@@ -195,7 +195,7 @@ def _build_run(cfg: DictConfig, output_dir: Path, record: _RunRecord, name: Opti
     keeps) and the Trainer."""
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule.spec)
-    guard = DivergenceGuard()
+    guard = DivergenceGuard(max_growth=cfg.get("divergence_growth", DEFAULT_MAX_GROWTH))
     callbacks = [*build_callbacks(cfg), guard, *(rank.callbacks if rank is not None else ())]
     strategy = build_strategy(cfg)
     # A process whose strategy gives the checkpoints to another rank (a parameter server's learner) saves none.
@@ -224,15 +224,19 @@ def _starting_loss(cfg: DictConfig, run: _Run, resume: Optional[ResumePoint]) ->
     return loss
 
 
-def _final_losses(run: _Run) -> tuple[Optional[float], Optional[float]]:
-    """The last training loss and the validation loss after training (none for a diverged model)."""
+def _final_losses(run: _Run, initial_val_loss: Optional[float]) -> tuple[Optional[float], Optional[float]]:
+    """The last training loss and the validation loss after training (none for a diverged model);
+    a final validation loss above the guard's growth bound over ``initial_val_loss`` is a divergence."""
     # The final validation replaces the callback metrics: read the training loss first.
     train_loss = _metric(run.trainer.callback_metrics, Loss.TRAIN)
     if train_loss is None and isinstance(run.trainer.strategy, ReportsTrainLoss):
         train_loss = run.trainer.strategy.train_loss  # a parameter server trains no step itself
     if run.guard.divergence is not None:  # a diverged model's validation loss says nothing more
         return train_loss, None
-    return train_loss, _validation_loss(run.trainer, run.model, run.datamodule)
+    val_loss = _validation_loss(run.trainer, run.model, run.datamodule)
+    if val_loss is not None:
+        run.guard.observe(run.trainer, Loss.VAL, val_loss, limit=run.guard.growth_limit(initial_val_loss))
+    return train_loss, val_loss
 
 
 def _ended_early(error: BaseException, record: _RunRecord, output_dir: Path, run: Optional[_Run]) -> BaseException:

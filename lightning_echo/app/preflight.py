@@ -40,6 +40,7 @@ from lightning_echo.app.resume import refuse_checkpoint_overrides
 from lightning_echo.app.value_checks import check_algorithm_settings, check_integer_sizes, check_report_settings
 from lightning_echo.errors import ConfigError, one_line
 from lightning_echo.protocols import ChecksTrainer
+from lightning_echo.callbacks.divergence import DEFAULT_MAX_GROWTH, check_max_growth
 from lightning_echo.validation import boolean, random_seed, writable_directory
 
 # Group options that were renamed: the old spelling is refused with the new one.
@@ -114,6 +115,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(getattr(error, "full_key", "config") or "config", "?", one_line(error, max_lines=2)) from None
     random_seed("seed", cfg.get("seed"))
     boolean("validate_before_training", cfg.get("validate_before_training", True))
+    check_max_growth(cfg.get("divergence_growth", DEFAULT_MAX_GROWTH), "divergence_growth")
     check_report_settings(cfg.get("report") or {})
     check_integer_sizes(container)
     datamodule = build_datamodule(cfg)

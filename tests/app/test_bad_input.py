@@ -44,6 +44,7 @@ def _error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["echo.facter=2"], ["echo.facter=2 is not allowed: no such setting; did you mean echo.factor?"]),
         (["trainer.lr=0.5"], ["did you mean optimizer.lr?", "to pass another argument to pytorch_lightning.Trainer"]),
         (["validate_before_training=maybe"], ["validate_before_training='maybe' is not allowed: must be true or false"]),
+        (["divergence_growth=1"], ["divergence_growth=1 is not allowed: must be a finite number > 1"]),
         (["report.target_gap=-1"], ["report.target_gap=-1 is not allowed: must be a finite number >= 0"]),
         (["algorithm=sync", "echo.factor=abc"], ["echo.factor='abc' is not allowed: must be a number >= 1 or 'auto'"]),
         # the straggler algorithms' and the processes backend's settings, checked under any algorithm

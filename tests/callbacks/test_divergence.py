@@ -17,6 +17,7 @@ from conftest import quiet_trainer_overrides, run_cli, single_run_overrides
 from lightning_echo.echoed_optim import TargetLoss
 from lightning_echo.callbacks.divergence import DivergenceGuard, divergence_guard
 from lightning_echo.data import SyntheticDataModule
+from lightning_echo.errors import ConfigError
 from lightning_echo.models import LogisticRegression
 
 # A step size at which logistic regression's loss is infinite after a step or two.
@@ -101,3 +102,34 @@ def test_a_sweep_goes_on_after_a_diverging_job_and_the_report_marks_it(tmp_path:
     assert "1.00 (baseline)" in rows["sync, optimizer.lr=0.1"]
     page = (tmp_path / "r" / "index.html").read_text()
     assert "<span class='diverged'>diverged</span>" in page
+
+
+def test_a_loss_that_grows_past_max_growth_times_its_start_is_a_divergence_though_finite(tmp_path: Path) -> None:
+    guard = DivergenceGuard(max_growth=100)
+    trainer = fit(tmp_path, [guard], lr=1e6, max_steps=60)
+    assert guard.divergence is not None and guard.divergence.metric == "train/loss"
+    assert torch.isfinite(torch.tensor(guard.divergence.value))  # finite, but far above where it started
+    assert guard.divergence.limit == pytest.approx(100 * guard.reference_loss)
+    assert guard.divergence.value > guard.divergence.limit and trainer.global_step < 60
+    assert guard.state_dict() == {"reference_loss": guard.reference_loss}  # a resumed run keeps its reference
+    plain = DivergenceGuard()  # without the rule, only a loss that is not finite counts
+    fit(tmp_path / "plain", [plain], lr=1e6, max_steps=60)
+    assert plain.divergence is None or not torch.isfinite(torch.tensor(plain.divergence.value))
+
+
+@pytest.mark.parametrize("bad", [1, 0.5, float("inf"), "100", True])
+def test_a_bad_max_growth_is_refused_in_one_line(bad) -> None:
+    with pytest.raises(ConfigError, match="max_growth=.* is not allowed: must be a finite number > 1") as raised:
+        DivergenceGuard(max_growth=bad)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.slow
+def test_the_default_job_with_a_huge_step_size_is_recorded_diverged_not_completed(tmp_path: Path) -> None:
+    result = run_cli(["optimizer.lr=1e6", "trainer.max_steps=60", *single_run_overrides()], cwd=tmp_path)
+    assert result.returncode == DIVERGED_EXIT_CODE, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "diverged" in line]
+    assert "training diverged: " in line and " above " in line and "optimizer.lr=1000000.0" in line
+    (run_dir,) = (tmp_path / "le_outputs" / "runs").iterdir()
+    assert strict_json(run_dir / "run.json")["status"] == "diverged"
+    assert strict_json(run_dir / "summary.json")["status"] == "diverged"
