@@ -10,6 +10,7 @@ makes of strings (ids, file names).
 from __future__ import annotations
 
 import copy
+import types
 import dataclasses
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Iterator, Optional, Sequence
@@ -74,7 +75,9 @@ def batch_size_of(batch: Any) -> int:
 def rebuild(batch: Any) -> Any:
     """A copy of ``batch``'s containers (dicts, lists, tuples, dataclasses, nested) holding the
     very same leaves: tensors are shared, not copied. Popping a key from or assigning a field of
-    the copy leaves ``batch`` as it was."""
+    the copy leaves ``batch`` as it was. A plain object of the user's own batch class (one with
+    attributes in ``__dict__``) is copied shallowly too, its attributes rebuilt, so that
+    ``batch.x = batch.x * 2`` in one serve does not reach the next."""
     if isinstance(batch, torch.Tensor) or isinstance(batch, (str, bytes)):
         return batch
     if type(batch) is dict:
@@ -94,7 +97,28 @@ def rebuild(batch: Any) -> Any:
         return rebuilt
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         return _same_dataclass(batch, {f.name: rebuild(getattr(batch, f.name)) for f in dataclasses.fields(batch)})
+    if _is_plain_object(batch):
+        return _same_object(batch)
     return batch
+
+
+def _is_plain_object(value: Any) -> bool:
+    """An instance of a user's class holding its state in ``__dict__`` (not a class, function,
+    module or ``torch.nn.Module``)."""
+    return (isinstance(getattr(value, "__dict__", None), dict) and not isinstance(value, type)
+            and not callable(value) and not isinstance(value, types.ModuleType))
+
+
+def _same_object(like: Any) -> Any:
+    try:
+        rebuilt = copy.copy(like)
+    except Exception:  # a class that cannot be copied stays shared, as before
+        return like
+    if rebuilt is like or not isinstance(getattr(rebuilt, "__dict__", None), dict):
+        return like
+    for name, value in vars(like).items():
+        rebuilt.__dict__[name] = rebuild(value)
+    return rebuilt
 
 
 def _same_tuple(like: tuple, items: list[Any]) -> tuple:

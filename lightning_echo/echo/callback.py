@@ -68,7 +68,8 @@ class DataEchoing(pl.Callback):
     - With ``kind="batch"`` (after augmentation), the batch-transfer hooks
       ``on_before_batch_transfer``, ``transfer_batch_to_device`` and ``on_after_batch_transfer``
       run once per fresh batch, as without echoing; every step, the fresh one and each echo,
-      gets its own copy of the result's containers (dicts, lists, tuples, dataclasses) over the
+      gets its own copy of the result's containers (dicts, lists, tuples, dataclasses, objects of
+      your own batch class, shallowly) over the
       same device tensors, so ``batch.pop("labels")`` in ``training_step`` does not reach the
       echoes. In-place changes to the tensors themselves (``x.mul_(2)``) do: a warning says so.
       Where each served batch is new data (``kind="example"``, ``placement="before_augmentation"``),

@@ -164,8 +164,8 @@ class BatchEcho(BaseNode):
       nearest background stage below), never more than ``max_factor`` times in all. ``agree``
       combines the "fresh batch ready" flag across processes (DDP) so every rank decides alike.
 
-    Every serve returns its own copy of the batch's containers (dicts, lists, tuples,
-    dataclasses) over the same tensors, so a consumer that pops a key or reassigns a field does
+    Every serve returns its own copy of the batch's containers (dicts, lists, tuples, plain
+    objects and dataclasses) over the same tensors, so a consumer that pops a key or reassigns a field does
     not change the echoes; in-place changes to the tensors themselves are seen by the echoes.
     ``batch_size_fn`` tells the number of examples in a batch (default: the first dimension of
     its first tensor); a batch whose size cannot be told counts as one example, with a warning.

@@ -357,3 +357,18 @@ def test_a_training_step_on_dataloader_iter_counts_every_batch_it_takes(per_step
     assert echo.echoed_steps == (16 if per_step == 1 else 4)
     assert all(step == _expected_step(step["ids"]) for step in seen)
     assert len(trainer.train_dataloader.served) == 0  # nothing queued up for a transfer that never comes
+
+
+def test_a_plain_batch_class_is_copied_per_serve_so_reassigning_a_field_does_not_compound() -> None:
+    seen: list[float] = []
+
+    class Rescaling(OpaqueModel):
+        def training_step(self, batch, batch_idx):
+            seen.append(batch.x[0, 0].item())
+            batch.x = batch.x * 2  # reassigns the attribute of this serve's object only
+            return super().training_step(batch, batch_idx)
+
+    echo = DataEchoing(factor=2, batch_size_fn=lambda batch: batch.x.shape[0])
+    make_trainer([echo]).fit(Rescaling(), _opaque_loader())
+    assert echo.echoed_steps == 8 and len(seen) == 16
+    assert seen[1::2] == seen[0::2]  # each echo starts from the fresh batch's values, not twice them
