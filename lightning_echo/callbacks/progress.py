@@ -67,6 +67,7 @@ class TrainingProgress(pl.Callback):
         self._excluded_s = 0.0
         self._elapsed_before_resume = 0.0
         self._last_step_end: Optional[tuple[float, float]] = None  # (time, excluded_s) at the end of the last step
+        self._global_step_at_batch: Optional[int] = None  # global_step when the current batch started
 
     # -- what other components read ---------------------------------------------------------------
     @property
@@ -120,6 +121,7 @@ class TrainingProgress(pl.Callback):
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._global_step_at_batch = trainer.global_step
         if self._last_step_end is not None:
             ended, excluded_then = self._last_step_end
             self.ledger.add_data_wait(max(0.0, time.perf_counter() - ended - (self._excluded_s - excluded_then)))
@@ -146,7 +148,9 @@ class TrainingProgress(pl.Callback):
         if report is None:
             size = extract_batch_size(batch)
             report = StepReport(samples=size, fresh_samples=size)
-        self.ledger.record(report)
+        # Optimizer steps counted where they happen: a forward-only batch (SWA's batch-norm pass) takes none.
+        stepped = trainer.global_step - self._global_step_at_batch if self._global_step_at_batch is not None else 1
+        self.ledger.record(report, optimizer_steps=max(0, stepped))
         if trainer.global_step % trainer.log_every_n_steps == 0 or trainer.is_last_batch:
             self._log(trainer)
             if self.source is not None:

@@ -116,12 +116,14 @@ class ProgressLedger:
         self.data_wait_s = 0.0
         self.clock_s: Optional[float] = None
 
-    def record(self, report: StepReport) -> None:
-        """Add one optimizer step."""
-        self.steps += 1
+    def record(self, report: StepReport, optimizer_steps: int = 1) -> None:
+        """Add one training batch and the optimizer steps it took (0 for a batch that only ran
+        forward, such as ``StochasticWeightAveraging``'s batch-norm pass, or one that accumulated
+        its gradient; several under manual optimization)."""
+        self.steps += optimizer_steps
         self.fresh_samples += report.fresh_samples
         self.fresh_batches += report.fresh_batches
-        self.echoed_steps += int(report.is_echo)
+        self.echoed_steps += optimizer_steps if report.is_echo else 0
         if report.clock_s is not None:
             self.clock_s = report.clock_s
 

@@ -20,6 +20,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from conftest import quiet_trainer
+from lightning_echo.callbacks import TrainingProgress
 from lightning_echo.echo import DataEchoing, EchoedNesterov, EchoedProx, EchoedSGD
 from lightning_echo.errors import ConfigError
 from lightning_echo.stragglers.optim import StalenessAwareOptimizer
@@ -372,3 +373,25 @@ def test_a_plain_batch_class_is_copied_per_serve_so_reassigning_a_field_does_not
     make_trainer([echo]).fit(Rescaling(), _opaque_loader())
     assert echo.echoed_steps == 8 and len(seen) == 16
     assert seen[1::2] == seen[0::2]  # each echo starts from the fresh batch's values, not twice them
+
+
+class NormalizedBoring(BoringModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Sequential(torch.nn.BatchNorm1d(FEATURES), torch.nn.Linear(FEATURES, 2))
+
+
+def test_optimizer_steps_are_counted_where_they_happen_not_per_batch() -> None:
+    # StochasticWeightAveraging adds a forward-only epoch to update the batch-norm statistics: no step.
+    echo = DataEchoing(factor=2)
+    swa = pl.callbacks.StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1)
+    trainer = make_trainer([echo, swa], max_epochs=3)
+    trainer.fit(NormalizedBoring(), DataLoader(RandomDataset(FEATURES, N), batch_size=BATCH))
+    # 3 epochs of 16 steps; the batch-norm epoch's 16 batches take at most Lightning's one closing step
+    assert 48 <= trainer.global_step <= 49 and echo.steps == trainer.global_step
+    assert echo.effective_factor == pytest.approx(echo.steps / echo.fresh_batches)
+    # gradient accumulation: one optimizer step per two batches
+    progress = TrainingProgress()
+    accumulating = make_trainer([progress], accumulate_grad_batches=2)
+    accumulating.fit(BoringModel(), DataLoader(RandomDataset(FEATURES, N), batch_size=BATCH))
+    assert accumulating.global_step == 4 and progress.ledger.steps == 4 and progress.fresh_batches == 8
