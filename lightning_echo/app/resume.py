@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.app.checkpoint import last_checkpoint_path
-from lightning_echo.errors import ConfigError
+from lightning_echo.errors import ConfigError, one_line
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.records import COMPLETED, RUN_FILE, RUNNING, read_run_record
 
@@ -70,9 +70,15 @@ class ResumePoint:
 
 
 def checkpoint_step(path: Path) -> int:
-    """The optimizer step a Lightning checkpoint was saved at."""
-    # The run's own checkpoint, written by Lightning: a full (not weights-only) load, as Lightning does.
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    """The optimizer step a Lightning checkpoint was saved at. Read weights-only: a checkpoint
+    from a shared run directory runs no pickled code (Lightning's own load is weights-only too);
+    an unreadable or truncated file is refused in one line."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return int(checkpoint["global_step"])
+    except Exception as error:  # truncated, not a checkpoint, or not loadable without running its pickled code
+        raise ConfigError("resume", str(path), f"cannot read the checkpoint's step safely (weights-only): "
+                          f"{one_line(error, max_lines=1)}; move the file away to start the run over") from None
 
 
 def resume_point(run_dir: Path) -> ResumePoint:

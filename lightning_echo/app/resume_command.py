@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_echo.app.config import compose_config
+from lightning_echo.app.trust import TRUST_FLAG, check_trusted
 from lightning_echo.app.divergence import RunDiverged
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted
 from lightning_echo.app.overrides import parse_overrides
@@ -85,11 +86,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Continue interrupted runs (run directories) and sweeps "
                                 "(sweep directories) from their last checkpoint, with the config they were started with.")
     p.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
+    p.add_argument(TRUST_FLAG, action="store_true", dest="trust_config",
+                   help="build also what the saved config names beyond the packaged configs' callables and "
+                        "torch.optim (only for run directories you trust: a config's _target_ is imported and called)")
     return p
 
 
-def plan_run(run_dir: Path) -> RunToResume:
-    """Check a run directory and find where it resumes (raises ConfigError with one line)."""
+def plan_run(run_dir: Path, trust_config: bool = False) -> RunToResume:
+    """Check a run directory and find where it resumes (raises ConfigError with one line).
+    Without ``trust_config``, a saved config naming a callable the packaged configs do not is refused."""
     try:
         record = read_run_record(run_dir)
     except (OSError, ValueError) as error:
@@ -100,12 +105,14 @@ def plan_run(run_dir: Path) -> RunToResume:
         return run
     check_not_running_elsewhere(run_dir)
     run.cfg = saved_config(run_dir)
+    if not trust_config:
+        check_trusted(run.cfg, run_dir)
     validate_config(run.cfg)
     run.point = resume_point(run_dir)
     return run
 
 
-def plan_sweep(sweep_dir: Path) -> SweepToResume:
+def plan_sweep(sweep_dir: Path, trust_config: bool = False) -> SweepToResume:
     """Every job of a sweep directory: its plan from ``sweep.json`` (or, for a sweep without one,
     the job directories found in it)."""
     if (sweep_dir / SWEEP_FILE).is_file():
@@ -123,13 +130,15 @@ def plan_sweep(sweep_dir: Path) -> SweepToResume:
     jobs = []
     for job, output_dir in planned:
         if is_run_dir(output_dir):
-            jobs.append((job, plan_run(output_dir)))
+            jobs.append((job, plan_run(output_dir, trust_config)))
             continue
         overrides = [o.input_line for o in parse_overrides(job.overrides) if not o.is_hydra_override()]
         try:
             cfg = compose_config(overrides)
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(f"job {job.number}", " ".join(overrides), one_line(error, max_lines=2)) from None
+        if not trust_config:
+            check_trusted(cfg, sweep_dir)
         validate_config(cfg)
         jobs.append((job, RunToResume(output_dir, "pending", sweep_dir.name, job.name, None, cfg, None, job.overrides)))
     return SweepToResume(sweep_dir, jobs)
@@ -183,7 +192,7 @@ def resume_main(argv: Sequence[str]) -> int:
             for path in args.paths:
                 if not path.is_dir():
                     raise ConfigError("resume", str(path), "must be a run or sweep directory")
-                plans.append(plan_run(path) if is_run_dir(path) else plan_sweep(path))
+                plans.append(plan_run(path, args.trust_config) if is_run_dir(path) else plan_sweep(path, args.trust_config))
         except LightningEchoError as error:
             print(f"lightning-echo: error: {error}", file=sys.stderr)
             return 2

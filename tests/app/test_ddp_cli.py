@@ -72,7 +72,7 @@ def test_ddp_echo_run_stops_on_sigterm_at_one_step_and_resumes_to_the_end(tmp_pa
     assert record["status"] == "interrupted" and [r["status"] for r in record["ranks"]] == ["interrupted"] * 2
     assert processes_under(tmp_path) == []
 
-    resumed = run_cli(["resume", str(run_dir)], cwd=tmp_path, env_extra=_env(tmp_path))
+    resumed = run_cli(["resume", "--trust-config", str(run_dir)], cwd=tmp_path, env_extra=_env(tmp_path))  # its fault injector is a test class
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = _record(run_dir)
     assert record["status"] == "completed" and record["resumes"][0]["step"] == 5  # every rank stopped after step 5

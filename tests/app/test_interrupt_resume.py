@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import console_script, main_error, run_cli, single_run_overrides
 from run_resume import (
@@ -29,6 +30,7 @@ from run_resume import (
     interrupt_and_resume as _interrupt_and_resume,
     killer as _killer,
     metric_rows as _metric_rows,
+    save_config,
 )
 from lightning_echo.app.config import compose_config
 from lightning_echo.app.interrupt import RunInterrupted
@@ -266,3 +268,53 @@ def test_resume_refuses_a_run_that_a_live_process_is_running(capsys, tmp_path) -
             other.kill()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"its run.json says it is still running (process {other.pid})" in err[0]
+
+
+# -- what resume trusts in a run directory it did not write -------------------------------------------
+class _WritesAMarker:
+    """A pickled object whose unpickling writes a file: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def _interrupted_run(run_dir: Path, overrides: list[str]) -> None:
+    run_dir.mkdir(parents=True)
+    save_config(compose_config(single_run_overrides() + overrides), run_dir)
+    (run_dir / "run.json").write_text(json.dumps({"status": "interrupted", "group": "g", "name": "sync", "config": {}}))
+
+
+@pytest.mark.parametrize("edit", ["model._target_", "settings_checks.stale"])
+def test_resume_builds_nothing_a_saved_config_names_beyond_the_packaged_callables(capsys, tmp_path, edit) -> None:
+    run_dir = tmp_path / "run"
+    _interrupted_run(run_dir, [])
+    saved = run_dir / ".hydra" / "config.yaml"
+    config = OmegaConf.load(saved)
+    OmegaConf.update(config, edit, "shutil.copy")
+    OmegaConf.save(config, saved)
+    assert resume_main([str(run_dir)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert f"its saved config names {edit}=shutil.copy, which the packaged configs do not" in err
+    assert err.endswith("resume it with --trust-config")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"  # nothing was touched
+
+
+def test_resume_accepts_another_torch_optimizer_and_reads_checkpoints_weights_only(capsys, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    _interrupted_run(run_dir, ["optimizer._target_=torch.optim.AdamW", "~optimizer.momentum"])
+    (run_dir / "checkpoints").mkdir()
+    marker = tmp_path / "marker"
+    torch.save({"global_step": 3, "payload": _WritesAMarker(marker)}, run_dir / "checkpoints" / "last.ckpt")
+    assert resume_main([str(run_dir)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "cannot read the checkpoint's step safely (weights-only)" in err and not marker.exists()
+    # a truncated checkpoint: one line too
+    good = run_dir / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 3}, good)
+    good.write_bytes(good.read_bytes()[:20])
+    assert resume_main([str(run_dir)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "cannot read the checkpoint's step safely" in err and "move the file away" in err

@@ -112,7 +112,7 @@ def test_sync_resumes_on_every_process_and_fails_in_one_line_when_a_learner_dies
     stopped_at = int(_column(_metrics(run_dir), "progress/optimizer_steps")[-1])
     assert 6 <= stopped_at <= 8
 
-    second = run_cli(["resume", str(run_dir)], cwd=tmp_path, env_extra=_env(tmp_path))
+    second = run_cli(["resume", "--trust-config", str(run_dir)], cwd=tmp_path, env_extra=_env(tmp_path))  # a test fault injector
     assert second.returncode == 1, second.stderr[-3000:]
     line = second.stderr.strip().splitlines()[-1]
     assert line.startswith("lightning-echo: rank 0 of 3 failed: ParameterServerError: learner 0 (rank 1) is lost")
