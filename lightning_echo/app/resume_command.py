@@ -42,6 +42,7 @@ from lightning_echo.app.sweep import (
     PlannedJob,
     finish_sweep,
     interrupted_command,
+    job_directory,
     read_sweep_file,
     run_sweep_job,
 )
@@ -117,8 +118,11 @@ def plan_sweep(sweep_dir: Path, trust_config: bool = False) -> SweepToResume:
     the job directories found in it)."""
     if (sweep_dir / SWEEP_FILE).is_file():
         try:
-            planned = [(PlannedJob(int(job["number"]), list(job["overrides"]), job.get("name")), Path(job["output_dir"]))
+            planned = [(PlannedJob(int(job["number"]), list(job["overrides"]), job.get("name")),
+                        job_directory(sweep_dir, int(job["number"]), job["output_dir"]))
                        for job in read_sweep_file(sweep_dir)["jobs"]]
+        except ConfigError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ConfigError("resume", str(sweep_dir), f"cannot read its {SWEEP_FILE}: {one_line(error, max_lines=1)}") from None
     else:

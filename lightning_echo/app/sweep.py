@@ -21,7 +21,7 @@ from lightning_echo.app.interrupt import RunInterrupted
 from lightning_echo.app.job import RunSummary, run_training
 from lightning_echo.app.overrides import parse_overrides
 from lightning_echo.app.resume import ResumePoint
-from lightning_echo.errors import describe_error
+from lightning_echo.errors import ConfigError, describe_error
 from lightning_echo.records import COMPLETED, DIVERGED, DIVERGED_EXIT_CODE, FAILED, INTERRUPTED
 from lightning_echo.report.build import report_after_sweep
 
@@ -109,7 +109,7 @@ class SweepLedger:
             jobs.append({
                 "number": job.number, "overrides": job.overrides, "name": job.name,
                 "status": outcome.status if outcome else PENDING,
-                "output_dir": str(outcome.output_dir if outcome else self.job_dir(job.number)),
+                "output_dir": _relative_to(outcome.output_dir if outcome else self.job_dir(job.number), self.sweep_dir),
                 "detail": outcome.detail if outcome else None,
             })
         status = INTERRUPTED if self.interrupted_by is not None else ("running" if self.not_run else "finished")
@@ -206,6 +206,32 @@ def interrupted_command(interruption: RunInterrupted) -> int:
         hint = f"; continue it with: lightning-echo resume {interruption.run_dir}" if interruption.run_dir else ""
         print(f"lightning-echo: {interruption}{hint}", file=sys.stderr, flush=True)
     return interruption.exit_code
+
+
+def _relative_to(path: Optional[Path], sweep_dir: Path) -> Optional[str]:
+    """``path`` relative to ``sweep_dir`` when inside it (so a copied sweep stays self-contained)."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path(sweep_dir).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def job_directory(sweep_dir: Path, number: int, recorded: Any) -> Path:
+    """Where job ``number`` of the sweep in ``sweep_dir`` lives, from its ``sweep.json`` entry: a
+    path relative to the sweep (or, as older sweeps wrote it, an absolute one inside the sweep, or
+    naming a job directory that a copy of the sweep holds); anything that leads outside the sweep
+    is refused in one line (resume never trains outside the sweep it was given)."""
+    sweep = Path(sweep_dir).resolve()
+    path = Path(str(recorded))
+    candidate = (path if path.is_absolute() else sweep / path).resolve()
+    if path.is_absolute() and not candidate.is_relative_to(sweep) and (sweep / path.name).is_dir():
+        candidate = (sweep / path.name).resolve()  # a copied sweep: its own job directory
+    if not candidate.is_relative_to(sweep) or candidate == sweep:
+        raise ConfigError("resume", str(sweep_dir), f"its {SWEEP_FILE} puts job {number} in {recorded}, outside the "
+                          "sweep directory; resume only trains inside the sweep it is given")
+    return candidate
 
 
 def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:

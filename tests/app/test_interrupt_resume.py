@@ -38,6 +38,7 @@ from lightning_echo.app.job import run_training
 
 from lightning_echo.app.resume_command import resume_main
 from lightning_echo.cli import main
+from lightning_echo.errors import ConfigError
 
 THREAD_PREFIX = "lightning_echo-"
 
@@ -184,6 +185,7 @@ def test_console_script_ctrl_c_in_a_sweep_then_resume_finishes_it(tmp_path) -> N
     assert "  not run: job 2 (" in out and f"continue it with: lightning-echo resume {sweep_dir}" in out
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     assert plan["status"] == "interrupted" and [j["status"] for j in plan["jobs"]] == ["completed", "interrupted", "pending"]
+    assert [j["output_dir"] for j in plan["jobs"]] == ["0", "1", "2"]  # relative: a copied sweep is self-contained
     assert "seed=2" in plan["jobs"][2]["overrides"]
     assert json.loads((sweep_dir / "1" / "run.json").read_text())["status"] == "interrupted"
     assert not (sweep_dir / "2").exists()
@@ -318,3 +320,21 @@ def test_resume_accepts_another_torch_optimizer_and_reads_checkpoints_weights_on
     assert resume_main([str(run_dir)]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "cannot read the checkpoint's step safely" in err and "move the file away" in err
+
+
+def test_a_sweeps_plan_keeps_its_jobs_inside_the_sweep_directory(capsys, tmp_path) -> None:
+    from lightning_echo.app.sweep import job_directory
+
+    sweep, original = tmp_path / "copy", tmp_path / "original"
+    (sweep / "1").mkdir(parents=True)
+    assert job_directory(sweep, 0, "0") == (sweep / "0").resolve()  # what sweep.json holds now
+    # an older sweep.json of the original sweep: the copy's own job directory, never the original's
+    assert job_directory(sweep, 1, str(original / "1")) == (sweep / "1").resolve()
+    for outside in ("../original/0", str(original / "5"), "/etc", "."):
+        with pytest.raises(ConfigError, match="outside the sweep directory"):
+            job_directory(sweep, 0, outside)
+    (sweep / "sweep.json").write_text(json.dumps({"status": "interrupted", "jobs": [
+        {"number": 0, "overrides": ["seed=0"], "name": None, "status": "pending", "output_dir": "../elsewhere"}]}))
+    assert resume_main([str(sweep)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "puts job 0 in ../elsewhere, outside the sweep directory" in err and not (tmp_path / "elsewhere").exists()
