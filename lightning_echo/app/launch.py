@@ -45,6 +45,7 @@ from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import ENV_VAR, PACKAGE, pl
 from lightning_echo.protocols import AssignsRankRoles
 from lightning_echo.records import DIVERGED, FAILED, INTERRUPTED
+from lightning_echo.validation import positive_int
 
 # A rank process runs this (with its spec folder as argument); not `-m lightning_echo.app.rank`, which
 # would define the module's classes a second time, in __main__.
@@ -209,6 +210,36 @@ def processes_to_start(cfg: DictConfig, trainer: Any) -> int:
                           f"this process is one of several started by {type(environment).__name__} "
                           "(LOCAL_RANK is set); start lightning-echo once: it starts one process per device itself")
     return int(trainer.num_devices)
+
+
+MAX_PROCESSES_VAR = "LIGHTNING_ECHO_MAX_PROCESSES"
+
+
+def process_cap() -> int:
+    """The most processes the command line starts for one run on this machine: 4 per CPU core (at
+    least 32), or ``$LIGHTNING_ECHO_MAX_PROCESSES``."""
+    value = os.environ.get(MAX_PROCESSES_VAR)
+    if value is not None and value.strip():
+        try:
+            return positive_int(MAX_PROCESSES_VAR, int(value))
+        except ValueError:
+            raise ConfigError(MAX_PROCESSES_VAR, value, "must be a positive integer") from None
+    return max(32, 4 * (os.cpu_count() or 1))
+
+
+def check_process_count(cfg: DictConfig) -> None:
+    """Refuse, in one line and before anything starts, a run that would start more processes than
+    :func:`process_cap` (one per device; a parameter server's learners and the server)."""
+    devices = cfg.trainer.get("devices", "auto")
+    if isinstance(devices, bool) or not isinstance(devices, int) and not (isinstance(devices, str) and devices.isdigit()):
+        return  # "auto", a list of devices: Lightning decides, within the machine
+    count, cap = int(devices), process_cap()
+    if count <= cap:
+        return
+    backend = (cfg.get("backend") or {}).get("name")
+    key, value = ("stale.learners", cfg.stale.learners) if backend == "processes" else ("trainer.devices", devices)
+    raise ConfigError(key, value, f"would start {count} processes on this machine ({os.cpu_count()} cores); at most "
+                      f"{cap} (4 per core, at least 32; set {MAX_PROCESSES_VAR} to allow more)")
 
 
 @dataclass(frozen=True)

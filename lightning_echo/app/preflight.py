@@ -33,7 +33,7 @@ from lightning_echo.app.config import (
     hydra_context,
 )
 from lightning_echo.app.data_check import check_dataset_readable
-from lightning_echo.app.launch import processes_to_start
+from lightning_echo.app.launch import check_process_count, processes_to_start
 from lightning_echo.app.outputs import check_logger_paths, refuse_used_output_dir
 from lightning_echo.app.overrides import check_known_keys, is_group_override, parse_overrides, quoted_override
 from lightning_echo.app.resume import refuse_checkpoint_overrides
@@ -118,6 +118,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_max_growth(cfg.get("divergence_growth", DEFAULT_MAX_GROWTH), "divergence_growth")
     check_report_settings(cfg.get("report") or {})
     check_integer_sizes(container)
+    check_process_count(cfg)
     datamodule = build_datamodule(cfg)
     build_model(cfg, datamodule.spec)
     build_callbacks(cfg)

@@ -52,6 +52,11 @@ def _error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["algorithm=echo", "stale.delay.distribution=gamma"], ["stale.delay.distribution='gamma' is not allowed"]),
         (["algorithm=sync", "stale.learners=2", "stale.delay.speeds=[1,2,3]"], ["stale.delay.speeds=[1.0, 2.0, 3.0] is not allowed", "2 entries"]),
         (["algorithm=sync", "ps.timeout=0"], ["ps.timeout=0 is not allowed"]),
+        (["algorithm=sync", "ps.timeout=1e300"], ["ps.timeout=1e+300 is not allowed: must be at most 604800 s (a week)"]),
+        # no bound on what one number starts: beyond the machine, refused before anything starts
+        (["algorithm=k_async", "backend=processes", "stale.learners=100000"],
+         ["stale.learners=100000 is not allowed: would start 100001 processes on this machine", "LIGHTNING_ECHO_MAX_PROCESSES"]),
+        (["trainer.accelerator=cpu", "trainer.devices=5000"], ["trainer.devices=5000 is not allowed: would start 5000 processes"]),
         (["algorithm=sync", "stale.momentum_correction=sometimes"], ["stale.momentum_correction='sometimes' is not allowed"]),
         (["algorithm=sync", "ps.inject_delays=maybe"], ["ps.inject_delays='maybe' is not allowed: must be true or false"]),
         # a renamed option: the old spelling points to the new one

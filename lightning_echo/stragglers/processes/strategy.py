@@ -34,9 +34,9 @@ from lightning_echo.stragglers.processes.metrics import CarriedCounts, process_m
 from lightning_echo.stragglers.processes.roles import LearnerRole, ServerRole
 from lightning_echo.stragglers.processes.server import ServerReport
 from lightning_echo.stragglers.processes.slots import ServerStep, UpdateSlots, server_epoch_length
-from lightning_echo.stragglers.processes.transport import SERVER_RANK, Transport, connect, learner_index
+from lightning_echo.stragglers.processes.transport import SERVER_RANK, Transport, check_timeout, connect, learner_index
 from lightning_echo.stragglers.settings import StragglerSettings
-from lightning_echo.validation import boolean, positive_float, positive_int
+from lightning_echo.validation import boolean, positive_int
 
 DDPStrategy, StrategyRegistry = pl.strategies.DDPStrategy, pl.strategies.StrategyRegistry
 ModelCheckpoint, EarlyStopping, Timer = pl.callbacks.ModelCheckpoint, pl.callbacks.EarlyStopping, pl.callbacks.Timer
@@ -149,7 +149,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
             process_group_backend=process_group_backend, timeout=process_group_timeout,
         )
         self.learners = None if learners is None else positive_int("stale.learners", learners)
-        self.timeout = positive_float("ps.timeout", timeout)
+        self.timeout = check_timeout(timeout)
         inject = self.settings.compute_times is not None if inject_delays is None else boolean("ps.inject_delays", inject_delays)
         self.injected_delays = self.settings.compute_times if inject else None
         self.server_report: Optional[ServerReport] = None  # rank 0, after fit
@@ -534,7 +534,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
 def check_process_settings(timeout: float, inject_delays: bool) -> None:
     """Check a ``ps`` config block (the processes backend's own settings) for any algorithm."""
-    positive_float("ps.timeout", timeout)
+    check_timeout(timeout)
     boolean("ps.inject_delays", inject_delays)
 
 

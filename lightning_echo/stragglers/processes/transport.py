@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from lightning_echo.validation import positive_float
 
 SERVER_RANK = 0
 BACKSTOP_FACTOR = 4
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer is no timeout, and 4x it must still fit a timedelta
 # dtypes a channel can carry, by the code the handshake exchanges
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -96,7 +97,7 @@ class Transport:
         self.rank = rank
         self.numel = numel
         self.dtype = dtype
-        self.timeout = positive_float("ps.timeout", timeout)
+        self.timeout = check_timeout(timeout)
         self._groups = dict(peers)
         self._inbox: "queue.Queue[Union[Inbound, _Lost]]" = queue.Queue()
         self._free: "queue.SimpleQueue[Message]" = queue.SimpleQueue()
@@ -195,6 +196,14 @@ class Transport:
         return tuple(peer for peer, thread in self._threads.items() if thread.is_alive())
 
 
+def check_timeout(timeout: Any, key: str = "ps.timeout") -> float:
+    """``timeout`` in seconds, a finite number in (0, a week]; refused in one line otherwise."""
+    seconds = positive_float(key, timeout)
+    if seconds > MAX_TIMEOUT_S:
+        raise ConfigError(key, timeout, f"must be at most {MAX_TIMEOUT_S:g} s (a week): a longer wait is no timeout")
+    return seconds
+
+
 def _dtype_code(dtype: torch.dtype) -> int:
     if dtype not in DTYPES:
         raise ConfigError("parameter dtype", str(dtype), "must be one of " + ", ".join(str(d) for d in DTYPES))
@@ -211,7 +220,7 @@ def connect(numel: int, dtype: torch.dtype, timeout: float) -> Transport:
     """
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised: call init_process_group first")
-    positive_float("ps.timeout", timeout)
+    check_timeout(timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
     if world < 2:
         raise ConfigError("world_size", world, "a parameter server needs at least 2 processes (the server and a learner)")
