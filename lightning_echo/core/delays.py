@@ -11,22 +11,41 @@ Straggler simulation reads per-learner compute times from a :class:`ComputeTimeS
 from __future__ import annotations
 
 import abc
-
 import csv
 import math
+import numbers
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from lightning_echo.errors import ConfigError
+from lightning_echo.errors import ConfigError, one_line, shown_value
 from lightning_echo.validation import positive_float, positive_int
 
 # Jitter names (``unit_mean_delay``, the loader throttle); DISTRIBUTION_NAMES adds the ones that
 # have no unit-mean form worth jittering with.
 DELAY_NAMES = ("exponential", "shifted_exponential", "pareto", "lognormal")
 DISTRIBUTION_NAMES = DELAY_NAMES + ("uniform", "constant")
+# The numeric fields of a DelayDistribution (each distribution reads some of them).
+PARAMETERS = ("scale", "shift", "shape", "sigma", "low", "high", "value")
+_LOG_MAX_FLOAT = math.log(sys.float_info.max)
+
+
+def _finite_number(key: str, value: Any) -> float:
+    """``value`` as a float if it is a finite real number (not a bool, not text), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(key, value, "must be a finite number")
+    return float(value)
+
+
+def _overflows(compute: Callable[[], float]) -> bool:
+    """Whether ``compute()`` leaves the float range (inf, or OverflowError as math.exp raises)."""
+    try:
+        return not math.isfinite(compute())
+    except OverflowError:
+        return True
 
 
 @dataclass(frozen=True)
@@ -34,7 +53,7 @@ class DelayDistribution:
     """A positive random delay.
 
     - ``exponential``: ``scale * Exp(1)``;
-    - ``shifted_exponential``: ``shift + scale * Exp(1)``;
+    - ``shifted_exponential``: ``shift + scale * Exp(1)`` (the only one with a ``shift``);
     - ``pareto``: ``scale * U^(-1/shape)`` (minimum ``scale``, tail index ``shape``);
     - ``lognormal``: ``exp(log(scale) + sigma * N(0, 1))``;
     - ``uniform``: uniform on ``[low, high]``;
@@ -53,21 +72,43 @@ class DelayDistribution:
     def __post_init__(self) -> None:
         if self.name not in DISTRIBUTION_NAMES:
             raise ConfigError("distribution", self.name, "must be one of " + ", ".join(DISTRIBUTION_NAMES))
-        if not (self.scale > 0 and math.isfinite(self.scale)):
+        for key in PARAMETERS:
+            object.__setattr__(self, key, _finite_number(key, getattr(self, key)))
+        if not self.scale > 0:
             raise ConfigError("scale", self.scale, "must be a finite number > 0")
-        if self.shift < 0:
-            raise ConfigError("shift", self.shift, "must be >= 0")
+        self._check_shift()
         if self.name == "pareto" and not self.shape > 1:
-            raise ConfigError("shape", self.shape, "must be > 1 (a Pareto delay needs a finite mean)")
-        if self.name == "lognormal" and not self.sigma >= 0:
-            raise ConfigError("sigma", self.sigma, "must be >= 0")
+            raise ConfigError("shape", self.shape, "must be a finite number > 1 (a Pareto delay needs a finite mean)")
+        if self.name == "lognormal":
+            self._check_sigma()
         if self.name == "uniform":
-            if not (self.low >= 0 and math.isfinite(self.low)):
+            if not self.low >= 0:
                 raise ConfigError("low", self.low, "must be a finite number >= 0")
-            if not (self.high > self.low and math.isfinite(self.high)):
+            if not self.high > self.low:
                 raise ConfigError("high", self.high, f"must be a finite number > low={self.low}")
         if self.name == "constant":
             positive_float("value", self.value)
+        if not math.isfinite(self.mean):
+            key = {"uniform": "high", "constant": "value"}.get(self.name, "scale")
+            overflow = f"gives {self.name} delays an infinite mean (float overflow): use a smaller value"
+            raise ConfigError(key, getattr(self, key), overflow)
+
+    def _check_shift(self) -> None:
+        # Only shifted_exponential has a shift in its mean, support, tails and sampler; accepting
+        # one elsewhere would sample a shifted delay that every closed form ignores.
+        if self.shift < 0:
+            raise ConfigError("shift", self.shift, "must be a finite number >= 0")
+        if self.shift != 0 and self.name != "shifted_exponential":
+            raise ConfigError("shift", self.shift, f"{self.name} delays take no shift: leave it unset (0), or use "
+                                                   "distribution shifted_exponential (shift + scale * Exp(1))")
+
+    def _check_sigma(self) -> None:
+        # The mean scale * exp(sigma**2 / 2) must be a finite float (and so must exp(sigma**2 / 2)).
+        bound = math.sqrt(2.0 * (_LOG_MAX_FLOAT - max(0.0, math.log(self.scale))))
+        if self.sigma < 0 or _overflows(lambda: self.mean):
+            shown = math.floor(bound * 1000) / 1000
+            raise ConfigError("sigma", self.sigma, f"must be a number from 0 to {shown} (for scale={self.scale:g}; "
+                                                   "larger gives the mean scale * exp(sigma**2 / 2) past the float range)")
 
     @property
     def mean(self) -> float:
@@ -294,6 +335,32 @@ class ComputeTimes(ComputeTimeSource):
 HEADERS = "'learner,seconds' or 'seconds'"
 
 
+def _trace_path(path: Any) -> Path:
+    """``path`` as a Path if it names an existing file, else ConfigError."""
+    try:
+        found = Path(path)
+        exists = found.is_file()
+    except (TypeError, ValueError):  # not a path at all, or one with a NUL byte
+        raise ConfigError("trace", path, f"must be the path of a CSV file (header {HEADERS})") from None
+    if not exists:
+        raise ConfigError("trace", str(found), f"must be an existing CSV file (header {HEADERS})")
+    return found
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The non-blank rows of a UTF-8 CSV file, each cell stripped; ConfigError for a file that is
+    not one (binary, another encoding, unreadable)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return [[cell.strip() for cell in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
+    except UnicodeDecodeError:
+        raise ConfigError("trace", str(path), f"is not UTF-8 text: it must be a CSV file (header {HEADERS})") from None
+    except csv.Error as error:
+        raise ConfigError("trace", str(path), f"is not a CSV file ({one_line(error)}): header {HEADERS}") from None
+    except OSError as error:
+        raise ConfigError("trace", str(path), f"cannot be read ({error.strerror or error})") from None
+
+
 class TraceComputeTimes(ComputeTimeSource):
     """Recorded compute times, replayed in order and from the start again when exhausted.
 
@@ -338,18 +405,16 @@ class TraceComputeTimes(ComputeTimeSource):
     @classmethod
     def from_csv(cls, path: Union[str, Path], learners: Optional[int] = None) -> "TraceComputeTimes":
         """Read a trace with header ``learner,seconds`` (each learner replays its own rows in
-        file order; ids must be 0..N-1, each with rows, N = ``learners`` when given) or header
-        ``seconds`` (one sequence shared by all learners)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("trace", str(path), f"must be an existing CSV file (header {HEADERS})")
-        with path.open(newline="") as handle:
-            rows = [[cell.strip() for cell in row] for row in csv.reader(handle) if any(c.strip() for c in row)]
+        file order; ids must be 0..N-1, each with rows, N = ``learners`` when given: a larger id
+        is refused as it is read) or header ``seconds`` (one sequence shared by all learners).
+        A file that is not UTF-8 CSV text is refused in one line."""
+        path = _trace_path(path)
+        rows = _csv_rows(path)
         if not rows:
             raise ConfigError("trace", str(path), "is empty: it needs a header 'learner,seconds' or 'seconds' and rows")
         header, body = [cell.lower() for cell in rows[0]], rows[1:]
         if header not in (["learner", "seconds"], ["seconds"]):
-            raise ConfigError("trace", str(path), f"has header {','.join(rows[0])!r}: must be {HEADERS}")
+            raise ConfigError("trace", str(path), f"has header {shown_value(','.join(rows[0]))}: must be {HEADERS}")
         if not body:
             raise ConfigError("trace", str(path), "holds no compute times")
         if any(len(row) != len(header) for row in body):
@@ -360,9 +425,11 @@ class TraceComputeTimes(ComputeTimeSource):
         for learner, seconds in body:
             per_learner.setdefault(cls._learner_id(learner, path, learners), []).append(seconds)
         count = learners if learners is not None else max(per_learner) + 1
-        missing = [i for i in range(count) if i not in per_learner]
-        if missing:
-            raise ConfigError("trace", str(path), f"has no rows for learner {missing[0]} (ids must run 0..{count - 1})")
+        # The first id without rows lies below len(per_learner) + 1 whatever the largest id is,
+        # so this stops early for a trace with one huge id.
+        missing = next((i for i in range(count) if i not in per_learner), None)
+        if missing is not None:
+            raise ConfigError("trace", str(path), f"has no rows for learner {missing} (ids must run 0..{count - 1})")
         return cls(per_learner=[per_learner[i] for i in range(count)], source=str(path))
 
     @staticmethod
@@ -372,7 +439,7 @@ class TraceComputeTimes(ComputeTimeSource):
         except ValueError:
             learner = -1
         if learner < 0 or (learners is not None and learner >= learners):
-            top = f"{learners - 1}" if learners is not None else "N-1"
+            top = f"{learners - 1} (stale.learners={learners})" if learners is not None else "N-1"
             raise ConfigError("trace", f"{path} (learner {text})", f"learner ids must be integers 0..{top}")
         return learner
 

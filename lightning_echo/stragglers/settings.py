@@ -23,6 +23,9 @@ from lightning_echo.validation import boolean, non_negative_int, one_of, positiv
 Backend = Literal["simulated", "processes"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 DelaySetting = Union[Mapping[str, Any], ComputeTimeSource, None]
+# A cap on P, so that one mistyped number (stale.learners=100000000) is refused in one line
+# instead of filling memory with per-learner state.
+MAX_LEARNERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class StragglerSettings:
 
     def resolve(self, learners: int) -> ResolvedStragglers:
         """Resolved against ``learners`` (P): K, the rule's M, the delay model's learner count."""
+        check_learner_count(learners)
         spec = self.spec(learners)
         self.check_learners(learners)
         offset = 0.0
@@ -174,10 +178,21 @@ class StragglerSettings:
         return label + (f", {self.lr_rule}" if self.lr_rule != "constant" else "") + (" (processes)" if processes else "")
 
 
+def check_learner_count(learners: Any) -> int:
+    """Return ``learners`` (P) if it is a positive integer of at most :data:`MAX_LEARNERS`, else
+    raise ConfigError (before anything allocates per-learner state)."""
+    positive_int("stale.learners", learners)
+    if learners > MAX_LEARNERS:
+        raise ConfigError("stale.learners", learners, f"must be at most {MAX_LEARNERS} (the most learners one run may have)")
+    return learners
+
+
 def check_stale_settings(learners: int, **fields: Any) -> StragglerSettings:
     """Check a ``stale`` config block (``learners`` and the settings) for any algorithm: the
     command line refuses a bad ``stale.*`` value also when the chosen algorithm has no learners."""
-    positive_int("stale.learners", learners)
+    check_learner_count(learners)
+    if isinstance(fields.get("delay"), Mapping):  # read knowing P: a trace's learner ids are checked against it
+        fields["delay"] = compute_times_from_config(fields["delay"], learners)
     settings = StragglerSettings.build(None, **fields)
     settings.check_learners(learners)
     return settings

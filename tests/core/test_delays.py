@@ -1,4 +1,5 @@
-"""Delay distributions (uniform, constant, survival functions) and per-learner compute times.
+"""Delay distributions (uniform, constant, survival functions), per-learner compute times, and
+the ``stale.delay`` / ``stale.learners`` settings that build them.
 
 The loader-jitter side of ``lightning_echo.core.delays`` (``unit_mean_delay``, the four jitter
 names) is tested in ``test_throttle.py``; here: the straggler-simulation side.
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from conftest import main_error, single_run_overrides
+from lightning_echo.app.config import compose_config
+from lightning_echo.app.value_checks import check_algorithm_settings
 from lightning_echo.core.delays import (
     DELAY_NAMES,
     DISTRIBUTION_NAMES,
@@ -22,7 +27,10 @@ from lightning_echo.core.delays import (
     TraceComputeTimes,
     unit_mean_delay,
 )
+from lightning_echo.core.runtimes import sync_async_ratio
 from lightning_echo.errors import ConfigError
+from lightning_echo.stragglers.delay_config import compute_times_from_config
+from lightning_echo.stragglers.settings import MAX_LEARNERS, StragglerSettings, check_stale_settings
 
 DISTRIBUTIONS = [
     DelayDistribution("exponential", scale=2.0),
@@ -214,3 +222,180 @@ def test_trace_for_other_learner_count_is_refused(tmp_path: Path) -> None:
     trace = TraceComputeTimes.from_csv(_write(tmp_path / "t.csv", "learner,seconds\n0,1\n1,1\n"))
     with pytest.raises(ConfigError, match="^trace=.*has times for 2 learners, not stale.learners=3"):
         trace.check_learners(3)
+
+
+# -- settings the closed forms do not honour, refused in one line (issue 21) ----------------------
+P = 8
+
+
+def _sampled_sync_async_ratio(dist: DelayDistribution, rows: int = 20000) -> float:
+    """Theorem 1's ratio ``P E[X_{P:P}] / E[X]`` from the sampler: rows of P draws, their maxima."""
+    draws = dist.sample(torch.Generator().manual_seed(7), rows * P).reshape(rows, P)
+    return P * draws.max(dim=1).values.mean().item() / draws.mean().item()
+
+
+@pytest.mark.parametrize("name", DISTRIBUTION_NAMES)
+def test_a_shift_is_honoured_by_every_closed_form_or_refused(name: str) -> None:
+    # Before: exponential and pareto took shift=1 and sampled shift + X while the mean, support
+    # and Theorem 1's ratio ignored it (29.74 instead of 14.87 for exponential, P = 8).
+    try:
+        dist = DelayDistribution(name, shift=1.0)
+    except ConfigError as error:
+        assert name != "shifted_exponential"
+        assert str(error).startswith("shift=1.0 is not allowed: ")
+        assert "use distribution shifted_exponential (shift + scale * Exp(1))" in str(error)
+        return
+    assert dist.support()[0] == 1.0 and dist.mean == 2.0 and dist.survival(0.999) == 1.0
+    assert sync_async_ratio(dist, P) == pytest.approx(P * (1 + sum(1 / i for i in range(1, P + 1))) / 2)  # 14.87
+    assert _sampled_sync_async_ratio(dist) == pytest.approx(sync_async_ratio(dist, P), rel=0.02)
+
+
+def test_a_shift_from_the_config_names_the_setting() -> None:
+    with pytest.raises(ConfigError) as error:
+        compute_times_from_config({"distribution": "exponential", "shift": 1})
+    assert str(error.value).startswith("stale.delay.shift=1.0 is not allowed: exponential delays take no shift")
+    times = compute_times_from_config({"distribution": "shifted_exponential", "shift": 1, "scale": 1})
+    assert times.mean(0) == 2.0
+    assert compute_times_from_config({"distribution": "pareto", "shift": 0}).mean(0) == 1.5  # 0: no shift
+
+
+@pytest.mark.parametrize("dist", DISTRIBUTIONS, ids=lambda d: d.name)
+def test_theorem_1_ratio_from_the_closed_forms_matches_the_sampler(dist: DelayDistribution) -> None:
+    assert _sampled_sync_async_ratio(dist) == pytest.approx(sync_async_ratio(dist, P), rel=0.03)
+
+
+@pytest.mark.parametrize(
+    "kwargs, line",
+    [
+        ({"name": "shifted_exponential", "shift": math.nan}, "shift=nan is not allowed: must be a finite number"),
+        ({"name": "shifted_exponential", "shift": math.inf}, "shift=inf is not allowed: must be a finite number"),
+        ({"name": "exponential", "scale": math.nan}, "scale=nan is not allowed: must be a finite number"),
+        ({"name": "pareto", "shape": math.inf}, "shape=inf is not allowed: must be a finite number"),
+        ({"name": "lognormal", "sigma": math.inf}, "sigma=inf is not allowed: must be a finite number"),
+        ({"name": "lognormal", "sigma": math.nan}, "sigma=nan is not allowed: must be a finite number"),
+        ({"name": "uniform", "low": math.nan}, "low=nan is not allowed: must be a finite number"),
+        ({"name": "uniform", "high": math.nan}, "high=nan is not allowed: must be a finite number"),
+        ({"name": "exponential", "sigma": math.nan}, "sigma=nan is not allowed: must be a finite number"),
+        ({"name": "exponential", "scale": "abc"}, "scale='abc' is not allowed: must be a finite number"),
+        ({"name": "exponential", "scale": True}, "scale=True is not allowed: must be a finite number"),
+        ({"name": "lognormal", "sigma": 100.0},
+         ("sigma=100.0 is not allowed: must be a number from 0 to 37.677 (for scale=1; larger gives the mean "
+          "scale * exp(sigma**2 / 2) past the float range)")),
+        ({"name": "pareto", "scale": 1e308, "shape": 2.0},
+         "scale=1e+308 is not allowed: gives pareto delays an infinite mean (float overflow): use a smaller value"),
+    ],
+)
+def test_non_finite_text_or_overflowing_parameters_are_one_line(kwargs: dict, line: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        DelayDistribution(**kwargs)
+    assert str(error.value) == line
+
+
+def test_lognormal_sigma_up_to_the_stated_bound_keeps_a_finite_mean() -> None:
+    assert math.isfinite(DelayDistribution("lognormal", sigma=37.677).mean)
+    assert math.isfinite(DelayDistribution("lognormal", scale=1e300, sigma=6.165).mean)
+    with pytest.raises(ConfigError) as error:
+        DelayDistribution("lognormal", scale=1e300, sigma=6.2)
+    assert str(error.value).startswith("sigma=6.2 is not allowed: must be a number from 0 to 6.165 (for scale=1e+300;")
+
+
+@pytest.mark.parametrize(
+    "delay, line",
+    [
+        ({"distribution": "exponential", "scale": "abc"}, "stale.delay.scale='abc' is not allowed: must be a finite number"),
+        ({"distribution": "pareto", "shape": [3]}, "stale.delay.shape=[3] is not allowed: must be a finite number"),
+        ({"distribution": "lognormal", "sigma": "inf"}, "stale.delay.sigma=inf is not allowed: must be a finite number"),
+        ({"speeds": 3},
+         "stale.delay.speeds=3 is not allowed: must be a list of slowdowns > 0, one per learner, e.g. [1, 1, 4]"),
+        ({"trace": 5},
+         "stale.delay.trace=5 is not allowed: must be the path of a CSV file (header 'learner,seconds' or 'seconds')"),
+        ("fast", ("stale.delay='fast' is not allowed: must be a mapping such as {distribution: exponential, "
+                  "scale: 1.0} or {trace: times.csv}")),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_one_line(delay, line: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        compute_times_from_config(delay)
+    assert str(error.value) == line
+
+
+def test_config_numbers_written_as_text_still_count() -> None:
+    assert compute_times_from_config({"distribution": "exponential", "scale": "2.5"}).mean(0) == 2.5
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (bytes(range(256)) * 8, "is not UTF-8 text: it must be a CSV file (header 'learner,seconds' or 'seconds')"),
+        ("latin-1 café\n".encode("latin-1"), "is not UTF-8 text"),
+        (b"seconds\n" + b"1" * 200_000 + b"\n", "is not a CSV file (field larger than field limit (131072))"),
+        (b"x" * 5000, "has header 'xxxxxxxx"),
+    ],
+)
+def test_a_trace_that_is_not_a_csv_text_file_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "times.csv"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as error:
+        compute_times_from_config({"trace": str(path)})
+    text = str(error.value)
+    assert text.startswith(f"stale.delay.trace={str(path)!r} is not allowed: ") and message in text
+    assert "\n" not in text and len(text) < 500
+
+
+def test_a_trace_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "times.csv"
+    path.write_bytes("learner,seconds\n0,1.5\n1,2\n".encode("utf-8-sig"))  # as spreadsheets export it
+    assert TraceComputeTimes.from_csv(path).learners == 2
+
+
+def test_a_trace_learner_id_beyond_the_learners_is_refused_without_a_huge_list(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.csv", "learner,seconds\n0,1\n1000000000,1\n")
+    with pytest.raises(ConfigError) as error:  # before: MemoryError, building a billion-entry list
+        TraceComputeTimes.from_csv(path)
+    assert str(error.value) == f"trace={str(path)!r} is not allowed: has no rows for learner 1 (ids must run 0..1000000000)"
+    with pytest.raises(ConfigError) as error:
+        check_stale_settings(8, delay={"trace": str(path)})
+    assert str(error.value) == (f"stale.delay.trace={str(path) + ' (learner 1000000000)'!r} is not allowed: "
+                                "learner ids must be integers 0..7 (stale.learners=8)")
+
+
+@pytest.mark.parametrize("check", [lambda p: check_stale_settings(p), lambda p: StragglerSettings().resolve(p)])
+def test_an_absurd_learner_count_is_refused_before_anything_is_allocated(check) -> None:
+    with pytest.raises(ConfigError) as error:
+        check(100_000_000)
+    assert str(error.value) == ("stale.learners=100000000 is not allowed: must be at most 100000 "
+                                "(the most learners one run may have)")
+    with pytest.raises(ConfigError, match=r"^stale.learners=100000000.0 is not allowed: must be a positive integer$"):
+        check(1e8)  # stale.learners=1e8 from the shell is a float
+    check(MAX_LEARNERS)
+
+
+def test_a_trace_alone_from_the_shell_replaces_the_default_distribution(tmp_path: Path) -> None:
+    # Before: stale.delay.trace also needed stale.delay.distribution=null.
+    path = _write(tmp_path / "t.csv", "learner,seconds\n0,1.5\n1,2\n")
+    cfg = compose_config(["algorithm=async", "stale.learners=2", f"stale.delay.trace='{path}'"])
+    check_algorithm_settings(cfg)
+    settings = instantiate(cfg.algorithm.settings)
+    settings.resolve(2)
+    assert [settings.compute_times.sample(0), settings.compute_times.sample(1)] == [1.5, 2.0]
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [("stale.delay.distribution=pareto", "'pareto'"), ("stale.delay.scale=2", "2"), ("stale.delay.speeds=[1,2]", "[1, 2]")],
+)
+def test_a_trace_next_to_other_distribution_settings_is_refused(tmp_path: Path, override: str, value: str) -> None:
+    path = _write(tmp_path / "t.csv", "seconds\n1\n")
+    cfg = compose_config(["algorithm=async", f"stale.delay.trace='{path}'", override])
+    with pytest.raises(ConfigError) as error:
+        check_algorithm_settings(cfg)
+    key = override.split("=")[0]
+    assert str(error.value) == (f"{key}={value} is not allowed: is set next to stale.delay.trace={str(path)!r}, which "
+                                "replaces the distribution: leave distribution, its parameters and speeds unset")
+
+
+def test_the_command_line_refuses_an_absurd_learner_count_before_any_run_directory(capsys, tmp_path: Path) -> None:
+    err = main_error(capsys, single_run_overrides() + ["algorithm=async", "stale.learners=100000000"])
+    assert err == ("lightning-echo: error: stale.learners=100000000 is not allowed: must be at most 100000 "
+                   "(the most learners one run may have)")
+    assert not (tmp_path / "le_outputs").exists()
