@@ -122,6 +122,29 @@ def check_not_running_elsewhere(run_dir: Path) -> None:
     raise ConfigError("resume", str(run_dir), f"its run.json says it is still running (process {pid}); stop that process first")
 
 
+CLAIM_FILE = ".resume.lock"
+_CLAIMS: dict[Path, Any] = {}  # the open lock files this process holds, kept open until it ends
+
+
+def claim_directory(directory: Path) -> None:
+    """Claim ``directory`` for this process (an exclusive ``flock`` on ``<dir>/.resume.lock``, held
+    until the process ends), so that two resumes of one run or sweep, however close together,
+    cannot both train in it; the second is refused in one line. Locks are advisory and per
+    machine (a shared filesystem may not honour them across hosts)."""
+    import fcntl
+
+    key = Path(directory).resolve()
+    if key in _CLAIMS:
+        return
+    handle = open(key / CLAIM_FILE, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError("resume", str(directory), "another process is resuming it right now; wait for it to end") from None
+    _CLAIMS[key] = handle
+
+
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` is a run directory (holds ``run.json``)."""
     return (Path(path) / RUN_FILE).is_file()

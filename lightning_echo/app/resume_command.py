@@ -30,6 +30,7 @@ from lightning_echo.app.resume import (
     FINAL_STATUSES,
     ResumePoint,
     check_not_running_elsewhere,
+    claim_directory,
     is_run_dir,
     resume_point,
     save_config,
@@ -105,6 +106,7 @@ def plan_run(run_dir: Path, trust_config: bool = False) -> RunToResume:
     if run.done:
         return run
     check_not_running_elsewhere(run_dir)
+    claim_directory(run_dir)
     run.cfg = saved_config(run_dir)
     if not trust_config:
         check_trusted(run.cfg, run_dir)
@@ -117,6 +119,7 @@ def plan_sweep(sweep_dir: Path, trust_config: bool = False) -> SweepToResume:
     """Every job of a sweep directory: its plan from ``sweep.json`` (or, for a sweep without one,
     the job directories found in it)."""
     if (sweep_dir / SWEEP_FILE).is_file():
+        claim_directory(sweep_dir)
         try:
             planned = [(PlannedJob(int(job["number"]), list(job["overrides"]), job.get("name")),
                         job_directory(sweep_dir, int(job["number"]), job["output_dir"]))

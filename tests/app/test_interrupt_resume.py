@@ -338,3 +338,20 @@ def test_a_sweeps_plan_keeps_its_jobs_inside_the_sweep_directory(capsys, tmp_pat
     assert resume_main([str(sweep)]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "puts job 0 in ../elsewhere, outside the sweep directory" in err and not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.slow
+def test_a_second_resume_of_a_run_being_resumed_is_refused_at_once(capsys, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    _interrupted_run(run_dir, CLI_RUN[len(single_run_overrides()):])  # ~5 s of training, started over
+    first = _start(["resume", str(run_dir)], cwd=tmp_path)
+    try:
+        _wait_for(run_dir / ".resume.lock", first)
+        line = first.stdout.readline()  # printed once the run is planned and claimed
+        assert line.startswith(f"starting {run_dir} over"), line
+        assert resume_main([str(run_dir)]) == 2  # half a second later: refused, nothing touched
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert f"resume='{run_dir}' is not allowed: another process is resuming it right now" in err
+    finally:
+        first.kill()
+        first.communicate(timeout=60)
