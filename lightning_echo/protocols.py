@@ -27,6 +27,10 @@ class AssignsRankRoles(Protocol):
     def saves_checkpoints(self, global_rank: int) -> bool:
         """Whether the process of ``global_rank`` writes the run's checkpoints."""
 
+    @property
+    def deciders_outlive_s(self) -> Optional[float]:
+        """How long the deciding ranks may go on once every other rank has failed (None: no limit)."""
+
 
 @runtime_checkable
 class ReportsTrainLoss(Protocol):

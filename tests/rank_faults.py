@@ -17,7 +17,8 @@ HERE = Path(__file__).resolve().parent
 
 class InjectedFault(LogisticRegression):
     """Logistic regression that, on rank ``rank`` after step ``step``, does ``action``: ``raise``,
-    ``sigkill`` (the process kills itself, as the OOM killer would), or
+    ``sigkill`` (the process kills itself, as the OOM killer would), ``freeze`` (SIGSTOP to
+    itself: a process that is alive but never answers again), or
     ``sigterm_job`` (SIGTERM to the job that started the ranks, as a scheduler would; then it waits
     for the job's stop request to arrive, so that the ranks stop after the next step). ``marker``:
     do it once, across a resume."""
@@ -39,6 +40,8 @@ class InjectedFault(LogisticRegression):
             raise RuntimeError(f"injected failure on rank {self.fault_rank}")
         if self.action == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.action == "freeze":
+            os.kill(os.getpid(), signal.SIGSTOP)
         os.kill(os.getppid(), signal.SIGTERM)
         # Go on once the job's stop request has reached this rank: the ranks then stop after the next step.
         agreement = next((c for c in self.trainer.callbacks if isinstance(c, RankAgreement)), None)

@@ -300,7 +300,7 @@ def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name:
     spec = RankSpec(config=OmegaConf.to_container(cfg, resolve=True), run_dir=str(output_dir), group=group, name=name,
                     world_size=processes, record_details=details,
                     checkpoint=str(resume.checkpoint) if resumed else None, step=resume.step if resumed else 0,
-                    deciding_ranks=plan.deciding_ranks)
+                    deciding_ranks=plan.deciding_ranks, deciders_outlive_s=plan.deciders_outlive_s)
     result = run_ranks(spec)
     written = read_run_record(output_dir)  # rank 0's record, with what it measured (initial_val_loss, ...)
     written.update(ranks=result.progress(), updated_at=time.time())

@@ -92,6 +92,9 @@ class RankSpec:
     checkpoint: Optional[str] = None
     step: int = 0
     deciding_ranks: Optional[list[int]] = None  # the ranks whose end ends the run (None: all)
+    # How long the deciding ranks may go on once every other rank has failed (None: as long as they
+    # like): a parameter server whose learners all gave up on it is frozen or stuck.
+    deciders_outlive_s: Optional[float] = None
 
     @property
     def deciding(self) -> list[int]:
@@ -115,6 +118,7 @@ class RankEnd:
     returncode: int
     killed_here: bool
     outcome: Optional[dict[str, Any]]
+    abandoned_after_s: Optional[float] = None  # killed here for staying silent after every other rank failed
 
     @property
     def status(self) -> Optional[str]:
@@ -129,6 +133,9 @@ class RankEnd:
     def describe(self, world_size: int) -> str:
         """``rank 1 of 2 failed: ValueError: ...``, ``rank 1 of 2 was killed by SIGKILL``, ..."""
         who = f"rank {self.rank} of {world_size}"
+        if self.abandoned_after_s is not None:
+            return (f"{who} did not end within {self.abandoned_after_s:g} s after every other rank had failed "
+                    "(frozen or stuck); it was killed")
         if self.status == FAILED:
             return f"{who} failed: {self.outcome.get('error')}"  # type: ignore[union-attr]
         if self.status == INTERRUPTED:  # a signal sent to the rank itself, not to the job
@@ -155,6 +162,9 @@ class RanksResult:
         """The rank whose failure ended the run: one killed by a signal this job did not send (it
         wrote nothing), else the one that failed earliest (the others then fail on the lost
         connection), else the first with a non-zero exit status; None when every rank succeeded."""
+        abandoned = [end for end in self.ends if end.abandoned_after_s is not None]
+        if abandoned:
+            return abandoned[0]
         failed = [end for end in self.ends if end.failed and not end.killed_here
                   and (self.deciding is None or end.rank in self.deciding)]
         killed = [end for end in failed if end.returncode < 0 and end.outcome is None]
@@ -248,6 +258,7 @@ class ProcessPlan:
 
     processes: int = 1
     deciding_ranks: Optional[list[int]] = None
+    deciders_outlive_s: Optional[float] = None
 
 
 def process_plan(cfg: DictConfig) -> ProcessPlan:
@@ -260,8 +271,9 @@ def process_plan(cfg: DictConfig) -> ProcessPlan:
     with quiet_lightning():
         trainer = build_trainer(cfg, output_dir=None)
     strategy = trainer.strategy
-    deciding = list(strategy.deciding_ranks) if isinstance(strategy, AssignsRankRoles) else None
-    return ProcessPlan(processes_to_start(cfg, trainer), deciding)
+    roles = strategy if isinstance(strategy, AssignsRankRoles) else None
+    return ProcessPlan(processes_to_start(cfg, trainer), list(roles.deciding_ranks) if roles else None,
+                       roles.deciders_outlive_s if roles else None)
 
 
 def free_port() -> int:
@@ -287,6 +299,7 @@ def run_ranks(spec: RankSpec) -> RanksResult:
     docstring for failures and signals); every one has ended when this returns."""
     folder = Path(tempfile.mkdtemp(prefix="lightning-echo-ranks-"))
     spec.write(folder / SPEC_FILE)
+    abandoned: set[int] = set()
     env = rank_environment(spec.world_size)
     processes: list[subprocess.Popen] = []
     killed: set[int] = set()
@@ -297,26 +310,38 @@ def run_ranks(spec: RankSpec) -> RanksResult:
                 processes.append(subprocess.Popen(
                     [sys.executable, "-c", RANK_CODE, str(folder)], env={**env, "LOCAL_RANK": str(rank)},
                     stdin=subprocess.PIPE, start_new_session=True))
-            interrupted_by = _supervise(processes, killed, spec.deciding, folder)
+            interrupted_by, abandoned = _supervise(processes, killed, spec.deciding, folder, spec.deciders_outlive_s)
     finally:
         _kill(processes, killed)
-        ends = [RankEnd(rank, int(p.returncode), rank in killed, _read_outcome(folder, rank))
+        ends = [RankEnd(rank, int(p.returncode), rank in killed, _read_outcome(folder, rank),
+                        spec.deciders_outlive_s if rank in abandoned else None)
                 for rank, p in enumerate(processes)]
         shutil.rmtree(folder, ignore_errors=True)
     return RanksResult(ends, interrupted_by, spec.deciding_ranks)
 
 
-def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: list[int], folder: Path) -> Optional[int]:
+def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: list[int], folder: Path,
+               deciders_outlive_s: Optional[float] = None) -> tuple[Optional[int], set[int]]:
     """Wait for the ranks; ask them to stop on a first signal, kill them on a second, after a
     deciding rank failed, once every deciding rank ended, or when a stop takes too long. A rank
-    that does not decide and fails is reported on stderr. Returns the first signal received
-    meanwhile, if any."""
+    that does not decide and fails is reported on stderr; once every such rank has failed, the
+    deciding ranks get ``deciders_outlive_s`` to end before they are killed as abandoned. Returns
+    the first signal received meanwhile, if any, and the abandoned ranks."""
     signals_before = seen = SIGNALS.count
     asked = False
     deadline: Optional[float] = None
+    abandon_at: Optional[float] = None
+    others = [rank for rank in range(len(processes)) if rank not in deciding]
     reported: set[int] = set()
     while [p.poll() for p in processes].count(None):  # poll every rank, so each one's end is seen
         now = time.monotonic()
+        if (abandon_at is None and deciders_outlive_s is not None and others
+                and all(processes[rank].returncode not in (None, 0) for rank in others)):
+            abandon_at = now + deciders_outlive_s
+        if abandon_at is not None and now > abandon_at:
+            abandoned = {rank for rank in deciding if processes[rank].poll() is None}
+            _kill(processes, killed)
+            return (SIGNALS.received if SIGNALS.count > signals_before else None), abandoned
         if SIGNALS.count > seen:
             if asked:
                 break  # a second signal: stop now
@@ -336,7 +361,7 @@ def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: li
             break
         time.sleep(POLL_S)
     _kill(processes, killed)
-    return SIGNALS.received if SIGNALS.count > signals_before else None
+    return (SIGNALS.received if SIGNALS.count > signals_before else None), set()
 
 
 def _ask_to_stop(processes: list[subprocess.Popen]) -> None:

@@ -453,6 +453,12 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         """The server alone decides how a run ends: a lost learner is its business."""
         return (SERVER_RANK,)
 
+    @property
+    def deciders_outlive_s(self) -> float:
+        """Once every learner has failed, the server ends within its own timeout (it waits that long
+        for a gradient) plus a margin; a server still running after that is frozen or stuck."""
+        return self.timeout + 10.0
+
     def saves_checkpoints(self, global_rank: int) -> bool:
         """Rank 0 writes the run's checkpoints; learners save nothing (the server's state is the run's)."""
         return global_rank == SERVER_RANK

@@ -123,3 +123,19 @@ def test_sync_resumes_on_every_process_and_fails_in_one_line_when_a_learner_dies
     # Every process resumed: the server went on from its checkpoint, both learners computed again.
     assert stopped_at < steps[-1] < 200 and steps[-1] >= stopped_at + 10
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_frozen_server_ends_the_run_in_one_line_once_its_learners_gave_up(tmp_path: Path, no_leftovers: None) -> None:
+    # The server stops itself (SIGSTOP) after its third update: alive, never answering again. The
+    # learners give up after 2 x ps.timeout; the job then gives it ps.timeout + 10 s and ends the run.
+    result = run_cli([*PS, "algorithm=async", "stale.learners=2", "stale.delay.value=0.01", "trainer.max_steps=500",
+                      "ps.timeout=2", *_fault("freeze", rank=0, step=3)], cwd=tmp_path, env_extra=_env(tmp_path),
+                     timeout=200)
+    assert result.returncode == 1, result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("lightning-echo: rank 0 of 3 did not end within 12 s after every other rank had failed "
+                           "(frozen or stuck); it was killed"), line
+    record = _record(_only_run_dir(tmp_path))
+    assert record["status"] == "failed" and [r["status"] for r in record["ranks"]] == ["killed", "failed", "failed"]
