@@ -46,9 +46,19 @@ class RunRecordFile:
         write_json(self.path, content)
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a run or sweep directory, parsed; ``ValueError`` for one that is not JSON or
+    is nested too deeply to parse (hostile or corrupt files are reported, never a crash)."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{Path(path).name} is nested too deeply to be a lightning-echo record") from None
+
+
 def read_run_record(directory: Path) -> dict[str, Any]:
     """The parsed ``run.json`` of a run directory."""
-    return json.loads((directory / RUN_FILE).read_text())
+    return read_json(directory / RUN_FILE)
 
 
 def finite_json(value: Any) -> Any:

@@ -22,7 +22,7 @@ from lightning_echo.app.job import RunSummary, run_training
 from lightning_echo.app.overrides import parse_overrides
 from lightning_echo.app.resume import ResumePoint
 from lightning_echo.errors import ConfigError, describe_error
-from lightning_echo.records import COMPLETED, DIVERGED, DIVERGED_EXIT_CODE, FAILED, INTERRUPTED
+from lightning_echo.records import COMPLETED, DIVERGED, DIVERGED_EXIT_CODE, FAILED, INTERRUPTED, read_json
 from lightning_echo.report.build import report_after_sweep
 
 SWEEP_FILE = "sweep.json"
@@ -236,7 +236,7 @@ def job_directory(sweep_dir: Path, number: int, recorded: Any) -> Path:
 
 def read_sweep_file(sweep_dir: Path) -> dict[str, Any]:
     """The parsed ``sweep.json`` of a sweep directory."""
-    return json.loads((Path(sweep_dir) / SWEEP_FILE).read_text())
+    return read_json(Path(sweep_dir) / SWEEP_FILE)
 
 
 LEDGER = SweepLedger()

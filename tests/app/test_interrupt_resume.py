@@ -355,3 +355,12 @@ def test_a_second_resume_of_a_run_being_resumed_is_refused_at_once(capsys, tmp_p
     finally:
         first.kill()
         first.communicate(timeout=60)
+
+
+def test_resume_reports_a_deeply_nested_run_json_in_one_line(capsys, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("[" * 200_000)
+    assert resume_main([str(run_dir)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "cannot read its run.json: run.json is nested too deeply" in err

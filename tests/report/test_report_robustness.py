@@ -101,6 +101,8 @@ def test_malformed_runs_are_left_out_with_their_reason_and_the_rest_is_reported(
     broken("latin1", "not UTF-8", lambda d: (d / RUN_FILE).write_bytes(
         (d / RUN_FILE).read_bytes().replace(b'"g"', '"caf\xe9"'.encode("latin-1"), 1)))
     broken("list", "run.json: holds a list, not an object", lambda d: (d / RUN_FILE).write_text("[1, 2]"))
+    broken("nested", "run.json: not valid JSON (run.json is nested too deeply",
+           lambda d: (d / RUN_FILE).write_text("[" * 200_000))
     broken("status", "run.json: status is a int, not a string", lambda d: edit_record(d, lambda r: r.update(status=5)))
     broken("config", "run.json: config is a str, not an object", lambda d: edit_record(d, lambda r: r.update(config="x")))
     broken("label", "run.json: label is a list, not a string",
