@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
-from torch.utils.data import Dataset, TensorDataset, default_collate
+from torch.utils.data import Dataset, RandomSampler, TensorDataset, default_collate
 from torchdata.nodes import BaseNode
 from typing_extensions import override
 
@@ -181,7 +182,9 @@ class IterableNode(BaseNode):
 
     Like ``torchdata.nodes.IterableWrapper``, but it decides once whether the iterable is
     stateful: that protocol check is slow, and echo stages read the state every fresh batch.
-    A non-stateful iterable is restored by re-iterating and skipping the items already seen.
+    A non-stateful iterable is restored by re-iterating and skipping the items already seen,
+    which is exact only if it yields the same order again: a ``DataLoader`` that shuffles from
+    the global random state does not, and restoring one in the middle of a pass warns.
     """
 
     COUNT, ITERABLE = "count", "iterable"
@@ -205,6 +208,13 @@ class IterableNode(BaseNode):
         if initial_state is not None:
             self._count = int(initial_state[self.COUNT])
             if not self._stateful:
+                if self._count and shuffles_from_global_state(self.iterable):
+                    warnings.warn(
+                        f"resuming in the middle of a pass over a {type(self.iterable).__name__} that shuffles and has no "
+                        f"state_dict: its {self._count} items already used are skipped from a new shuffle, so the "
+                        "rest of the pass is not the one the uninterrupted run saw; for an exact resume use a stateful "
+                        "loader (torchdata's StatefulDataLoader, or the command line's loader=throttle / fixed_rate)",
+                        stacklevel=2)
                 for _ in range(self._count):
                     next(self._iterator)
 
@@ -225,6 +235,15 @@ class IterableNode(BaseNode):
         if self._stateful:
             state[self.ITERABLE] = self.iterable.state_dict()  # type: ignore[attr-defined]
         return state
+
+
+def shuffles_from_global_state(iterable: Any) -> bool:
+    """Whether ``iterable`` is a ``DataLoader`` whose sampler draws a new random order from the
+    global random state at each pass (a ``RandomSampler`` without its own generator)."""
+    sampler = getattr(iterable, "sampler", None)
+    batch_sampler = getattr(iterable, "batch_sampler", None)
+    inner = getattr(batch_sampler, "sampler", None)
+    return any(isinstance(s, RandomSampler) and s.generator is None for s in (sampler, inner))
 
 
 class ShardedIterable:

@@ -8,6 +8,7 @@ import functools
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,20 @@ def test_command_line_run_on_the_simulated_clock(tmp_path: Path) -> None:
         assert column in header
     bad = run_cli(["algorithm=k_sync", "stale.learners=4", "stale.k=9", *single_run_overrides()], cwd=tmp_path)
     assert bad.returncode == 2 and "stale.k=9 is not allowed" in bad.stderr
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_resume_mid_epoch_over_a_shuffling_loader_without_state_warns(tmp_path: Path, shuffle: bool) -> None:
+    def loader() -> DataLoader:
+        x, y = data().dataset.tensors
+        return DataLoader(TensorDataset(x, y), batch_size=4, shuffle=shuffle)  # loader=none's plain DataLoader
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1, save_last=False)
+    trainer(SimulatedLearnersStrategy("async", learners=LEARNERS), 5, enable_checkpointing=True,
+            callbacks=[checkpoints]).fit(Linear(), loader())
+    (path,) = sorted(tmp_path.glob("*.ckpt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(SimulatedLearnersStrategy("async", learners=LEARNERS), 8).fit(Linear(), loader(), ckpt_path=str(path))
+    ours = [w for w in caught if "resuming in the middle of a pass" in str(w.message)]
+    assert len(ours) == (1 if shuffle else 0)  # without shuffling, skipping the used items is exact
