@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional, Sequence
+from typing import Iterator, NoReturn, Optional, Sequence
 
 import hydra
 from hydra._internal.utils import get_args_parser
@@ -31,8 +33,8 @@ from lightning_echo.app.launch import RankFailed
 from lightning_echo.app.preflight import preflight
 from lightning_echo.app.resume_command import resume_main
 from lightning_echo.app.sweep import LEDGER, PlannedJob, finish_sweep, interrupted_command, job_label, run_sweep_job
-from lightning_echo.errors import LightningEchoError
-from lightning_echo.records import RUN_FILE
+from lightning_echo.errors import LightningEchoError, describe_error
+from lightning_echo.records import RUN_FILE, is_storage_full
 from lightning_echo.report.cli import report_main
 
 PROG = "lightning-echo"
@@ -60,6 +62,12 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
             sys.exit(1)
         except LightningEchoError as error:
             _error_exit(error)
+        except OSError as error:
+            if not is_storage_full(error):
+                raise
+            print(f"{PROG}: error: cannot write the run's outputs in {output_dir}: {describe_error(error)}; "
+                  f"{RUN_FILE} says failed where it could be written", file=sys.stderr)
+            sys.exit(1)
         print(summary.describe())
         print(f"outputs: {output_dir}")
         return summary.final_val_loss
@@ -111,8 +119,31 @@ def _train(args: list[str]) -> int:
             _error_exit(error)
         LEDGER.reset(plan=[PlannedJob(number, job) for number, job in enumerate(jobs)])
     sys.argv = [PROG] + args
-    _hydra_job()
+    try:
+        with _hydra_raises():
+            _hydra_job()
+    except OSError as error:  # Hydra's own writes (a job's .hydra/ files) on a full disk
+        if not is_storage_full(error):
+            raise
+        status = finish_sweep()  # the jobs that ran, summarised; sweep.json where it can be written
+        print(f"{PROG}: error: cannot write the run's files: {describe_error(error)}", file=sys.stderr)
+        return status or 1
     return finish_sweep()
+
+
+@contextlib.contextmanager
+def _hydra_raises() -> Iterator[None]:
+    """Let an error that escapes Hydra's launcher reach this process (Hydra would print it as a
+    traceback and exit), so that a full disk ends the command with its summary and one line."""
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
 
 
 if __name__ == "__main__":

@@ -43,7 +43,14 @@ class RunRecordFile:
         self.details.update(details)
         content = {"status": status, "group": self.group, "name": self.name, "config": self.config,
                    "error": error, "traceback": traceback, "updated_at": time.time(), **self.details}
-        write_json(self.path, content)
+        try:
+            write_json(self.path, content)
+        except OSError as full:
+            if not is_storage_full(full) or not self.path.is_file():
+                raise
+            # No room for a second copy: rewrite the file in place (its own blocks are freed first),
+            # so that it does not go on saying "running". Not atomic, but the only write that fits.
+            self.path.write_text(json.dumps(finite_json(content), default=str, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -77,5 +84,16 @@ def write_json(path: Path, content: Any) -> None:
     atomically: a reader never sees half a file."""
     text = json.dumps(finite_json(content), indent=2, default=str, allow_nan=False) + "\n"
     partial = path.with_suffix(path.suffix + ".tmp")
-    partial.write_text(text)
-    partial.replace(path)
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)  # a full disk: free what the half-written copy took
+        raise
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or the user's quota) is full, or the filesystem read-only."""
+    import errno
+
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

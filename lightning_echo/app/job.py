@@ -239,12 +239,23 @@ def _final_losses(run: _Run, initial_val_loss: Optional[float]) -> tuple[Optiona
     return train_loss, val_loss
 
 
+def _note_quietly(record: "_RunRecord", status: str, **fields: Any) -> None:
+    """Record ``status`` if the disk lets us; the caller reports the error anyway."""
+    try:
+        record.note(status, **fields)
+    except OSError:
+        pass
+
+
 def _ended_early(error: BaseException, record: _RunRecord, output_dir: Path, run: Optional[_Run]) -> BaseException:
     """Record a run that failed or was interrupted; the exception to raise (a RunInterrupted for a signal)."""
     signum = interruption_signal(error)
     if signum is None:
         finish_wandb(exit_code=1)
-        record.note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        try:
+            record.note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        except OSError:  # a full disk: the short record may still fit where the traceback did not
+            _note_quietly(record, FAILED, error=f"{type(error).__name__}: {error}")
         return error
     interrupted = _interruption(signum, output_dir, run.trainer if run else None, run.last_checkpoint if run else None)
     finish_wandb(exit_code=interrupted.exit_code)

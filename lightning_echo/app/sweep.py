@@ -75,9 +75,17 @@ class SweepLedger:
         self.interrupted_by = None
 
     def record(self, outcome: JobOutcome) -> None:
-        """Add a finished job and rewrite ``sweep.json``."""
+        """Add a finished job and rewrite ``sweep.json`` (a disk that is full is reported and the
+        sweep goes on: the summary is printed at the end all the same)."""
         self.outcomes.append(outcome)
-        self.write()
+        self.write_or_warn()
+
+    def write_or_warn(self) -> None:
+        """:meth:`write`, saying in one line when the disk refuses it."""
+        try:
+            self.write()
+        except OSError as error:
+            print(f"lightning-echo: warning: cannot write {SWEEP_FILE}: {describe_error(error)}", file=sys.stderr, flush=True)
 
     @property
     def failed(self) -> list[JobOutcome]:
@@ -183,10 +191,14 @@ def finish_sweep() -> int:
     interrupted, else 1 when a job failed, else 3 when a job diverged, else 0."""
     if not LEDGER.outcomes and LEDGER.interrupted_by is None:
         return 0
-    LEDGER.write()
+    LEDGER.write_or_warn()
     settings = LEDGER.report_settings
     if LEDGER.interrupted_by is None and settings.get("after_sweep", True) and LEDGER.sweep_dir is not None:
-        report_after_sweep(LEDGER.sweep_dir, settings)
+        try:
+            report_after_sweep(LEDGER.sweep_dir, settings)
+        except OSError as error:
+            print(f"lightning-echo: warning: cannot write the sweep's report: {describe_error(error)}",
+                  file=sys.stderr, flush=True)
     for line in LEDGER.summary_lines():
         print(line, flush=True)
     if LEDGER.interrupted_by is not None:
