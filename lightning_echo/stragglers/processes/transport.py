@@ -177,12 +177,12 @@ class Transport:
         if group is None:
             raise ValueError(f"rank {self.rank} has no channel to rank {dst} (peers: {self.peers})")
         wire = message.encode(kind, learner, version, ticket, note)
+        started = time.monotonic()
         try:
             work = dist.isend(wire, dst=dst, group=group)
             work.wait(timeout=datetime.timedelta(seconds=self.timeout))
         except Exception as error:
-            raise PeerLost(dst, f"a {kind.name} message was not taken within {self.timeout:g} s "
-                                f"({describe_error(error)})") from error
+            raise PeerLost(dst, send_failure(kind, time.monotonic() - started, self.timeout, error)) from error
         self.bytes_sent += wire.numel()
         self.messages_sent += 1
 
@@ -194,6 +194,14 @@ class Transport:
         for thread in self._threads.values():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         return tuple(peer for peer, thread in self._threads.items() if thread.is_alive())
+
+
+def send_failure(kind: Kind, waited_s: float, timeout: float, error: BaseException) -> str:
+    """Why a send failed, as it happened: the peer did not take the message within the timeout,
+    or its channel failed before (its process ended: the connection closed)."""
+    if waited_s >= 0.9 * timeout:
+        return f"a {kind.name} message was not taken within {timeout:g} s ({describe_error(error)})"
+    return f"its channel failed after {waited_s:.1f} s while sending a {kind.name} message, so its process is gone ({describe_error(error)})"
 
 
 def check_timeout(timeout: Any, key: str = "ps.timeout") -> float:

@@ -472,3 +472,14 @@ def test_ringmaster_stops_work_that_reaches_the_max_delay(launcher: subprocess.P
     cancelled = sum(p.cancelled for p in plans)
     assert abs(report["computations_cancelled"] - cancelled) <= max(3, cancelled / 5), (report, cancelled)
     _assert_staleness_as_scheduled(records, plans, {0: {0, 1}, 1: {2}, 2: set()})
+
+
+def test_a_failed_send_names_its_real_cause() -> None:
+    from lightning_echo.stragglers.processes.transport import send_failure
+
+    closed = RuntimeError("Connection closed by peer [127.0.0.1]:1234")
+    early = send_failure(Kind.START, waited_s=4.0, timeout=60.0, error=closed)
+    assert early.startswith("its channel failed after 4.0 s while sending a START message, so its process is gone")
+    assert "not taken within" not in early  # 4 s after a learner died is no 60 s timeout
+    late = send_failure(Kind.START, waited_s=60.0, timeout=60.0, error=RuntimeError("Timed out"))
+    assert late.startswith("a START message was not taken within 60 s")
