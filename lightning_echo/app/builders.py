@@ -179,7 +179,25 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     every = kwargs.get("log_every_n_steps", 50)
     if not isinstance(every, int) or every < 1:
         raise ConfigError("trainer.log_every_n_steps", every, "must be a positive integer")
+    _check_validation_and_accumulation(kwargs)
     return kwargs
+
+
+def _check_validation_and_accumulation(kwargs: dict[str, Any]) -> None:
+    """Values that Lightning accepts and then divides by during training (a traceback in a run
+    directory): refused here, in one line, before anything starts."""
+    interval = kwargs.get("val_check_interval")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                 or (isinstance(interval, int) and interval < 1)
+                                 or (isinstance(interval, float) and not 0 < interval <= 1)):
+        raise ConfigError("trainer.val_check_interval", interval,
+                          "must be a number of steps >= 1, a fraction of an epoch in (0, 1], or null")
+    epochs = kwargs.get("check_val_every_n_epoch", 1)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError("trainer.check_val_every_n_epoch", epochs, "must be a positive integer, or null")
+    accumulate = kwargs.get("accumulate_grad_batches", 1)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError("trainer.accumulate_grad_batches", accumulate, "must be a positive integer")
 
 
 def build_trainer(

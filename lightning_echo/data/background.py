@@ -86,10 +86,12 @@ class ThrottleSpec:
     queue_size: int = 2
 
     def __post_init__(self) -> None:
-        if (self.seconds_per_batch is None) == (self.slowdown is None):
-            raise ConfigError(
-                "slowdown", self.slowdown, f"set exactly one of slowdown or seconds_per_batch (got seconds_per_batch={self.seconds_per_batch})"
-            )
+        if self.seconds_per_batch is None and self.slowdown is None:
+            raise ConfigError("slowdown", None, "set one of slowdown (x the step time) or seconds_per_batch")
+        if self.seconds_per_batch is not None and self.slowdown is not None:
+            raise ConfigError("seconds_per_batch", self.seconds_per_batch, f"is set next to slowdown={self.slowdown:g}: set "
+                              "exactly one (with loader=throttle, whose slowdown is 4 by default, add loader.slowdown=null; "
+                              "or use loader=fixed_rate)")
         if self.seconds_per_batch is not None:
             non_negative_float("seconds_per_batch", self.seconds_per_batch)
         if self.slowdown is not None:
