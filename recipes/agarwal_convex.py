@@ -2,8 +2,9 @@
 
 Launches a Hydra multirun of ``lightning-echo`` over batch size B, echo factor K and a grid of
 constant step sizes; each job's TargetLoss callback writes ``target.json``. For each (B, K) the
-step size reaching the target in the fewest optimizer steps is kept, and the figure shows,
-per batch size, optimizer steps K*T (blue), fresh samples B*T (red) and that step size (yellow).
+step size reaching the target in the fewest optimizer steps is kept (ties: ``TIE_RULE``), and the
+figure shows, per batch size, optimizer steps K*T (blue), fresh samples B*T (red) and that step
+size (yellow).
 
     python recipes/agarwal_convex.py                      # default grid, synthetic data
     python recipes/agarwal_convex.py --full               # more batch sizes, finer step sizes
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from lightning_echo.records import DIVERGED_EXIT_CODE
 
 FACTORS = (1, 2, 4, 8, 16)
 # Per-run caps, so a step size that never reaches the target does not run for long.
@@ -48,6 +51,8 @@ METHOD_SWEEPS = {"sgd": ["optimizer.rule=constant,inverse_k"], "prox": ["optimiz
 # runs to the caps.
 CONSTANT_ONLY = {("mnist", 4096)}
 NESTEROV_LR_SCALES = (1.0, 1 / 8, 1 / 64)
+TIE_RULE = ("Among the step sizes that reach the target in the fewest optimizer steps, the one with the lowest "
+            "loss at that step is kept, then the smallest step size.")
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Job:
     reached: bool
     steps: Optional[int]
     fresh_samples: Optional[int]
+    loss: Optional[float] = None  # the full training loss at the step that reached the target
 
 
 def effective_lr(cfg: dict) -> float:
@@ -86,7 +92,10 @@ def launch(dataset: str, method: str, batch_size: int, lrs: tuple[float, ...], o
     if data_root is not None:
         command.append(f"data.root={data_root}")
     print("$ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, check=False, stdout=subprocess.DEVNULL)
+    # A sweep in which runs diverged exits with DIVERGED_EXIT_CODE: those runs only missed the target.
+    if done.returncode not in (0, DIVERGED_EXIT_CODE):
+        raise subprocess.CalledProcessError(done.returncode, command)
 
 
 def collect(out: Path) -> list[Job]:
@@ -97,24 +106,38 @@ def collect(out: Path) -> list[Job]:
         result = json.loads(result_path.read_text())
         method = next(k for k, v in ALGORITHMS.items() if v == cfg["algorithm"]["name"])
         jobs.append(Job(method, int(cfg["data"]["batch_size"]), int(cfg["echo"]["factor"]), effective_lr(cfg),
-                        bool(result["reached"]), result["reached_step"], result["reached_fresh_samples"]))
+                        bool(result["reached"]), result["reached_step"], result["reached_fresh_samples"],
+                        result.get("reached_loss")))
     return jobs
 
 
+def preference(job: Job) -> tuple[float, float, float]:
+    """Sort key of TIE_RULE: fewest steps, then lowest loss at that step (unknown: last), then smallest step size."""
+    return (float(job.steps), job.loss if job.loss is not None else float("inf"), job.lr)  # type: ignore[arg-type]
+
+
 def best_per_setting(jobs: list[Job]) -> dict[tuple[str, int, int], Job]:
-    """For each (method, B, K) the job reaching the target in the fewest optimizer steps."""
+    """For each (method, B, K) the job that reached the target first, by TIE_RULE among equally fast ones
+    (whatever order the jobs come in)."""
     best: dict[tuple[str, int, int], Job] = {}
     for job in jobs:
         if not job.reached:
             continue
         key = (job.method, job.batch_size, job.factor)
-        if key not in best or job.steps < best[key].steps:  # type: ignore[operator]
+        if key not in best or preference(job) < preference(best[key]):
             best[key] = job
     return best
 
 
+def tied_step_sizes(jobs: list[Job], chosen: Job) -> list[float]:
+    """The other step sizes of ``chosen``'s (method, B, K) that reached the target in as many steps."""
+    return sorted({job.lr for job in jobs if job.reached and job.steps == chosen.steps and job.lr != chosen.lr
+                   and (job.method, job.batch_size, job.factor) == (chosen.method, chosen.batch_size, chosen.factor)})
+
+
 def table(jobs: list[Job], best: dict[tuple[str, int, int], Job]) -> str:
-    """Markdown table of the chosen runs (and settings that reached nothing)."""
+    """Markdown table of the chosen runs (and settings that reached nothing); step sizes that tied with
+    the chosen one in steps are named next to it."""
     lines = ["| method | B | K | best step size | optimizer steps K*T | fresh samples B*T | step size at grid edge |",
              "|---|---|---|---|---|---|---|"]
     grid: dict[tuple[str, int], list[float]] = {}
@@ -127,7 +150,9 @@ def table(jobs: list[Job], best: dict[tuple[str, int, int], Job]) -> str:
             continue
         lrs = grid[(method, batch_size)]
         edge = "yes" if job.lr in (min(lrs), max(lrs)) else ""
-        lines.append(f"| {method} | {batch_size} | {factor} | {job.lr:g} | {job.steps} | {job.fresh_samples} | {edge} |")
+        ties = tied_step_sizes(jobs, job)
+        chosen = f"{job.lr:g}" + (f" (tied in steps: {', '.join(f'{lr:g}' for lr in ties)})" if ties else "")
+        lines.append(f"| {method} | {batch_size} | {factor} | {chosen} | {job.steps} | {job.fresh_samples} | {edge} |")
     return "\n".join(lines)
 
 
@@ -188,6 +213,7 @@ def main() -> None:
     jobs = collect(out)
     best = best_per_setting(jobs)
     print(table(jobs, best))
+    print(TIE_RULE)
     figure = out / f"agarwal_{args.dataset}.png"
     plot(best, figure, f"Agarwal et al. Sec. 5 on {args.dataset}: steps to within 1% of the optimal training loss")
     print(f"figure: {figure}")

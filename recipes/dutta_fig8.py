@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -26,7 +27,7 @@ from lightning_echo.core.schedule import variant_spec
 from lightning_echo.data import MNISTDataModule
 from lightning_echo.models import LogisticRegression
 
-from simulated_runs import (COLORS, DEFAULT_DATA_ROOT, Curve, Method, command_line, fit, fmt, fmt_time,
+from simulated_runs import (COLORS, DEFAULT_DATA_ROOT, Curve, Method, command_lines, fit, fmt, fmt_time,
                             full_objective, pyplot, recipe_arguments, runtime_line, save_curves, save_figure, start)
 
 # -- Dutta et al. Fig. 8 ---------------------------------------------------------------------------------
@@ -95,6 +96,77 @@ def plot_fig8(curves: list[Curve], path: Path, lr: float, m: int, horizon: float
                 f"K = 4, η = {lr:g}, m = {m}")
 
 
+PAPER_ORDER = ("async", "k_batch_async", "k_sync", "sync")  # fastest first against time, as in the paper
+NAMES = {"async": "async", "k_batch_async": "K-batch-async", "k_sync": "K-sync", "sync": "sync"}
+
+
+def ordering_target(curves: list[Curve]) -> float:
+    """The lowest of FIG8_TARGETS that every curve reaches; the largest when none is reached by all."""
+    return next((t for t in sorted(FIG8_TARGETS) if all(c.first_time(t) is not None for c in curves)),
+                max(FIG8_TARGETS))
+
+
+def _sooner(a: Optional[float], b: Optional[float]) -> bool:
+    """Whether time ``a`` comes strictly before ``b`` (None: not within the run)."""
+    return a is not None and (b is None or a < b)
+
+
+def _reach(time: Optional[float]) -> str:
+    return "not within the run" if time is None else f"{time:.0f} s"
+
+
+def ordering_sentence(times: dict[str, Optional[float]], target: float) -> str:
+    """The headline on the paper's ordering, from each variant's time to F <= ``target`` (None: not reached).
+
+    The ordering holds only when every variant of PAPER_ORDER is strictly sooner than the next (equal
+    times are within one evaluation interval, so they do not count as an order).
+    """
+    speed = (f"to F <= {target:g}, sync needs {_reach(times['sync'])}, K-sync {_reach(times['k_sync'])}, "
+             f"K-batch-async {_reach(times['k_batch_async'])} and async {_reach(times['async'])}")
+    wrong = [(a, b) for a, b in itertools.pairwise(PAPER_ORDER) if not _sooner(times[a], times[b])]
+    if wrong:
+        pairs = "; ".join(f"{NAMES[a]} is not sooner than {NAMES[b]}" for a, b in wrong)
+        return (f"**The paper's ordering (async, then K-batch-async, K-sync, sync) does not hold here:** {pairs}: "
+                f"{speed}.")
+    sync, k_sync = times["sync"], times["k_sync"]
+    last = "far behind" if sync is None or (k_sync is not None and sync >= 2 * k_sync) else "last"
+    return (f"**The paper's ordering holds.** Against wall-clock time async is fastest, then K-batch-async, "
+            f"K-sync, and fully synchronous SGD {last}: {speed}.")
+
+
+def between_sentence(times: dict[str, Optional[float]]) -> str:
+    """Whether K-batch-async is, in time to the target, between async and sync (the paper's caption)."""
+    if _sooner(times["async"], times["k_batch_async"]) and _sooner(times["k_batch_async"], times["sync"]):
+        return "**K-batch-async between async and sync** (the paper's caption)."
+    return "**K-batch-async is not between async and sync here** (the paper's caption puts it there)."
+
+
+def gradients_sentence(gradients: dict[str, Optional[int]], target: float) -> str:
+    """Gradients each K = 4 variant and async used to reach the target (the right panel), and who is ahead."""
+    counts = {key: "-" if gradients[key] is None else str(gradients[key])
+              for key in ("k_sync", "k_batch_async", "async")}
+    ahead = [key for key in ("k_sync", "k_batch_async") if _sooner(gradients["async"], gradients[key])]
+    verdict = ("async is ahead" if len(ahead) == 2 else
+               "async is not ahead of " + " and ".join(NAMES[k] for k in ("k_sync", "k_batch_async")
+                                                       if k not in ahead))
+    return (f"against gradients (right panel, to F <= {target:g}) K-sync uses {counts['k_sync']}, K-batch-async "
+            f"{counts['k_batch_async']} and async {counts['async']}: {verdict}.")
+
+
+def kbatch_sentence(times: dict[str, Optional[float]], per_update: dict[str, float], target: float) -> str:
+    """Whether K-batch-async beats K-sync in time to the target, and whether its updates are the faster."""
+    kba, k_sync = times["k_batch_async"], times["k_sync"]
+    updates = f"{per_update['k_batch_async']:.3f} against {per_update['k_sync']:.3f} s per update"
+    faster_updates = per_update["k_batch_async"] < per_update["k_sync"]
+    reach = f"{_reach(kba)} against {_reach(k_sync)} to F <= {target:g}"
+    if _sooner(kba, k_sync):
+        how = (f"by its faster updates ({updates}: no learner idles)" if faster_updates else
+               f"though its updates are not faster ({updates})")
+        return f"K-batch-async beats K-sync in time ({reach}), {how}"
+    how = f", despite its faster updates ({updates})" if faster_updates else f" (updates: {updates})"
+    return f"K-batch-async does not beat K-sync in time here ({reach}){how}"
+
+
 def report_fig8(curves: list[Curve], args: argparse.Namespace, elapsed: float, cpu: float, learners: int, k: int,
                 lr: float, m: int, horizon: float) -> str:
     exp1 = DelayDistribution("exponential")
@@ -107,14 +179,11 @@ def report_fig8(curves: list[Curve], args: argparse.Namespace, elapsed: float, c
                     f"{c.mean_staleness():.2f} | " + " | ".join(fmt(c.value_at(t)) for t in checkpoints) + " | "
                     + " | ".join(fmt_time(c.first_time(target)) for target in FIG8_TARGETS) + " |")
     by = {c.method.key: c for c in curves}
-    sync, ksync, kba, asyn = by["sync"], by["k_sync"], by["k_batch_async"], by["async"]
-    common = next((t for t in sorted(FIG8_TARGETS) if all(c.first_time(t) is not None for c in curves)), None)
-    if common is not None:
-        speed = (f"to F <= {common:g}, sync needs {sync.first_time(common):.0f} s, K-sync "
-                 f"{ksync.first_time(common):.0f} s, K-batch-async {kba.first_time(common):.0f} s and async "
-                 f"{asyn.first_time(common):.0f} s")
-    else:
-        speed = "not every variant reaches the largest target within the run"
+    sync, kba, asyn = by["sync"], by["k_batch_async"], by["async"]
+    target = ordering_target(curves)
+    times = {key: by[key].first_time(target) for key in PAPER_ORDER}
+    gradients = {key: by[key].first_gradients(target) for key in PAPER_ORDER}
+    per_update = {key: by[key].times[-1] / by[key].total_updates for key in PAPER_ORDER}
     deviation = max(abs((c.times[-1] / c.total_updates)
                         / closed_form_time_per_update(variant_spec(c.method.variant, learners, k=c.method.k), exp1) - 1)
                     for c in curves)
@@ -149,7 +218,7 @@ def report_fig8(curves: list[Curve], args: argparse.Namespace, elapsed: float, c
         "",
         "Command (from the repository root, in the project's environment):",
         "",
-        f"    {command_line()}",
+        *command_lines(),
         "",
         runtime_line(elapsed, cpu, curves),
         "",
@@ -186,19 +255,16 @@ def report_fig8(curves: list[Curve], args: argparse.Namespace, elapsed: float, c
         "",
         "## What it shows",
         "",
-        (f"- **The paper's ordering holds.** Against wall-clock time async is fastest, then K-batch-async, "
-         f"K-sync, and fully synchronous SGD far behind: {speed}. At t = {horizon:g} sync is still at "
+        (f"- {ordering_sentence(times, target)} At t = {horizon:g} sync is at "
          f"{fmt(sync.value_at(horizon))}. Sync waits for the slowest of {learners} learners every update "
          f"(E[X_{learners}:{learners}] = {sync_update:.2f} against E[X]/P = {async_update:.3f} for async: "
          f"Theorem 1's factor {sync_update / async_update:.1f} per update), so it uses "
          f"{sync.total_gradients / sync.times[-1]:.2f} gradients per second against "
          f"{asyn.total_gradients / asyn.times[-1]:.2f}, and it averages {learners} of them into one step of η."),
-        (f"- **K-batch-async between async and sync** (the paper's caption). With the same η per update, K = {k} "
-         f"averages {k} gradients into one step, so per gradient it moves {k} times less than async: against "
-         "gradients (right panel) K-sync and K-batch-async coincide and async is ahead. K-batch-async beats "
-         f"K-sync in time by its faster updates ({kba.times[-1] / kba.total_updates:.3f} against "
-         f"{ksync.times[-1] / ksync.total_updates:.3f} s per update: no learner idles), at a mean staleness of "
-         f"{kba.mean_staleness():.2f} updates (async: {asyn.mean_staleness():.2f}, about P - 1)."),
+        (f"- {between_sentence(times)} With the same η per update, K = {k} averages {k} gradients into one "
+         f"step, so per gradient it moves {k} times less than async; {gradients_sentence(gradients, target)} "
+         f"{kbatch_sentence(times, per_update, target)}, at a mean staleness of {kba.mean_staleness():.2f} "
+         f"updates (async: {asyn.mean_staleness():.2f}, about P - 1)."),
         floor_bullet,
         "",
         "## Where the numbers differ from the paper, and why",

@@ -25,7 +25,7 @@ import torch
 from lightning_echo.data import MNISTDataModule
 from lightning_echo.models import LogisticRegression
 
-from simulated_runs import (COLORS, DEFAULT_DATA_ROOT, Curve, Method, command_line, fit, fmt, full_objective,
+from simulated_runs import (COLORS, DEFAULT_DATA_ROOT, Curve, Method, command_lines, fit, fmt, full_objective,
                             pyplot, recipe_arguments, runtime_line, save_curves, save_figure, start)
 
 # -- Dutta et al. Fig. 9 ---------------------------------------------------------------------------------
@@ -112,19 +112,61 @@ def plot_fig9(curves: list[Curve], path: Path, dataset: str, learners: int, m: i
                 f"regression, asynchronous SGD, P = {learners}, X ~ exp(1), m = {m}")
 
 
+FIG9_STABLE_SPREAD = 1.5  # a stable run's objective varies by less than this factor over its second half
+STABLE_RULE = (f"(Stable here: not diverged, and over the second half of the run the objective stays below its "
+               f"starting value and within a factor {FIG9_STABLE_SPREAD:g}.)")
+
+
+def second_half(curve: Curve, horizon: float, scale: float = 1.0) -> list[float]:
+    """The objective at the evaluations of the second half of the run (times scaled by ``scale``)."""
+    return [v for t, v in zip(curve.times, curve.values) if t >= scale * horizon / 2]
+
+
+def stable(curve: Curve, horizon: float, scale: float = 1.0) -> bool:
+    """Whether a run is stable by STABLE_RULE's criterion."""
+    half = second_half(curve, horizon, scale)
+    return (curve.diverged_at is None and bool(half) and max(half) < curve.values[0]
+            and max(half) <= FIG9_STABLE_SPREAD * min(half))
+
+
+def run_state(curve: Curve, horizon: float, scale: float = 1.0) -> str:
+    """How the run ends: diverged, settled within a range, or jumping over one."""
+    if curve.diverged_at is not None:
+        return f"diverged (objective above {FIG9_DIVERGED:g}) at t = {curve.diverged_at:.0f}"
+    half = second_half(curve, horizon, scale)
+    if stable(curve, horizon, scale):
+        return f"stays between {min(half):.4f} and {max(half):.4f} over the second half"
+    return f"does not settle: over the second half it jumps between {min(half):.3f} and {max(half):.3f}"
+
+
+def stability_headline(fixed_stable: bool, rule_stable: bool) -> str:
+    """The headline on the fixed step against eq. (13), as :func:`stable` judged the two runs."""
+    return {(False, True): "**The fixed step becomes unstable, eq. (13) stays stable.**",
+            (False, False): "**Both become unstable here: the fixed step and eq. (13).**",
+            (True, True): "**Both stay stable here: the fixed step does not become unstable in this run.**",
+            (True, False): "**The fixed step stays stable, eq. (13) does not.**"}[(fixed_stable, rule_stable)]
+
+
+def control_sentence(fixed_stable: bool, control_stable: bool) -> str:
+    """What the single-learner control says about the staleness."""
+    if fixed_stable:
+        return "**Without staleness, for comparison:**"
+    if control_stable:
+        return "**The instability comes from the staleness:**"
+    return "**The instability is not only the staleness's:**"
+
+
 def report_fig9(curves: list[Curve], control: Optional[Curve], args: argparse.Namespace, elapsed: float, cpu: float,
                 dataset: str, learners: int, lr: float, c: float, m: int, horizon: float) -> str:
     name = dataset_name(dataset)
     checkpoints = [horizon * f for f in (0.1, 0.25, 0.5, 1.0)]
 
-    def second_half(cv: Curve, scale: float = 1.0) -> list[float]:
-        return [v for t, v in zip(cv.times, cv.values) if t >= scale * horizon / 2]
-
     def row(cv: Curve, scale: float = 1.0) -> str:
-        half = second_half(cv, scale)
+        half = second_half(cv, horizon, scale)
+        spread = f"{fmt(min(half))} to {fmt(max(half))}" if half else "-"
         return (f"| {cv.method.label} | {cv.total_updates} | {cv.mean_staleness():.1f} | {cv.staleness_max} | "
                 f"{cv.mean_lr():.3g} | " + " | ".join(fmt(cv.value_at(scale * t)) for t in checkpoints)
-                + f" | {fmt(min(half))} to {fmt(max(half))} | {fmt(min(cv.values))} |")
+                + f" | {spread} | {fmt(min(cv.values))} |")
 
     rows = [row(cv) for cv in curves]
     if control is not None:
@@ -132,11 +174,7 @@ def report_fig9(curves: list[Curve], control: Optional[Curve], args: argparse.Na
     by = {cv.method.key: cv for cv in curves}
     fixed, rule = by["async"], by["async_adaptive"]
     paper = by.get("paper_lr")
-    fixed_second, rule_second = second_half(fixed), second_half(rule)
-    fixed_state = (f"diverged (objective above {FIG9_DIVERGED:g}) at t = {fixed.diverged_at:.0f}"
-                   if fixed.diverged_at is not None else
-                   f"does not settle: over the second half it jumps between {min(fixed_second):.3f} and "
-                   f"{max(fixed_second):.3f}")
+    fixed_stable, rule_stable = stable(fixed, horizon), stable(rule, horizon)
     start_state = ("first drops fast" if fixed.values[1] < fixed.values[0] else
                    f"jumps from {fixed.values[0]:.2f} to {fixed.values[1]:.2f} within the first "
                    f"{horizon / args.points:g} s")
@@ -154,7 +192,7 @@ def report_fig9(curves: list[Curve], control: Optional[Curve], args: argparse.Na
         "",
         "Command (from the repository root, in the project's environment):",
         "",
-        f"    {command_line()}",
+        *command_lines(),
         "",
         runtime_line(elapsed, cpu, curves + ([control] if control else [])),
         "",
@@ -191,29 +229,31 @@ def report_fig9(curves: list[Curve], control: Optional[Curve], args: argparse.Na
         "",
         "## What it shows",
         "",
-        (f"- **The fixed step becomes unstable, eq. (13) stays stable.** With fixed η = {lr:g}, asynchronous SGD "
+        (f"- {stability_headline(fixed_stable, rule_stable)} With fixed η = {lr:g}, asynchronous SGD "
          f"with {learners} learners (mean staleness {fixed.mean_staleness():.1f}, up to {fixed.staleness_max} "
-         f"updates) {start_state}, then {fixed_state}. With eq. (13) and the same η_max the objective "
-         f"stays between {min(rule_second):.4f} and {max(rule_second):.4f} over the second half; "
+         f"updates) {start_state}, then {run_state(fixed, horizon)}. With eq. (13) and the same η_max the "
+         f"objective {run_state(rule, horizon)}; "
          f"the rule applied a mean step of {rule.mean_lr():.3g} (a factor {rule.mean_lr() / lr:.2f} of η_max), "
          f"smallest at the start ({rule.step_lr[1]:.3g} over the first {horizon / args.points:g} s), when the "
-         "parameters move most between a learner's read and its push."),
+         "parameters move most between a learner's read and its push. " + STABLE_RULE),
     ]
     if control is not None:
-        control_second = second_half(control, learners)
-        lines.append(
-            f"- **The instability comes from the staleness:** the same fixed η = {lr:g} with a single learner "
-            f"(no stale gradients) over the same {control.total_updates} updates stays between "
-            f"{min(control_second):.4f} and {max(control_second):.4f} over its second half. A gradient applied "
-            f"about {fixed.mean_staleness():.0f} updates late acts as delayed feedback, stable only for a much "
-            "smaller step; eq. (13) bounds η_j ||w_j - w_τ(j)||² by C, which is exactly the term the paper's "
-            "analysis (its eq. 12) needs bounded.")
+        lines.append(f"- {control_sentence(fixed_stable, stable(control, horizon, learners))} the same fixed "
+                     f"η = {lr:g} with a single learner (no stale gradients) over the same {control.total_updates} "
+                     f"updates {run_state(control, horizon, learners)}."
+                     + (f" A gradient applied about {fixed.mean_staleness():.0f} updates late acts as delayed "
+                        "feedback, stable only for a much smaller step; eq. (13) bounds η_j ||w_j - w_τ(j)||² by C, "
+                        "which is exactly the term the paper's analysis (its eq. 12) needs bounded."
+                        if not fixed_stable and stable(control, horizon, learners) else ""))
     if paper is not None:
+        paper_stable = stable(paper, horizon)
         lines.append(
-            f"- **The paper's η = {FIG9_PAPER_LR:g} is stable on {name}:** it ends at {fmt(paper.value_at(horizon))} "
+            f"- **The paper's η = {FIG9_PAPER_LR:g} is {'stable' if paper_stable else 'not stable'} on {name}:** "
+            f"it ends at {fmt(paper.value_at(horizon))} "
             f"(eq. (13) at η_max = {lr:g}: {fmt(rule.value_at(horizon))}). At t = {checkpoints[0]:g} it is at "
-            f"{fmt(paper.value_at(checkpoints[0]))} against {fmt(rule.value_at(checkpoints[0]))} for eq. (13): "
-            "the rule lets one start from a large η_max safely, where a fixed step has to be chosen small.")
+            f"{fmt(paper.value_at(checkpoints[0]))} against {fmt(rule.value_at(checkpoints[0]))} for eq. (13)"
+            + (": the rule lets one start from a large η_max safely, where a fixed step has to be chosen small."
+               if rule_stable and not fixed_stable else "."))
     lines += [
         "",
         "## Where the numbers differ from the paper, and why",

@@ -27,7 +27,7 @@ from lightning_echo.data import LeastSquaresDataModule
 from lightning_echo.data.modules.synthetic import least_squares_optimum
 from lightning_echo.models import LinearRegression
 
-from simulated_runs import (COLORS, Curve, Method, command_line, fit, fmt, fmt_time, full_objective, pyplot,
+from simulated_runs import (COLORS, Curve, Method, command_lines, fit, fmt, fmt_time, full_objective, pyplot,
                             recipe_arguments, replayed_staleness, runtime_line, save_curves, save_figure, start)
 
 # -- Mishchenko et al. (2022) least squares ---------------------------------------------------------------
@@ -63,6 +63,86 @@ def tuning_key(curve: Curve, horizon: float) -> tuple[float, float]:
     """Time to F - F* <= MISH_TARGET (never reached: inf), ties broken by :func:`score`."""
     reached = curve.first_time(MISH_TARGET)
     return (reached if reached is not None else math.inf, score(curve, horizon))
+
+
+# Targets for comparing whole curves: 1, 2 and 5 times each power of ten, from 1e-2 down.
+TARGET_LADDER = tuple(float(f"{m}e-{e}") for e in range(3, 8) for m in (10, 5, 2))
+
+
+def sci(value: float) -> str:
+    """``value`` in the write-up's short scientific notation, three digits: 2.99e-5, 1e-4."""
+    if value == 0 or not math.isfinite(value):
+        return fmt(value)
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = round(value / 10.0 ** exponent, 2)
+    if abs(mantissa) >= 10:  # 9.996 rounds up to the next power
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{mantissa:g}e{exponent}"
+
+
+def _sooner(a: Optional[float], b: Optional[float]) -> bool:
+    """Whether ``a`` comes strictly before ``b`` (None: never within the run)."""
+    return a is not None and (b is None or a < b)
+
+
+CLAIM = "the paper's claim is that it does"
+
+
+def time_headline(sync: Optional[float], constant: Optional[float], adaptive: Optional[float]) -> str:
+    """The headline on the claim, from the times to MISH_TARGET (None: not reached)."""
+    wins = [name for name, t in (("constant", constant), ("delay-adaptive", adaptive)) if _sooner(t, sync)]
+    if all(t is None for t in (sync, constant, adaptive)):
+        return f"**In time, the claim cannot be checked here: no method reaches {sci(MISH_TARGET)}**"
+    if len(wins) == 2:
+        return "**In time, asynchronous SGD beats minibatch SGD** (the claim)"
+    if wins:
+        return f"**In time, asynchronous SGD beats minibatch SGD only with the {wins[0]} step** ({CLAIM})"
+    return f"**In time, asynchronous SGD does not beat minibatch SGD here** ({CLAIM})"
+
+
+def gradients_headline(sync: Optional[int], constant: Optional[int], adaptive: Optional[int]) -> str:
+    """Which needs fewer gradients to MISH_TARGET, minibatch or asynchronous SGD (None: not reached)."""
+    counts = f"{fmt_time(sync)} gradients to 1e-4 against {fmt_time(constant)} and {fmt_time(adaptive)}"
+    if all(t is None for t in (sync, constant, adaptive)):
+        return f"**Against gradients:** no method reaches {sci(MISH_TARGET)} within the run."
+    if _sooner(sync, constant) and _sooner(sync, adaptive):
+        return (f"**Against gradients minibatch SGD is ahead** ({counts}): its gradients are fresh and averaged "
+                "into one large step near 2/L, while asynchronous SGD must keep γ small because of the delays.")
+    return f"**Against gradients minibatch SGD is not ahead here** ({counts})."
+
+
+def end_against_targets(sync: Curve, asyncs: list[Curve], horizon: float,
+                        ladder: tuple[float, ...] = TARGET_LADDER) -> str:
+    """Minibatch SGD's F - F* at ``horizon`` against the asynchronous runs', and which is sooner to each
+    target of ``ladder`` that all of them reach."""
+    end, ends = sync.value_at(horizon), [cv.value_at(horizon) for cv in asyncs]
+    values = f"{sci(end)} against {' / '.join(sci(v) for v in ends)} at t = {horizon:g}"
+    lower = end < min(ends)
+    higher = end > max(ends)
+    end_part = (f"minibatch SGD ends lower ({values})" if lower else
+                f"asynchronous SGD ends lower ({values})" if higher else
+                f"minibatch SGD ends between the asynchronous runs ({values})")
+    reached = [t for t in ladder if all(cv.first_time(t) is not None for cv in [sync, *asyncs])]
+    if not reached:
+        return f"**End values.** With the step sizes chosen for the {sci(MISH_TARGET)} target, {end_part}."
+    sooner = [t for t in reached if all(_sooner(cv.first_time(t), sync.first_time(t)) for cv in asyncs)]
+    last = reached[-1]
+    times = (f"{sci(last)} in {' and '.join(fmt_time(cv.first_time(last)) for cv in asyncs)} s against "
+             f"{fmt_time(sync.first_time(last))} s")
+    span = f"from {sci(reached[0])} down to {sci(last)}"
+    subject = "" if higher else "asynchronous SGD "  # the end part already names it
+    if sooner == reached:
+        header = ("Minibatch SGD ends lower, asynchronous SGD gets there sooner." if lower else
+                  "Asynchronous SGD gets there sooner.")
+        targets = (f"{subject}reaches every target {span} sooner ({times}; targets 1, 2 and 5 × 10^-k)"
+                   if len(reached) > 1 else f"{subject}reaches {sci(last)}, the only target all reach, sooner ({times})")
+    else:
+        header = "Neither is sooner to every target."
+        late = ", ".join(sci(t) for t in reached if t not in sooner)
+        targets = (f"{subject}is sooner to {len(sooner)} of the {len(reached)} targets {span} "
+                   f"(1, 2 and 5 × 10^-k), not to {late}")
+    joint = "while" if lower else "and"
+    return f"**{header}** With the step sizes chosen for the {sci(MISH_TARGET)} target, {end_part} {joint} {targets}."
 
 
 def curvature(x: torch.Tensor) -> tuple[float, float]:
@@ -204,14 +284,19 @@ def report_mishchenko(curves: list[Curve], tuning: dict[str, list[Curve]], repla
     def tuned(key: str, rate: float) -> Optional[Curve]:
         return next((cv for cv in tuning.get(key, []) if cv.method.lr == rate), None)
 
+    gradients = [cv.first_gradients(MISH_TARGET) for cv in (sync, asyn, adaptive)]
+    gradients_first = _sooner(gradients[0], gradients[1]) and _sooner(gradients[0], gradients[2])
+    time_wins = all(_sooner(cv.first_time(MISH_TARGET), sync.first_time(MISH_TARGET)) for cv in (asyn, adaptive))
     large = max(MISH_GRID["async_adaptive"])
     const_large, adapt_large = tuned("async", large), tuned("async_adaptive", large)
     large_note = ""
     if const_large is not None and adapt_large is not None:
         large_note = (f" At γ = {large:g}, the grid's largest, the constant step reaches 1e-3 in "
                       f"{when(const_large, 1e-3)} and 1e-4 {'in ' + when(const_large) if const_large.first_time(MISH_TARGET) else 'never'}"
-                      f", the delay-adaptive one 1e-3 in {when(adapt_large, 1e-3)}: shrinking the "
-                      f"{100 * beyond:.0f}% of gradients older than M keeps a large γ usable.")
+                      f", the delay-adaptive one 1e-3 in {when(adapt_large, 1e-3)}"
+                      + (f": shrinking the {100 * beyond:.0f}% of gradients older than M keeps a large γ usable."
+                         if _sooner(adapt_large.first_time(1e-3), const_large.first_time(1e-3)) else
+                         ": at this γ shrinking the old gradients does not make it sooner."))
     lines = [
         "# Mishchenko et al. (2022): asynchronous SGD against minibatch SGD on least squares, workers of uneven speed",
         "",
@@ -219,7 +304,7 @@ def report_mishchenko(curves: list[Curve], tuning: dict[str, list[Curve]], repla
         "",
         "Command (from the repository root, in the project's environment):",
         "",
-        f"    {command_line()}",
+        *command_lines(),
         "",
         runtime_line(elapsed, cpu, curves if not tuning else [cv for runs in tuning.values() for cv in runs]),
         "",
@@ -286,18 +371,18 @@ def report_mishchenko(curves: list[Curve], tuning: dict[str, list[Curve]], repla
         "",
         "## What it shows",
         "",
-        (f"- **In time, asynchronous SGD beats minibatch SGD** (the claim): to F - F* <= 1e-4 minibatch SGD needs "
+        (f"- {time_headline(*(cv.first_time(MISH_TARGET) for cv in (sync, asyn, adaptive)))}: "
+         f"to F - F* <= 1e-4 minibatch SGD needs "
          f"{when(sync)}, asynchronous SGD {when(asyn)} with the constant step and {when(adaptive)} with the "
          f"delay-adaptive one (ratios {ratio(sync, asyn, MISH_TARGET)} and {ratio(sync, adaptive, MISH_TARGET)}; "
          f"to 1e-3: {ratio(sync, asyn, 1e-3)} and {ratio(sync, adaptive, 1e-3)}). Minibatch SGD waits for the "
          f"slowest worker (s_max = 10) every update, so it applies {sync.total_gradients / sync.times[-1]:.2f} "
          f"gradients per second against {asyn.total_gradients / asyn.times[-1]:.2f} (the slides' ratio "
          f"{improvement:.2f}; measured {asyn.total_gradients / asyn.times[-1] / (sync.total_gradients / sync.times[-1]):.2f})."),
-        (f"- **Against gradients minibatch SGD is ahead** ({fmt_time(sync.first_gradients(MISH_TARGET))} gradients "
-         f"to 1e-4 against {fmt_time(asyn.first_gradients(MISH_TARGET))} and "
-         f"{fmt_time(adaptive.first_gradients(MISH_TARGET))}): its gradients are fresh and averaged into one large "
-         "step near 2/L, while asynchronous SGD must keep γ small because of the delays. Its win in time is the "
-         "throughput ratio minus that cost per gradient."),
+        ("- " + gradients_headline(*gradients)
+         + (" Its win in time is the throughput ratio minus that cost per gradient." if gradients_first and time_wins
+            else "")),
+        "- " + end_against_targets(sync, [asyn, adaptive], horizon),
         (f"- **Delay-adaptive against constant step:** best γ {adaptive.method.lr:g} and {asyn.method.lr:g}; to "
          f"1e-3 in {when(adaptive, 1e-3)} against {when(asyn, 1e-3)}." + large_note),
         (f"- **Rennala and Ringmaster** reach 1e-4 in {when(rennala)} and {when(ringmaster)}. Both leave out "

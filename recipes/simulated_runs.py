@@ -252,9 +252,43 @@ def save_figure(fig: Any, path: Path, title: str) -> None:
     pyplot().close(fig)
 
 
-def command_line() -> str:
-    """The command that produced this result, as the results files quote it."""
-    return " ".join(["python", f"recipes/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+# What the results files write instead of a path of the machine that made them.
+PATH_PLACEHOLDERS = {"--data-root": "DATA_ROOT", "--out": "OUT_DIR"}
+
+
+def command_line(argv: Optional[list[str]] = None) -> str:
+    """The command that produced this result, as the results files quote it (``argv``: ``sys.argv``).
+
+    The data root always reads ``DATA_ROOT``, and an ``--out`` outside the repository (absolute, or
+    through ``..``) reads ``OUT_DIR``, so no result names a directory of one machine.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    words, rest = ["python", f"recipes/{Path(argv[0]).name}"], argv[1:]
+    i = 0
+    while i < len(rest):
+        option, _, inline = rest[i].partition("=")
+        if option in PATH_PLACEHOLDERS and (inline or i + 1 < len(rest)):
+            value = inline or rest[i + 1]
+            shown = PATH_PLACEHOLDERS[option] if _machine_specific(option, value) else value
+            words.append(f"{option}={shown}" if inline else f"{option} {shown}")
+            i += 1 if inline else 2
+            continue
+        words.append(rest[i])
+        i += 1
+    return " ".join(words)
+
+
+def command_lines(argv: Optional[list[str]] = None) -> list[str]:
+    """The command as a markdown code line, and what its placeholders stand for (if it has any)."""
+    command = command_line(argv)
+    used = [f"`{word}` is the directory given as `{option}`" for option, word in PATH_PLACEHOLDERS.items()
+            if f" {option} {word}" in command or f" {option}={word}" in command]
+    return [f"    {command}"] + (["", f"({'; '.join(used)}.)"] if used else [])
+
+
+def _machine_specific(option: str, value: str) -> bool:
+    path = Path(value)
+    return option == "--data-root" or path.is_absolute() or ".." in path.parts or value.startswith("~")
 
 
 def save_curves(path: Path, curves: list[Curve], extra: Optional[dict] = None) -> None:
@@ -266,6 +300,22 @@ def save_curves(path: Path, curves: list[Curve], extra: Optional[dict] = None) -
          "max_staleness": c.staleness_max, "discarded": c.discarded, "cancelled": c.cancelled} for c in curves]}
     data.update(extra or {})
     path.write_text(json.dumps(data, indent=1, default=float) + "\n")
+
+
+def load_curves(path: Path) -> list[Curve]:
+    """The curves :func:`save_curves` wrote; the sum of applied step sizes is not stored (``mean_lr``: nan)."""
+    curves = []
+    for record in json.loads(path.read_text())["curves"]:
+        staleness = Counter({int(k): n for k, n in record["staleness_per_update"].items()})
+        curve = Curve(Method(**record["method"]), times=record["times"], gradients=record["gradients"],
+                      updates=record["updates"], values=record["values"], step_lr=record["step_lr"],
+                      staleness=staleness, staleness_max=record["max_staleness"], diverged_at=record["diverged_at"],
+                      wall_s=record["wall_s"], discarded=record["discarded"], cancelled=record["cancelled"])
+        mean = record["mean_staleness"]
+        curve.staleness_sum = mean * curve.total_gradients if math.isfinite(mean) else 0.0
+        curve.lr_sum = math.nan
+        curves.append(curve)
+    return curves
 
 
 def fmt(value: Optional[float], digits: int = 4) -> str:
