@@ -152,3 +152,29 @@ def test_a_process_started_by_another_launcher_is_refused(monkeypatch: pytest.Mo
     monkeypatch.setenv("LOCAL_RANK", "0")  # as torchrun sets it
     with pytest.raises(ConfigError, match="LOCAL_RANK is set"):
         process_plan(cfg).processes
+
+
+def test_the_ranks_rendezvous_store_listens_on_the_loopback_interface_only() -> None:
+    import socket
+
+    from lightning_echo.app.launch import RendezvousStore
+
+    others = [address for address in socket.gethostbyname_ex(socket.gethostname())[2] if not address.startswith("127.")]
+    try:  # the address of the interface a route out goes through (a UDP "connection" sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            others.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    others = [address for address in others if not address.startswith("127.")]
+    if not others:
+        pytest.skip("this host has no address but loopback to try the store from")
+    store = RendezvousStore()
+    try:
+        assert store.environment()["MASTER_ADDR"] == "127.0.0.1"
+        with socket.create_connection(("127.0.0.1", store.port), timeout=5):
+            pass  # the ranks reach it
+        with pytest.raises(OSError):
+            socket.create_connection((others[0], store.port), timeout=5).close()  # other interfaces do not
+    finally:
+        store.close()
