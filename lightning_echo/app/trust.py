@@ -12,12 +12,14 @@ Checkpoints are read weights-only (no pickled code runs), see :mod:`lightning_ec
 from __future__ import annotations
 
 import functools
+import importlib.resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lightning_echo.app.config import CONFIG_MODULE
 from lightning_echo.errors import ConfigError
 
 CALLABLE_KEYS = ("_target_",)
@@ -65,9 +67,8 @@ def callables_named(cfg: DictConfig) -> dict[str, str]:
 def packaged_callables() -> frozenset[str]:
     """The callables the packaged configs name (``lightning_echo/conf``), resolved."""
     import lightning_echo.app.resolvers  # noqa: F401  (the le.* resolvers the configs use)
-    import lightning_echo.conf
 
-    root = Path(lightning_echo.conf.__file__).parent
+    root = Path(str(importlib.resources.files(CONFIG_MODULE)))
     names: set[str] = set()
     for path in sorted(root.rglob("*.yaml")):
         loaded = OmegaConf.load(path)

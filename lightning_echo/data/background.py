@@ -89,9 +89,9 @@ class ThrottleSpec:
         if self.seconds_per_batch is None and self.slowdown is None:
             raise ConfigError("slowdown", None, "set one of slowdown (x the step time) or seconds_per_batch")
         if self.seconds_per_batch is not None and self.slowdown is not None:
-            raise ConfigError("seconds_per_batch", self.seconds_per_batch, f"is set next to slowdown={self.slowdown:g}: set "
-                              "exactly one (with loader=throttle, whose slowdown is 4 by default, add loader.slowdown=null; "
-                              "or use loader=fixed_rate)")
+            raise ConfigError("slowdown", self.slowdown, f"is set next to seconds_per_batch={self.seconds_per_batch:g}: set "
+                              "exactly one of slowdown or seconds_per_batch (loader=throttle sets slowdown=4, loader=fixed_rate "
+                              "a seconds_per_batch: set the other one to null, e.g. loader.slowdown=null)")
         if self.seconds_per_batch is not None:
             non_negative_float("seconds_per_batch", self.seconds_per_batch)
         if self.slowdown is not None:

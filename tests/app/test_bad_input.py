@@ -47,7 +47,7 @@ def _error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
         (["divergence_growth=1"], ["divergence_growth=1 is not allowed: must be a finite number > 1"]),
         # accepted by Lightning, then divided by during training (a traceback inside the run directory)
         (["loader=throttle", "loader.seconds_per_batch=0.01"],
-         ["loader.seconds_per_batch=0.01 is not allowed: is set next to slowdown=4", "add loader.slowdown=null"]),
+         ["loader.slowdown=4.0 is not allowed: is set next to seconds_per_batch=0.01", "e.g. loader.slowdown=null"]),
         (["trainer.val_check_interval=0"], ["trainer.val_check_interval=0 is not allowed: must be a number of steps >= 1"]),
         (["trainer.check_val_every_n_epoch=0"], ["trainer.check_val_every_n_epoch=0 is not allowed: must be a positive integer"]),
         (["+trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0 is not allowed: must be a positive integer"]),

@@ -271,7 +271,7 @@ def test_bad_unit_mean_delay_names_the_parameter(name: str, param: Optional[floa
     "kwargs, key",
     [
         ({}, "slowdown"),
-        ({"seconds_per_batch": 0.1, "slowdown": 2.0}, "seconds_per_batch"),  # the one set next to the preset's
+        ({"seconds_per_batch": 0.1, "slowdown": 2.0}, "slowdown"),
         ({"seconds_per_batch": -0.1}, "seconds_per_batch"),
         ({"seconds_per_batch": float("nan")}, "seconds_per_batch"),
         ({"slowdown": -1.0}, "slowdown"),
