@@ -1,7 +1,7 @@
 """The paths that matter on an accelerator, each run on the CPU and, marked ``cuda``, on a CUDA
 device when there is one (``pytest -m cuda``; ``bench/gpu_run.py`` runs them on the device):
 data echoing moves a fresh batch to the device once and its echoes reuse it, under bf16-mixed and
-a compiled module too; ``auto`` echoing decides on the device; the simulated learners' snapshots
+a compiled module too, and resumes mid-group exactly; ``auto`` echoing decides on the device; the simulated learners' snapshots
 live on the device; the parameter server's exchange copies a device gradient into its host
 message buffer and the parameters back.
 
@@ -119,3 +119,42 @@ def test_the_parameter_servers_exchange_copies_device_tensors_through_its_host_b
             p.zero_()
     exchange.unpack_parameters(flat, params)
     assert all(p.device.type == device for p in params) and float(torch.cat([p.detach().abs().reshape(-1) for p in params]).sum()) > 0
+
+
+class Logistic(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(5, 2)
+        self.served: list[tuple[float, ...]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.served.append(tuple(x[:, 0].tolist()))
+        return torch.nn.functional.cross_entropy(self.layer(x), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.3, momentum=0.9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_resume_in_the_middle_of_an_echo_group_on_the_device_matches_the_uninterrupted_run(device: str, tmp_path) -> None:
+    from lightning_echo.data.pipeline import throttled_loader
+
+    def fit(max_steps: int, model: Logistic, ckpt_in: Any = None, ckpt_out: Any = None) -> Logistic:
+        pl.seed_everything(0, verbose=False)
+        x = torch.randn(96, 5, generator=torch.Generator().manual_seed(1))
+        loader = throttled_loader(torch.utils.data.TensorDataset(x, (x.sum(dim=1) > 0).long()), batch_size=8, seed=5)
+        trainer = quiet_trainer([DataEchoing(factor=2.5, seed=7)], accelerator=accelerator(device), devices=1,
+                                max_steps=max_steps)
+        trainer.fit(model, loader, ckpt_path=ckpt_in)
+        if ckpt_out is not None:
+            trainer.save_checkpoint(ckpt_out)
+        return model
+
+    whole = fit(40, Logistic())
+    first = fit(17, Logistic(), ckpt_out=tmp_path / "mid.ckpt")  # 17: inside a group of 2 or 3 serves
+    resumed = fit(40, Logistic(), ckpt_in=str(tmp_path / "mid.ckpt"))
+    assert first.served + resumed.served == whole.served  # every fresh batch served as often, in order
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
