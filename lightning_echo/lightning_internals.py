@@ -70,6 +70,8 @@ RunningStage, TrainerFn = _from_lightning("trainer.states", "RunningStage", "Tra
 CombinedLoader, _shutdown_workers_and_reset_iterator = _from_lightning(
     "utilities.combined_loader", "CombinedLoader", "_shutdown_workers_and_reset_iterator")
 (is_param_in_hook_signature,) = _from_lightning("utilities.signature_utils", "is_param_in_hook_signature")
+# Lightning's own "how many batches, if it can tell" (None for an iterable-style or sized-less loader).
+(sized_len,) = _from_lightning("utilities.data", "sized_len")
 
 
 class _WrappedSource:

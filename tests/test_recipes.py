@@ -234,8 +234,8 @@ def test_agarwal_breaks_ties_between_equally_fast_step_sizes_by_its_stated_rule(
 # -- no machine's paths in committed results ---------------------------------------------------------------
 def test_recipe_commands_name_placeholders_for_machine_paths() -> None:
     runs = _recipe("simulated_runs")
-    script = "/work/main/recipes/dutta_fig8.py"
-    assert (runs.command_line([script, "--data-root", "/work/shared/data", "--seed", "1"])
+    script = str(RECIPES / "dutta_fig8.py")  # as sys.argv[0] holds it, wherever the clone is
+    assert (runs.command_line([script, "--data-root", "/srv/datasets/mnist", "--seed", "1"])
             == "python recipes/dutta_fig8.py --data-root DATA_ROOT --seed 1")
     assert (runs.command_line([script, "--data-root=../shared/data", "--out", "/tmp/f8"])
             == "python recipes/dutta_fig8.py --data-root=DATA_ROOT --out OUT_DIR")

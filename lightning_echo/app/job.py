@@ -254,7 +254,7 @@ def _ended_early(error: BaseException, record: _RunRecord, output_dir: Path, run
         finish_wandb(exit_code=1)
         try:
             record.note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-        except OSError:  # a full disk: the short record may still fit where the traceback did not
+        except OSError:  # a full disk: the record without its traceback may still fit where the whole did not
             _note_quietly(record, FAILED, error=f"{type(error).__name__}: {error}")
         return error
     interrupted = _interruption(signum, output_dir, run.trainer if run else None, run.last_checkpoint if run else None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 from lightning_echo.validation import positive_int
 
@@ -24,14 +24,11 @@ class ServerStep:
     index: int
 
 
-def server_epoch_length(loader: Any, gradients_per_update: int) -> Optional[int]:
-    """Updates per server epoch for ``loader`` (``None``: it has no length)."""
+def server_epoch_length(batches: Optional[int], gradients_per_update: int) -> Optional[int]:
+    """Updates per server epoch over a train loader of ``batches`` batches (``None``: the loader
+    has no length, and neither has the epoch)."""
     positive_int("gradients per update", gradients_per_update)
-    try:
-        batches = len(loader)
-    except (TypeError, NotImplementedError):  # an iterable-style loader (TypeError) or Lightning's sized-less ones
-        return None
-    return max(1, math.ceil(batches / gradients_per_update))
+    return None if batches is None else max(1, math.ceil(batches / gradients_per_update))
 
 
 class UpdateSlots:

@@ -334,7 +334,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     def _server_loader(self, loader: Any) -> UpdateSlots:
         self._check_train_loader(loader)
         assert self.spec is not None and self._trainer is not None
-        length = server_epoch_length(loader, self.spec.k)
+        length = server_epoch_length(lightning_internals.sized_len(loader), self.spec.k)
         if length is None and self._trainer.max_steps < 0 and not any(isinstance(c, Timer) for c in self._trainer.callbacks):
             raise ConfigError("trainer.max_steps", self._trainer.max_steps,
                               "the train loader has no length, so the server's epochs never end: set max_steps "

@@ -18,7 +18,7 @@ from torchdata.nodes import Loader
 from lightning_echo.core.schedule import ScheduleSimulation, UpdatePlan
 from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.data.nodes import IterableNode
-from lightning_echo.lightning_internals import stop_dataloader_workers
+from lightning_echo.lightning_internals import sized_len, stop_dataloader_workers
 
 
 @dataclass
@@ -112,10 +112,8 @@ class UpdateLoader(StopsAtLightningTeardown):
     @property
     def length(self) -> Optional[int]:
         """Updates per epoch when the source has a length (``len(source) // K``), else None."""
-        try:
-            return len(self.source) // self.simulation.spec.k  # type: ignore[arg-type]
-        except TypeError:
-            return None
+        batches = sized_len(self.source)
+        return None if batches is None else batches // self.simulation.spec.k
 
     def __len__(self) -> int:
         length = self.length
