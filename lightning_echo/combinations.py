@@ -9,10 +9,19 @@ here, so a rule is stated (and worded) once. Duck-typed over the Trainer: no Lig
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 from lightning_echo.core.progress import ProgressSource
 from lightning_echo.errors import ConfigError
+
+# Where a ``DataEchoing`` callback echoes, as the run's strategy decides (``echo_role``):
+# - ``loader``: on this process's train loader (no straggler strategy);
+# - ``learner``: on this learner process's own loader; the parameter server counts the cluster's
+#   fresh data and ends the run at the budget (this rank's echo stage enforces none);
+# - ``server``: nowhere on this process (a parameter server reads no data); its budget is the cluster's;
+# - ``simulated``: inside the simulated learners' schedule (the strategy reads the callback's settings).
+EchoRole = Literal["loader", "learner", "server", "simulated"]
+ECHO_ROLES: tuple[EchoRole, ...] = get_args(EchoRole)
 
 
 def find_progress_source(trainer: Any) -> Optional[ProgressSource]:
@@ -25,7 +34,8 @@ def find_progress_source(trainer: Any) -> Optional[ProgressSource]:
 def refuse_second_progress_source(trainer: Any, owner: object, owner_name: str) -> None:
     """Refuse a progress source among the callbacks other than ``owner`` (e.g. ``DataEchoing``
     under a straggler strategy would serve one mini-batch to several learners)."""
-    other = next((c for c in trainer.callbacks if isinstance(c, ProgressSource) and c is not owner), None)
+    other = next((c for c in trainer.callbacks if isinstance(c, ProgressSource) and c is not owner
+                  and not getattr(c, "composes_with_stragglers", False)), None)
     if other is not None:
         raise ConfigError("callbacks", type(other).__name__, f"cannot be combined with {owner_name}: a run has one "
                           "stage that says what each step consumed")
@@ -51,3 +61,19 @@ def refuse_manual_optimization(module: Any, owner_name: str) -> None:
         raise ConfigError("automatic_optimization", False, f"with {owner_name}, the strategy computes each "
                           "gradient and applies the optimizer step itself; use automatic optimization (return the "
                           "loss from training_step)")
+
+
+def echo_role(trainer: Any) -> EchoRole:
+    """Where ``DataEchoing`` echoes in this run (see :data:`EchoRole`): the strategy's
+    ``data_echoing_role()`` when it has one (the straggler strategies), else ``loader``."""
+    decide = getattr(trainer.strategy, "data_echoing_role", None)
+    role = decide() if callable(decide) else "loader"
+    if role not in ECHO_ROLES:
+        raise ValueError(f"{type(trainer.strategy).__name__}.data_echoing_role() returned {role!r}, not one of {ECHO_ROLES}")
+    return role
+
+
+def find_data_echoing(trainer: Any) -> Optional[Any]:
+    """The ``DataEchoing`` callback of the run (a progress source that composes with the straggler
+    strategies), if any."""
+    return next((c for c in trainer.callbacks if getattr(c, "composes_with_stragglers", False)), None)

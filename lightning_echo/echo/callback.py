@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lightning_echo import lightning_internals as _lightning
 from lightning_echo.callbacks.progress import TrainingProgress, training_progress
-from lightning_echo.combinations import refuse_several_train_loaders
+from lightning_echo.combinations import EchoRole, echo_role, refuse_several_train_loaders
 from lightning_echo.core.batches import rebuild, tensor_versions
 from lightning_echo.core.echo_factor import (
     AUTO,
@@ -169,9 +169,11 @@ class DataEchoing(pl.Callback):
         self._fresh_limit: Union[int, float] = 1.0  # Lightning's limit_train_batches, applied to fresh batches
         self._trainer: Optional[pl.Trainer] = None
         self._from_rank_zero = RankZeroReturn()  # counters of a ddp_spawn run, for the launching process
+        self.role: EchoRole = "loader"
 
     # -- the progress source (lightning_echo.core.progress.ProgressSource) ----------------------------
     clock = WALL_CLOCK
+    composes_with_stragglers = True  # the straggler strategies echo on their learners (combinations.echo_role)
     enforces_budget = True  # the echo stage stops fetching at the budget and finishes its last group
 
     def step_report(self) -> Optional[StepReport]:
@@ -241,6 +243,11 @@ class DataEchoing(pl.Callback):
         self._progress = training_progress(trainer, add=True)
         assert self._progress is not None
         self._budget = self._progress.tighten_budget(self.max_fresh_samples, self.max_fresh_batches)
+        self.role = echo_role(trainer)
+        if self.role in ("server", "simulated"):
+            return  # no loader to echo on this process: the strategy echoes (simulated) or counts (server)
+        if self.role == "learner":
+            self._budget = FreshDataBudget()  # the parameter server counts the cluster's fresh data and stops it
         if trainer.accumulate_grad_batches > 1:
             rank_zero_warn(
                 f"DataEchoing with accumulate_grad_batches={trainer.accumulate_grad_batches}: the echoes of a batch "
@@ -277,6 +284,8 @@ class DataEchoing(pl.Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.role not in ("loader", "learner"):
+            return
         if not isinstance(trainer.train_dataloader, EchoLoader):
             raise _lightning.LightningInternalsChanged(
                 "DataEchoing could not install its echo stage on the train loader (the train loader is a "

@@ -362,6 +362,11 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
         self._undo.append(undo)
 
+    def data_echoing_role(self) -> str:
+        """Where a ``DataEchoing`` callback echoes (``lightning_echo.combinations.echo_role``): on each
+        learner's own loader; the server reads no data and counts the cluster's fresh data."""
+        return "server" if self.global_rank == SERVER_RANK else "learner"
+
     # -- the progress source (lightning_echo.core.progress.ProgressSource) ---------------------------
     @property
     def enforces_budget(self) -> bool:

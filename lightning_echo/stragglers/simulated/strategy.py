@@ -128,6 +128,11 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
     def progress_bar(self, ledger: ProgressLedger) -> Dict[str, float]:
         return {"sim_s": round(self.clock_s, 2)}
 
+    def data_echoing_role(self) -> str:
+        """Where a ``DataEchoing`` callback echoes (``lightning_echo.combinations.echo_role``): on the
+        simulated learners, inside the schedule (each learner echoes its own current mini-batch)."""
+        return "simulated"
+
     # -- one server update ---------------------------------------------------------------------------
     @override
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
