@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional, get_args
 
 from lightning_echo.core.delays import ComputeTimeSource
+from lightning_echo.core.learner_data import LearnerDataStreams
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import one_of, positive_int
 
@@ -356,13 +357,26 @@ class ServerPolicy:
 # -- the simulation --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GradientPlan:
-    """One gradient: computed by ``learner`` at ``read_version`` from ``started_at`` to ``arrived_at``."""
+    """One gradient: computed by ``learner`` at ``read_version`` from ``started_at`` to ``arrived_at``.
+
+    With data streams: on the learner's fresh batch ``fresh_index``, served for the ``serve``-th
+    time (0: fresh, > 0: an echo), after waiting ``data_wait`` for it (``started_at`` is when the
+    computation began, after the wait). Without: ``fresh_index`` is -1 (each gradient its own batch).
+    """
 
     learner: int
     read_version: int
     staleness: int
     started_at: float
     arrived_at: float
+    fresh_index: int = -1
+    serve: int = 0
+    data_wait: float = 0.0
+
+    @property
+    def is_echo(self) -> bool:
+        """Computed on a batch its learner had already computed on."""
+        return self.serve > 0
 
 
 @dataclass(frozen=True)
@@ -376,6 +390,12 @@ class RunTotals:
     computations_cancelled: int = 0
     wasted_time: float = 0.0
     busy_time: float = 0.0
+    data_wait_per_learner: tuple[float, ...] = ()
+
+    @property
+    def data_wait_time(self) -> float:
+        """All learners' time waiting for data (0 without data streams)."""
+        return sum(self.data_wait_per_learner)
 
 
 @dataclass(frozen=True)
@@ -406,8 +426,11 @@ class UpdatePlan:
 class ScheduleSimulation:
     """Event-driven simulation of the policy on a virtual clock with seeded compute times.
 
-    Every learner computes each mini-batch in a time drawn from its compute-time source.
-    Arrivals at the same simulated instant are handled in learner-index order, and learners
+    Every learner computes each mini-batch in a time drawn from its compute-time source. With
+    ``data`` (:class:`~lightning_echo.core.learner_data.LearnerDataStreams`), each learner also
+    waits for its own loader's next fresh batch, or echoes its current one: a started learner reads
+    the server's version at once and begins computing when its batch is there (busy and wasted
+    time count computing only). Arrivals at the same simulated instant are handled in learner-index order, and learners
     freed at an instant start at its end, reading the version the PS holds then (so with equal
     constant times, Rennala with B = P and K-sync with K = P both give synchronous SGD).
 
@@ -420,9 +443,14 @@ class ScheduleSimulation:
         assert len(plan.gradients) == 2 and plan.version == 0
     """
 
-    def __init__(self, spec: VariantSpec, compute_times: ComputeTimeSource, seed: int = 0) -> None:
+    def __init__(self, spec: VariantSpec, compute_times: ComputeTimeSource, seed: int = 0,
+                 data: Optional[LearnerDataStreams] = None) -> None:
         compute_times.check_learners(spec.learners)
+        if data is not None and data.learners != spec.learners:
+            raise ValueError(f"the data streams are for {data.learners} learners, the variant has {spec.learners}")
         self.spec = spec
+        self.data = data
+        self._takes: dict[int, tuple[int, int, float]] = {}  # learner -> (fresh_index, serve, wait) with data
         self.seed = seed
         self.policy = ServerPolicy(spec)
         self.compute_times = compute_times.seeded(seed)
@@ -442,10 +470,15 @@ class ScheduleSimulation:
         self._start(self.policy.initial_starts())
 
     def _start(self, learners: tuple[int, ...] | list[int]) -> None:
-        version, now, token, sample = self.policy.version, self._now, self._tokens, self.compute_times.sample
+        version, now, token, sample, data = self.policy.version, self._now, self._tokens, self.compute_times.sample, self.data
         for learner in learners:
-            finish = now + sample(learner)
-            self._inflight[learner] = (version, now, finish, token)
+            begin = now
+            if data is not None:
+                take = data.take(learner, now)
+                begin = take.begin
+                self._takes[learner] = (take.fresh_index, take.serve, take.wait)
+            finish = begin + sample(learner)
+            self._inflight[learner] = (version, begin, finish, token)
             heapq.heappush(self._heap, (finish, learner, token))
             token += 1
         self._tokens = token
@@ -474,12 +507,23 @@ class ScheduleSimulation:
         policy, inflight, interval = self.policy, self._inflight, self._interval
         while True:
             finish, learner = self._pop_next()
-            interval["busy_time"] += (finish - self._now) * len(inflight)
+            if self.data is None:
+                interval["busy_time"] += (finish - self._now) * len(inflight)
+            else:  # a learner waiting for its data is busy only from when its computation begins
+                now = self._now
+                waiting = [begin for _, begin, _, _ in inflight.values() if begin > now]
+                interval["busy_time"] += (finish - now) * (len(inflight) - len(waiting))
+                interval["busy_time"] += sum(finish - begin for begin in waiting if begin < finish)
             self._now = finish
             read_version, started, _, _ = inflight.pop(learner)
             self._busy_per_learner[learner] += finish - started
             decision = policy.on_arrival(learner, defer_start=True)
-            plan = GradientPlan(learner, read_version, decision.gradient.staleness, started, finish)
+            if self.data is None:
+                plan = GradientPlan(learner, read_version, decision.gradient.staleness, started, finish)
+            else:
+                fresh_index, serve, wait = self._takes.pop(learner)
+                plan = GradientPlan(learner, read_version, decision.gradient.staleness, started, finish,
+                                    fresh_index, serve, wait)
             if decision.accepted:
                 self._arrived.append(plan)
             else:
@@ -495,8 +539,12 @@ class ScheduleSimulation:
         decision = self.policy.apply_update(defer_start=True)
         for learner in decision.cancelled:
             _, started, _, _ = self._inflight.pop(learner)
-            self._busy_per_learner[learner] += self._now - started
-            self._interval["wasted_time"] += self._now - started
+            if self.data is not None:
+                self.data.cancel(learner, self._now, started)
+                self._takes.pop(learner, None)
+            spent = max(0.0, self._now - started)  # nothing when it was still waiting for its data
+            self._busy_per_learner[learner] += spent
+            self._interval["wasted_time"] += spent
         self._interval["cancelled"] += len(decision.cancelled)
         self._garbage += len(decision.cancelled)
         if self._garbage > len(self._inflight) + 64:
@@ -531,8 +579,9 @@ class ScheduleSimulation:
             self._staleness_counts[gradient.staleness] = self._staleness_counts.get(gradient.staleness, 0) + 1
         self._discarded = []
         interval.update(cancelled=0, wasted_time=0.0, busy_time=0.0)
+        waits = tuple(self.data.waits()) if self.data is not None else ()
         return RunTotals(totals["used"], totals["discarded"], totals["cancelled"], totals["wasted_time"],
-                         totals["busy_time"])
+                         totals["busy_time"], waits)
 
     def _rebuild_heap(self) -> None:
         self._heap = [(finish, learner, token) for learner, (_, _, finish, token) in self._inflight.items()]
@@ -560,6 +609,7 @@ class ScheduleSimulation:
             "utilization": busy / (self.spec.learners * self.clock) if self.clock > 0 else float("nan"),
             "staleness_counts": dict(sorted(self._staleness_counts.items())),
             "mean_staleness": sum(s * n for s, n in self._staleness_counts.items()) / used if used else float("nan"),
+            **(self.data.statistics() if self.data is not None else {}),
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -581,6 +631,8 @@ class ScheduleSimulation:
             "staleness_counts": dict(self._staleness_counts),
             "policy": self.policy.state_dict(),
             "compute_times": self.compute_times.state_dict(),
+            "data": self.data.state_dict() if self.data is not None else None,
+            "takes": {learner: list(take) for learner, take in self._takes.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -603,6 +655,13 @@ class ScheduleSimulation:
         self._totals = dict(state["totals"])
         self._busy_per_learner = [float(b) for b in state["busy_per_learner"]]
         self._staleness_counts = {int(s): int(n) for s, n in state["staleness_counts"].items()}
+        if (state.get("data") is None) != (self.data is None):
+            saved = "with" if state.get("data") is not None else "without"
+            raise ValueError(f"the state was saved {saved} learner data streams; this simulation has "
+                             f"{'none' if self.data is None else 'them'}")
+        if self.data is not None:
+            self.data.load_state_dict(state["data"])
+        self._takes = {int(l): (int(t[0]), int(t[1]), float(t[2])) for l, t in state.get("takes", {}).items()}
         if "busy_time" not in self._totals:  # a state saved before it was counted: every learner's time so far
             running = sum(max(0.0, self._now - started) for _, started, _, _ in self._inflight.values())
             self._totals["busy_time"] = sum(self._busy_per_learner) + running - self._interval["busy_time"]
