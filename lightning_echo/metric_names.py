@@ -57,6 +57,18 @@ class Stale:
     SNAPSHOTS: Final = "stale/snapshots"
 
 
+class LearnerData:
+    """Both straggler backends, when learners echo or wait for their own data (issue 24): what each
+    learner's data brought, counted over the run (the cluster's fresh samples are
+    ``progress/fresh_samples``). ``{learner}`` is the learner's index (``.format(learner=i)``)."""
+
+    ECHOED_GRADIENTS: Final = "stale/echoed_gradients"  # gradients used that were computed on an echo
+    DATA_WAIT_S: Final = "stale/data_wait_s"  # all learners' time waiting for their data
+    LEARNER_FRESH_SAMPLES: Final = "stale/learner_{learner}/fresh_samples"
+    LEARNER_ECHOED_GRADIENTS: Final = "stale/learner_{learner}/echoed_gradients"
+    LEARNER_DATA_WAIT_S: Final = "stale/learner_{learner}/data_wait_s"
+
+
 class ParameterServer:
     """The parameter server on real processes only."""
 
@@ -68,7 +80,7 @@ class ParameterServer:
     LEARNER_GRADIENTS_PER_S: Final = "ps/learner_{learner}/gradients_per_s"  # .format(learner=i)
 
 
-TABLES: tuple[type, ...] = (Loss, Progress, Echo, Stale, ParameterServer)
+TABLES: tuple[type, ...] = (Loss, Progress, Echo, Stale, LearnerData, ParameterServer)
 
 
 def all_names() -> list[str]:
