@@ -71,8 +71,9 @@ class DataTimes:
     def __post_init__(self) -> None:
         bases = [k for k in ("seconds_per_batch", "slowdown", "trace") if getattr(self, k) is not None]
         if len(bases) != 1:
-            shown = ", ".join(f"{k}={getattr(self, k)!r}" for k in bases) or "none of them"
-            raise ConfigError("data_delay", shown, "set exactly one of seconds_per_batch, slowdown or trace")
+            key = bases[1] if bases else "slowdown"
+            also = f" (it is set next to {bases[0]})" if bases else ""
+            raise ConfigError(key, getattr(self, key), f"set exactly one of seconds_per_batch, slowdown or trace{also}")
         if self.seconds_per_batch is not None:
             positive_float("seconds_per_batch", self.seconds_per_batch)
         if self.slowdown is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional, Union, get_args
 
 from lightning_echo.core.delays import ComputeTimeSource
+from lightning_echo.core.learner_data import DataTimes, data_times_from_config
 from lightning_echo.core.momentum import MOMENTUM_CORRECTIONS, MomentumCorrection, implicit_momentum
 from lightning_echo.core.schedule import STALE_VARIANTS, VARIANTS, Variant, VariantSpec, default_k, variant_spec
 from lightning_echo.core.step_sizes import RuleName, StepSizeRule
@@ -23,6 +24,7 @@ from lightning_echo.validation import boolean, non_negative_int, one_of, positiv
 Backend = Literal["simulated", "processes"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 DelaySetting = Union[Mapping[str, Any], ComputeTimeSource, None]
+DataDelaySetting = Union[Mapping[str, Any], DataTimes, None]
 # A cap on P, so that one mistyped number (stale.learners=100000000) is refused in one line
 # instead of filling memory with per-learner state.
 MAX_LEARNERS = 100_000
@@ -62,6 +64,12 @@ class StragglerSettings:
             under a variant whose gradients may be stale, lower the optimizer's ``momentum`` by
             the momentum asynchrony itself adds, ``1 - K/P`` (Mitliagkas et al. 2016; see
             :mod:`lightning_echo.core.momentum`).
+        data_delay: each simulated learner's own loader: a
+            :class:`~lightning_echo.core.learner_data.DataTimes` or a mapping like the ``loader``
+            config (``{"slowdown": 4}``: 4x the learner's mean compute time per fresh batch;
+            ``{"seconds_per_batch": 0.5, "jitter": "exponential", "speeds": [...]}``; ``{"trace": ...}``).
+            None: data is always ready. Simulated learners only: on real processes each learner's
+            own loader is what it is (throttle it with :func:`lightning_echo.data.pipeline.throttle`).
         seed: seeds the compute times (each learner draws from its own stream).
 
     Example::
@@ -83,6 +91,7 @@ class StragglerSettings:
     max_delay: Optional[int] = None
     stop_stale: bool = False
     momentum_correction: MomentumCorrection = "none"
+    data_delay: DataDelaySetting = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +109,10 @@ class StragglerSettings:
         # Checked now; M = 1 stands in for an unset M until P is known.
         self._rule(1 if self.rule_learners is None else self.rule_learners)
         one_of("stale.momentum_correction", self.momentum_correction, MOMENTUM_CORRECTIONS)
+        try:
+            object.__setattr__(self, "data_delay", data_times_from_config(self.data_delay))
+        except ConfigError as error:
+            raise error.with_prefix("data_delay.") from None
         non_negative_int("stale.seed", self.seed)
 
     @classmethod
@@ -142,8 +155,18 @@ class StragglerSettings:
             offset = implicit_momentum(learners, spec.k)
         return ResolvedStragglers(spec, self._rule(learners), offset)
 
+    @property
+    def data_times(self) -> Optional[DataTimes]:
+        """The simulated learners' data times (None: data is always ready)."""
+        return self.data_delay if isinstance(self.data_delay, DataTimes) else None
+
     def check_learners(self, learners: int) -> None:
         """Refuse a delay model that does not fit ``learners`` (one slowdown per learner, a trace's learners)."""
+        if self.data_times is not None:
+            try:
+                self.data_times.check_learners(learners)
+            except ConfigError as error:
+                raise error.with_prefix("data_delay.") from None
         if self.compute_times is not None:
             try:
                 self.compute_times.check_learners(learners)

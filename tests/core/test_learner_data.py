@@ -170,8 +170,8 @@ def test_data_times_trace(tmp_path):
 
 
 @pytest.mark.parametrize("fields, key", [
-    ({}, "data_delay"),
-    ({"slowdown": 2, "seconds_per_batch": 1}, "data_delay"),
+    ({}, "slowdown"),
+    ({"slowdown": 2, "seconds_per_batch": 1}, "slowdown"),
     ({"slowdown": -1}, "slowdown"),
     ({"slowdown": 2, "jitter": "gamma"}, "jitter"),
     ({"slowdown": 2, "jitter_param": 0.5}, "jitter_param"),

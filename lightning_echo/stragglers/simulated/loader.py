@@ -5,6 +5,11 @@ one mini-batch of the user's loader for each gradient the update averages. Work 
 cancels or discards takes no mini-batch (it costs no compute), so an epoch of ``N`` mini-batches
 gives ``N // K`` updates; the few mini-batches left at the end of an epoch are not used (like
 ``drop_last``) and the update they would have fed is taken with the next epoch's first ones.
+
+When learners have their own data streams (echoing, data times), a gradient computed on a batch
+its learner already had (an echo) reuses that learner's held mini-batch: only the first used
+gradient of each of a learner's fresh batches draws one from the user's loader. Each learner holds
+its current mini-batch (at most ``P`` in all), saved with the loader's state.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 import torch
 from torchdata.nodes import Loader
 
+from lightning_echo.core.batches import rebuild
 from lightning_echo.core.schedule import ScheduleSimulation, UpdatePlan
 from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.data.nodes import IterableNode
@@ -23,10 +29,16 @@ from lightning_echo.lightning_internals import sized_len, stop_dataloader_worker
 
 @dataclass
 class UpdateBundle:
-    """The mini-batches of one server update, in the order of ``plan.gradients``."""
+    """The mini-batches of one server update, in the order of ``plan.gradients``; ``drawn[i]`` says
+    whether batch ``i`` was drawn fresh from the user's loader (False: a learner's held batch, again)."""
 
     plan: UpdatePlan
     batches: list[Any]
+    drawn: Optional[list[bool]] = None
+
+    def __post_init__(self) -> None:
+        if self.drawn is None:
+            self.drawn = [True] * len(self.batches)
 
 
 @dataclass
@@ -65,6 +77,35 @@ class SnapshotStore:
         self.peak = int(state.get("peak", len(self.snapshots)))
 
 
+@dataclass
+class LearnerCounts:
+    """What each learner's gradients brought to the updates trained so far: fresh samples (first
+    use of a mini-batch) and echoed gradients (computed on a batch its learner had computed on)."""
+
+    fresh_samples: list[int]
+    echoed_gradients: list[int]
+
+    @classmethod
+    def zeros(cls, learners: int) -> "LearnerCounts":
+        return cls([0] * learners, [0] * learners)
+
+    def add(self, bundle: UpdateBundle, sizes: list[int]) -> None:
+        """Count one trained update; ``sizes`` are its batches' examples."""
+        assert bundle.drawn is not None
+        for gradient, drawn, size in zip(bundle.plan.gradients, bundle.drawn, sizes):
+            if drawn:
+                self.fresh_samples[gradient.learner] += size
+            if gradient.is_echo:
+                self.echoed_gradients[gradient.learner] += 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"fresh_samples": list(self.fresh_samples), "echoed_gradients": list(self.echoed_gradients)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.fresh_samples = [int(n) for n in state["fresh_samples"]]
+        self.echoed_gradients = [int(n) for n in state["echoed_gradients"]]
+
+
 class UpdateLoader(StopsAtLightningTeardown):
     """Iterates ``loader``'s mini-batches grouped by the server updates ``simulation`` plans.
 
@@ -73,15 +114,18 @@ class UpdateLoader(StopsAtLightningTeardown):
     Lightning's one-item prefetch when the length is unknown, as the echo loader does.
     """
 
-    SIMULATION, PENDING, SOURCE, SNAPSHOTS = "simulation", "pending", "source", "snapshots"
+    SIMULATION, PENDING, SOURCE, SNAPSHOTS, HELD, COUNTS = "simulation", "pending", "source", "snapshots", "held", "counts"
 
-    def __init__(self, loader: Iterable, simulation: ScheduleSimulation, store: SnapshotStore) -> None:
+    def __init__(self, loader: Iterable, simulation: ScheduleSimulation, store: SnapshotStore,
+                 counts: Optional[LearnerCounts] = None) -> None:
         self.source = loader
         self.simulation = simulation
         self.store = store
+        self.counts = counts if counts is not None else LearnerCounts.zeros(simulation.spec.learners)
         self._node = IterableNode(loader)
         self._loader = Loader(self._node)
         self._pending: Optional[UpdatePlan] = None
+        self._held: Dict[int, tuple[int, Any]] = {}  # learner -> (fresh batch index, its mini-batch)
         self._state_before_last: Optional[Dict[str, Any]] = None
         self._restored = False
 
@@ -91,27 +135,43 @@ class UpdateLoader(StopsAtLightningTeardown):
 
     def _position(self) -> Dict[str, Any]:
         return {self.SIMULATION: self.simulation.state_dict(), self.PENDING: self._pending,
-                self.SOURCE: self._loader.state_dict()}
+                self.SOURCE: self._loader.state_dict(), self.HELD: dict(self._held)}
 
     def __iter__(self) -> Iterator[UpdateBundle]:
         iterator = iter(self._loader)
         while True:
             before = self._position() if self.length is None else None
             plan = self._plan()
-            batches = []
-            for _ in plan.gradients:
+            batches, drawn = [], []
+            held = dict(self._held)  # committed once the whole update has its batches
+            for gradient in plan.gradients:
+                kept = held.get(gradient.learner)
+                if gradient.fresh_index >= 0 and kept is not None and kept[0] == gradient.fresh_index:
+                    batches.append(rebuild(kept[1]))  # its own containers, the same tensors
+                    drawn.append(False)
+                    continue
                 try:
-                    batches.append(next(iterator))
+                    batch = next(iterator)
                 except StopIteration:
                     self._pending = plan  # taken again, with fresh mini-batches, next epoch
                     self._state_before_last = None
                     return
+                if gradient.fresh_index >= 0:
+                    held[gradient.learner] = (gradient.fresh_index, batch)
+                    batch = rebuild(batch)
+                batches.append(batch)
+                drawn.append(True)
+            self._held = held
             self._state_before_last = before
-            yield UpdateBundle(plan, batches)
+            yield UpdateBundle(plan, batches, drawn)
 
     @property
     def length(self) -> Optional[int]:
-        """Updates per epoch when the source has a length (``len(source) // K``), else None."""
+        """Updates per epoch when the source has a length (``len(source) // K``), else None; None
+        too when learners echo (how many updates an epoch's mini-batches feed is not known)."""
+        data = self.simulation.data
+        if data is not None and data.echo is not None and data.echo.factor != 1:
+            return None
         batches = sized_len(self.source)
         return None if batches is None else batches // self.simulation.spec.k
 
@@ -123,13 +183,16 @@ class UpdateLoader(StopsAtLightningTeardown):
 
     def state_dict(self) -> Dict[str, Any]:
         position = self._state_before_last if (self.length is None and self._state_before_last) else self._position()
-        return {**position, self.SNAPSHOTS: self.store.state_dict()}
+        return {**position, self.SNAPSHOTS: self.store.state_dict(), self.COUNTS: self.counts.state_dict()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.simulation.load_state_dict(state_dict[self.SIMULATION])
         self._pending = state_dict[self.PENDING]
         self._loader.load_state_dict(state_dict[self.SOURCE])
         self.store.load_state_dict(state_dict[self.SNAPSHOTS])
+        self._held = {int(l): (int(index), batch) for l, (index, batch) in state_dict.get(self.HELD, {}).items()}
+        if self.COUNTS in state_dict:
+            self.counts.load_state_dict(state_dict[self.COUNTS])
 
     def close(self) -> None:
         """Nothing runs in the background here, but Lightning, which sees only this loader, would

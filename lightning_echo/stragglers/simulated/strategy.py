@@ -17,16 +17,18 @@ import torch
 from typing_extensions import override
 
 from lightning_echo import lightning_internals
+from lightning_echo.combinations import find_data_echoing
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
+from lightning_echo.core.learner_data import LearnerDataStreams, LearnerEcho
 from lightning_echo.core.progress import SIMULATED, ProgressLedger, StepReport
 from lightning_echo.core.schedule import ScheduleSimulation
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import pl
-from lightning_echo.metric_names import Stale
+from lightning_echo.metric_names import LearnerData, Stale
 from lightning_echo.stragglers.base import StragglerStrategy, examples_in
 from lightning_echo.stragglers.optim import in_optimizer_order
 from lightning_echo.stragglers.settings import StragglerSettings
-from lightning_echo.stragglers.simulated.loader import SnapshotStore, UpdateBundle, UpdateLoader
+from lightning_echo.stragglers.simulated.loader import LearnerCounts, SnapshotStore, UpdateBundle, UpdateLoader
 from lightning_echo.validation import positive_int
 
 SingleDeviceStrategy, StrategyRegistry = pl.strategies.SingleDeviceStrategy, pl.strategies.StrategyRegistry
@@ -86,6 +88,8 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         compute_times = self.settings.compute_times
         self.compute_times = compute_times if compute_times is not None else ComputeTimes(DelayDistribution("exponential"))
         self.store = SnapshotStore()
+        self.counts = LearnerCounts.zeros(self.learners)
+        self.echo: Optional[LearnerEcho] = None
         self.clock_s = 0.0
         self._loader: Optional[UpdateLoader] = None
         self._bundle: Optional[UpdateBundle] = None
@@ -98,10 +102,19 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         if devices > 1:
             raise ConfigError("trainer.devices", devices, "simulated learners run on one device (the learners are simulated); use devices=1")
         super().check_trainer(trainer)
+        echoing = find_data_echoing(trainer)
+        if echoing is not None:
+            if echoing.kind != "batch":
+                raise ConfigError("echo.kind", echoing.kind, "simulated learners echo whole batches: use kind=batch")
+            if echoing.placement != "after_augmentation":
+                raise ConfigError("echo.placement", echoing.placement, "simulated learners echo the batch they hold: "
+                                  "use placement=after_augmentation")
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
         self.check_trainer(trainer)
+        echoing = find_data_echoing(trainer)
+        self.echo = None if echoing is None else LearnerEcho(echoing.factor, echoing.max_factor, echoing.seed)
         if trainer.training:
             # Before configure_optimizers: `estimated_stepping_batches` must count server updates.
             self._undo.append(lightning_internals.wrap_train_source(trainer, self._update_loader))
@@ -111,11 +124,21 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         self._check_train_loader(loader)
         if self._loader is None:
             assert self.spec is not None
-            simulation = ScheduleSimulation(self.spec, self.compute_times, seed=self.settings.seed)
+            simulation = ScheduleSimulation(self.spec, self.compute_times, seed=self.settings.seed,
+                                            data=self._data_streams())
         else:  # a reloaded train loader continues the same simulation
             simulation = self._loader.simulation
-        self._loader = UpdateLoader(loader, simulation, self.store)
+        self._loader = UpdateLoader(loader, simulation, self.store, self.counts)
         return self._loader
+
+    def _data_streams(self) -> Optional[LearnerDataStreams]:
+        """Each learner's data stream, when it echoes (``DataEchoing``) or waits for data (``data_delay``)."""
+        times = self.settings.data_times
+        if times is None and self.echo is None:
+            return None
+        source = times.source(self.compute_times, self.learners) if times is not None else None
+        return LearnerDataStreams(self.learners, source, self.echo, prefetch=times.prefetch if times else 2,
+                                  seed=self.settings.seed)
 
     @override
     def teardown(self) -> None:
@@ -138,7 +161,7 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
         if isinstance(batch, UpdateBundle):  # the user's transfer hooks see each mini-batch as usual
             moved = [super(SimulatedLearnersStrategy, self).batch_to_device(b, device, dataloader_idx) for b in batch.batches]
-            return UpdateBundle(batch.plan, moved)
+            return UpdateBundle(batch.plan, moved, batch.drawn)
         return super().batch_to_device(batch, device, dataloader_idx)
 
     @override
@@ -147,9 +170,12 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
             return super().training_step(*args, **kwargs)
         bundle: UpdateBundle = args[0]
         self._bundle = bundle
-        samples = sum(examples_in(b) for b in bundle.batches)
-        self._step_report = StepReport(samples=samples, fresh_samples=samples, fresh_batches=len(bundle.batches),
+        assert bundle.drawn is not None
+        sizes = [examples_in(b) for b in bundle.batches]
+        fresh = sum(size for size, drawn in zip(sizes, bundle.drawn) if drawn)
+        self._step_report = StepReport(samples=sum(sizes), fresh_samples=fresh, fresh_batches=sum(bundle.drawn),
                                        clock_s=bundle.plan.time)
+        self.counts.add(bundle, sizes)
         plan = bundle.plan
         module = self.lightning_module
         assert module is not None
@@ -217,14 +243,15 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         self.store.release_all_but(plan.held_versions)
         self.clock_s = plan.time
         totals = plan.totals  # the simulation's, up to this update: continuous across a resume
-        self._record_update(
-            [g.staleness for g in plan.gradients], totals.gradients_discarded, totals.computations_cancelled,
-            {
-                Stale.WASTED_TIME: float(totals.wasted_time),
-                Stale.UTILISATION: totals.busy_time / (self.learners * plan.time) if plan.time > 0 else 0.0,
-                Stale.SNAPSHOTS: float(len(self.store.snapshots)),
-            },
-        )
+        extra = {
+            Stale.WASTED_TIME: float(totals.wasted_time),
+            Stale.UTILISATION: totals.busy_time / (self.learners * plan.time) if plan.time > 0 else 0.0,
+            Stale.SNAPSHOTS: float(len(self.store.snapshots)),
+        }
+        if self._loader is not None and self._loader.simulation.data is not None:
+            extra.update(learner_data_metrics(self.counts, totals.data_wait_per_learner))
+        self._record_update([g.staleness for g in plan.gradients], totals.gradients_discarded,
+                            totals.computations_cancelled, extra)
 
     # -- registry ------------------------------------------------------------------------------------
     @classmethod
@@ -234,3 +261,15 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
 
 
 SimulatedLearnersStrategy.register_strategies(StrategyRegistry)
+
+
+def learner_data_metrics(counts: LearnerCounts, waits: tuple[float, ...]) -> Dict[str, float]:
+    """The ``LearnerData`` metrics: cluster totals and each learner's fresh samples, echoed
+    gradients and data wait."""
+    metrics = {LearnerData.ECHOED_GRADIENTS: float(sum(counts.echoed_gradients)),
+               LearnerData.DATA_WAIT_S: float(sum(waits))}
+    for learner, (fresh, echoed) in enumerate(zip(counts.fresh_samples, counts.echoed_gradients)):
+        metrics[LearnerData.LEARNER_FRESH_SAMPLES.format(learner=learner)] = float(fresh)
+        metrics[LearnerData.LEARNER_ECHOED_GRADIENTS.format(learner=learner)] = float(echoed)
+        metrics[LearnerData.LEARNER_DATA_WAIT_S.format(learner=learner)] = float(waits[learner]) if waits else 0.0
+    return metrics

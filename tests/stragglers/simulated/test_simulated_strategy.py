@@ -257,12 +257,31 @@ def _loader_activity(loader: object) -> list[str]:
 
 
 def test_combinations_that_are_refused_before_training() -> None:
-    with pytest.raises(ConfigError, match="DataEchoing"):
-        trainer(SimulatedLearnersStrategy("async", learners=2), 3, callbacks=[DataEchoing(factor=2)]).fit(BoringModel())
+    with pytest.raises(ConfigError, match="echo.kind"):
+        trainer(SimulatedLearnersStrategy("async", learners=2), 3, callbacks=[DataEchoing(factor=2, kind="example")]).fit(BoringModel())
+    with pytest.raises(ConfigError, match="_OtherSource.*cannot be combined"):
+        trainer(SimulatedLearnersStrategy("async", learners=2), 3,
+                callbacks=[TrainingProgress(), _OtherSource()]).fit(BoringModel())
     with pytest.raises(ConfigError, match="accumulate_grad_batches"):
         trainer(SimulatedLearnersStrategy("async", learners=2), 3, accumulate_grad_batches=2).fit(BoringModel())
     with pytest.raises(ConfigError, match="trainer.devices"):
         trainer(SimulatedLearnersStrategy("async", learners=2), 3, devices=2, accelerator="cpu").fit(BoringModel())
+
+
+class _OtherSource(pl.Callback):
+    """A second progress source that does not compose with the straggler strategies."""
+
+    clock = "wall_clock"
+    enforces_budget = False
+
+    def step_report(self):
+        return None
+
+    def progress_metrics(self, ledger):
+        return {}
+
+    def progress_bar(self, ledger):
+        return {}
 
 
 @pytest.mark.slow
