@@ -78,6 +78,9 @@ class ParameterServer:
     LOST_LEARNERS: Final = "ps/lost_learners"
     CANCELLED_ARRIVED: Final = "ps/cancelled_arrived"
     LEARNER_GRADIENTS_PER_S: Final = "ps/learner_{learner}/gradients_per_s"  # .format(learner=i)
+    # gradients used that were computed on a fresh batch, over the run (echoed ones: LearnerData)
+    FRESH_GRADIENTS: Final = "ps/fresh_gradients"
+    LEARNER_FRESH_GRADIENTS: Final = "ps/learner_{learner}/fresh_gradients"
 
 
 TABLES: tuple[type, ...] = (Loss, Progress, Echo, Stale, LearnerData, ParameterServer)

@@ -5,7 +5,8 @@ buffers (state in a START, changes in a PUSH: :mod:`.exchange`).
 :class:`ServerRole` (rank 0) turns each server update into the module's ``.grad`` for the user's
 own optimizer step, and sends the parameters the step produced. :class:`LearnerRole` (ranks
 1..P) loads each START's parameters into the module and pushes the gradient the module's own
-backward left in ``.grad``, with the loss and batch size in the trailer (:mod:`.exchange`).
+backward left in ``.grad``, with the loss and batch size in the trailer (:mod:`.exchange`) and,
+in the note, what the gradient was computed on (:mod:`.fresh`) and what the module logged.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from lightning_echo.core.schedule import VariantSpec
 from lightning_echo.stragglers.optim import in_optimizer_order
 from lightning_echo.stragglers.processes.exchange import FlatExchange
+from lightning_echo.stragglers.processes.fresh import GradientData, count_used, decode_push_note, encode_push_note, start_counting
 from lightning_echo.stragglers.processes.learner import LearnerSession
-from lightning_echo.stragglers.processes.logged import LoggedValue, decode_note, encode_note, mean_over_update
+from lightning_echo.stragglers.processes.logged import LoggedValue, mean_over_update
 from lightning_echo.stragglers.processes.server import ParameterServer, PendingUpdate, ServerReport, UpdateRecord
 from lightning_echo.stragglers.processes.transport import Transport
 
@@ -55,6 +57,8 @@ class ServerRole:
         self.loss = math.nan
         self.samples = 0.0
         self.logged: Dict[str, LoggedValue] = {}
+        self.data: list[GradientData] = []
+        start_counting(self.server.report)
         self.started = False
         self.finished = False
 
@@ -72,7 +76,7 @@ class ServerRole:
     def next_update(self) -> PendingUpdate:
         """Wait for the next update; its mean gradient is in :attr:`grads`, its mean loss in
         :attr:`loss`, its examples in :attr:`samples`, the mean of what its learners logged in
-        :attr:`logged`. An update still pending (its optimizer
+        :attr:`logged`, what each of its gradients was computed on in :attr:`data`. An update still pending (its optimizer
         step did not run) is completed first, with the parameters as they are."""
         if self.update is not None:
             self.complete_update()
@@ -82,7 +86,9 @@ class ServerRole:
             for buffer, change in zip(self.buffers, self.buffer_changes):
                 buffer.add_(change)
         self.samples = mean_samples * len(update.gradients)
-        self.logged = mean_over_update([decode_note(note) for note in update.notes])
+        decoded = [decode_push_note(note) for note in update.notes]
+        self.data = [data for data, _ in decoded]
+        self.logged = mean_over_update([logged for _, logged in decoded])
         self.update = update
         return update
 
@@ -103,7 +109,9 @@ class ServerRole:
         """Send the parameters the optimizer step produced to the learners the policy starts."""
         self.exchange.pack_parameters(self.params, self.server.params, self.buffers)
         self.update = None
-        return self.server.complete_update()
+        record = self.server.complete_update()
+        count_used(self.server.report, record.learners, self.data)
+        return record
 
     def stop(self) -> ServerReport:
         """Stop every learner (STOP, then wait for their goodbyes)."""
@@ -155,9 +163,11 @@ class LearnerRole:
         self.working = True
         return True
 
-    def deliver(self, loss: Optional[float], samples: float, logged: Optional[Mapping[str, LoggedValue]] = None) -> bool:
+    def deliver(self, loss: Optional[float], samples: float, logged: Optional[Mapping[str, LoggedValue]] = None,
+                data: Optional[GradientData] = None) -> bool:
         """Push the gradient in the parameters' ``.grad`` (missing ones count as zeros) with the
-        loss and batch size, and ``logged`` as its note; False when the work was cancelled or the
+        loss and batch size, and in its note ``data`` (what it was computed on; default: a fresh
+        batch of ``samples`` examples) and ``logged``; False when the work was cancelled or the
         run stopped meanwhile."""
         if not self.working:
             raise RuntimeError("take_work() must come first")
@@ -167,7 +177,9 @@ class LearnerRole:
             changes = [torch.sub(buffer, read, out=read) for buffer, read in zip(self.buffers, self._buffers_read)]
             self.exchange.pack_gradient(grads, math.nan if loss is None else float(loss), samples,
                                         self.session.gradient_buffer, changes)
-            note, left_out = encode_note(logged or {})
+            if data is None:
+                data = GradientData(fresh_batches=1, fresh_samples=int(round(samples)))
+            note, left_out = encode_push_note(data, logged or {})
         except BaseException:
             self.session.fail()
             raise

@@ -98,6 +98,13 @@ class ServerReport:
     used_per_learner: list[int] = field(default_factory=list)
     lost: dict[int, str] = field(default_factory=dict)  # learner -> why
     no_goodbye: list[int] = field(default_factory=list)  # learners that did not answer STOP
+    # Per learner, over the gradients used: what each was computed on, as its PUSH said (the Lightning
+    # strategy's learners say it, see .fresh; empty lists in the plain loop): gradients on a fresh batch,
+    # on an echo, the fresh examples they brought, and the seconds the learner waited for its loader.
+    fresh_gradients_per_learner: list[int] = field(default_factory=list)
+    echoed_gradients_per_learner: list[int] = field(default_factory=list)
+    fresh_samples_per_learner: list[int] = field(default_factory=list)
+    data_wait_s_per_learner: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -106,6 +113,16 @@ class ServerReport:
     def updates_per_s(self) -> float:
         """Updates per second of wall-clock time from the first START to the last update."""
         return self.updates / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def fresh_samples(self) -> int:
+        """Fresh examples of the gradients used (0 where the learners do not say)."""
+        return sum(self.fresh_samples_per_learner)
+
+    @property
+    def echoed_gradients(self) -> int:
+        """Gradients used that were computed on an echoed batch."""
+        return sum(self.echoed_gradients_per_learner)
 
     @property
     def mean_staleness(self) -> float:

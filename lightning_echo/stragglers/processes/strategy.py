@@ -12,6 +12,7 @@ and backward, and pushes the gradient instead of stepping. Design note: ``README
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
@@ -21,12 +22,15 @@ from typing_extensions import override
 from lightning_echo import lightning_internals
 from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import training_progress
+from lightning_echo.combinations import find_data_echoing
+from lightning_echo.core.echo_factor import steps_per_pass
 from lightning_echo.core.progress import WALL_CLOCK, ProgressLedger, StepReport
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import import_lightning, pl
 from lightning_echo.metric_names import ParameterServer, Stale
 from lightning_echo.stragglers.base import StragglerStrategy, examples_in
 from lightning_echo.stragglers.processes.exchange import FlatExchange
+from lightning_echo.stragglers.processes.fresh import GradientData
 from lightning_echo.stragglers.processes.learner import LearnerReport, learner_delays
 from lightning_echo.stragglers.processes.local_metrics import keep_metric_syncs_local
 from lightning_echo.stragglers.processes.logged import StepLogs
@@ -164,6 +168,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self._carried = CarriedCounts()
         self._grads_due = False
         self._batch_samples = 0
+        self._echo: Any = None  # a learner's DataEchoing callback: it says what each batch is
+        self._data_wait_s = 0.0  # a learner's seconds between its steps (waiting for its loader) in this fit
+        self._step_ended: Optional[float] = None  # when a learner's last step (or the fit's start) ended
 
     # -- processes and collectives --------------------------------------------------------------
     @override
@@ -333,12 +340,20 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
     def _server_loader(self, loader: Any) -> UpdateSlots:
         self._check_train_loader(loader)
-        assert self.spec is not None and self._trainer is not None
-        length = server_epoch_length(lightning_internals.sized_len(loader), self.spec.k)
-        if length is None and self._trainer.max_steps < 0 and not any(isinstance(c, Timer) for c in self._trainer.callbacks):
-            raise ConfigError("trainer.max_steps", self._trainer.max_steps,
-                              "the train loader has no length, so the server's epochs never end: set max_steps "
-                              "(server updates) or max_time")
+        trainer = self._trainer
+        assert self.spec is not None and trainer is not None
+        echo = find_data_echoing(trainer)
+        batches = lightning_internals.sized_len(loader)
+        length = server_epoch_length(gradients_per_pass(batches, echo), self.spec.k)
+        progress = training_progress(trainer)
+        budget = progress is not None and progress.ledger.budget.is_limited
+        if length is None and trainer.max_steps < 0 and not budget and not any(isinstance(c, Timer) for c in trainer.callbacks):
+            why = ("the train loader has no length" if batches is None else
+                   f"with DataEchoing(factor={echo.factor!r}, kind={echo.kind!r}) on the learners the gradients of a "
+                   "pass over the data are not known")
+            raise ConfigError("trainer.max_steps", trainer.max_steps,
+                              f"{why}, so the server's epochs never end: set max_steps (server updates), max_time or "
+                              "a fresh-data budget (max_fresh_samples)")
         return UpdateSlots(length)
 
     def _become_learner(self, trainer: pl.Trainer, transport: Transport, params: list[torch.nn.Parameter],
@@ -349,6 +364,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         learner = learner_index(self.global_rank)
         injected = learner_delays(delays, learner, self.settings.seed) if delays is not None else None
         role = self._role = LearnerRole(transport, params, injected, buffers=buffers)
+        self._echo = find_data_echoing(trainer)
+        self._data_wait_s, self._step_ended = 0.0, None
         self._undo.append(self._step_logs.install(self.lightning_module, lambda: role.working))
         self._undo.append(lightning_internals.lift_fit_limits(trainer))
         limit_val, callbacks = trainer.limit_val_batches, list(trainer.callbacks)
@@ -374,7 +391,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         return isinstance(self._role, LearnerRole)
 
     def step_report(self) -> Optional[StepReport]:
-        """On the server: the update just applied, one fresh batch per gradient it used."""
+        """On the server: the update just applied; its fresh batches and samples are those of its
+        gradients that were computed on fresh data (the learners' ``DataEchoing`` says which)."""
         return self._step_report if isinstance(self._role, ServerRole) else None
 
     def progress_bar(self, ledger: ProgressLedger) -> Dict[str, float]:
@@ -396,6 +414,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         if isinstance(role, ServerRole):
             return self._server_step(role)
         if isinstance(role, LearnerRole):
+            self._end_data_wait()
             if not role.take_work():  # the server sent STOP
                 assert self._trainer is not None
                 self._trainer.should_stop = True
@@ -413,7 +432,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         optimizer.tell(update.staleness, stale_params=role.stale_parameters(order))
         self._grads_due = True  # Lightning zeroes .grad after this step: backward() puts the update's there
         samples = round(role.samples)
-        self._step_report = StepReport(samples=samples, fresh_samples=samples, fresh_batches=len(update.gradients))
+        # The cluster's fresh data: what the update's gradients were computed on (an echo brings none).
+        self._step_report = StepReport(samples=samples, fresh_samples=sum(d.fresh_samples for d in role.data),
+                                       fresh_batches=sum(d.fresh_batches for d in role.data))
         module = self.lightning_module
         assert module is not None
         for name, logged in role.logged.items():  # what the learners logged in training_step, as the user logged it
@@ -436,7 +457,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         if isinstance(role, LearnerRole):
             loss = closure()  # the user's training_step and backward; no optimizer step
             if role.working:
-                role.deliver(None if loss is None else float(loss), self._batch_samples, self._step_logs.take())
+                role.deliver(None if loss is None else float(loss), self._batch_samples, self._step_logs.take(),
+                             self._gradient_data())
+            self._step_ended = time.perf_counter()
             return loss
         result = super().optimizer_step(optimizer, closure, model, **kwargs)
         if isinstance(role, ServerRole) and role.update is not None:
@@ -447,6 +470,21 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
                                 process_metrics(record, role.report, carried, loss=role.loss))
             self._state = self._server_state(role)
         return result
+
+    def _end_data_wait(self) -> None:
+        """A learner's step begins: the time since its last one (or the fit's start) was spent
+        waiting for its batch (Lightning's fetch and transfer), as ``TrainingProgress`` counts it."""
+        if self._step_ended is not None:
+            self._data_wait_s += max(0.0, time.perf_counter() - self._step_ended)
+            self._step_ended = None
+
+    def _gradient_data(self) -> GradientData:
+        """What a learner's current gradient was computed on: its ``DataEchoing`` says (an echo
+        brings no fresh example); without one every batch is fresh."""
+        report = self._echo.step_report() if self._echo is not None else None
+        if report is None:
+            return GradientData(1, self._batch_samples, self._data_wait_s)
+        return GradientData(report.fresh_batches, report.fresh_samples, self._data_wait_s)
 
     def _server_state(self, role: ServerRole) -> Dict[str, Any]:
         return {"version": role.server.version, "policy": role.server.policy.state_dict(),
@@ -498,6 +536,12 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
     # -- the end --------------------------------------------------------------------------------
     @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if isinstance(self._role, LearnerRole):
+            self._step_ended = time.perf_counter()
+
+    @override
     def on_train_end(self) -> None:
         super().on_train_end()
         role = self._role
@@ -531,6 +575,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
             self._undo_all()
             self._loaded = None
             self._grads_due = False
+            self._echo, self._step_ended, self._data_wait_s = None, None, 0.0
             self._evaluating = False
             self._fitting = False
             self._step_logs.take()
@@ -562,6 +607,16 @@ def exchanged_buffers(module: torch.nn.Module, dtype: torch.dtype, warn: bool = 
         LOG.warning("parameter server: buffers %s are %s, not %s like the parameters: each process keeps its own",
                     ", ".join(name for name, _ in left_out), left_out[0][1].dtype, dtype)
     return [buffer for _, buffer in exchanged]
+
+
+def gradients_per_pass(batches: Optional[int], echo: Any = None) -> Optional[int]:
+    """The gradients one pass over a train loader of ``batches`` batches gives (None: not known):
+    ``batches``, or with the learners' ``DataEchoing`` the steps its echo stage serves per pass
+    (known for batch echoing with a number as factor; summed over the learners' shards, a
+    non-integer factor's pass differs by the rounding of each shard's extra serves)."""
+    if batches is None or echo is None:
+        return batches
+    return steps_per_pass(float(echo.factor), batches) if echo.knows_epoch_length else None
 
 
 def _stage(trainer: pl.Trainer) -> Any:
