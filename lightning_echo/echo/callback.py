@@ -244,8 +244,14 @@ class DataEchoing(pl.Callback):
         assert self._progress is not None
         self._budget = self._progress.tighten_budget(self.max_fresh_samples, self.max_fresh_batches)
         self.role = echo_role(trainer)
-        if self.role in ("server", "simulated"):
-            return  # no loader to echo on this process: the strategy echoes (simulated) or counts (server)
+        if self.role == "simulated":
+            return  # no loader to echo on this process: the strategy echoes inside its schedule
+        if isinstance(_lightning.validation_loader(trainer), EchoLoader):
+            raise ConfigError("val_dataloaders", "an EchoLoader", "echoing applies to the train loader only")
+        # On a parameter server too: its epochs have the length of the learners' echoed passes, and every rank refuses alike.
+        self._check_validation_interval(trainer)
+        if self.role == "server":
+            return  # no loader to echo on this process: the server counts the cluster's fresh data
         if self.role == "learner":
             self._budget = FreshDataBudget()  # the parameter server counts the cluster's fresh data and stops it
         if trainer.accumulate_grad_batches > 1:
@@ -253,9 +259,6 @@ class DataEchoing(pl.Callback):
                 f"DataEchoing with accumulate_grad_batches={trainer.accumulate_grad_batches}: the echoes of a batch "
                 "are accumulated with it before one optimizer step; set accumulate_grad_batches=1 to step on every echo."
             )
-        if isinstance(_lightning.validation_loader(trainer), EchoLoader):
-            raise ConfigError("val_dataloaders", "an EchoLoader", "echoing applies to the train loader only")
-        self._check_validation_interval(trainer)
         self._steps_on_iterator = _lightning.steps_on_dataloader_iter(pl_module)
         self._fresh_limit, undo_limit = _lightning.take_train_batch_limit(trainer)
         self._undo.append(undo_limit)
