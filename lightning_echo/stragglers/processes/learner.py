@@ -48,6 +48,7 @@ class LearnerReport:
     cancelled: int = 0  # computations dropped because a newer START arrived
     compute_s: float = 0.0  # time in compute_gradient
     injected_s: float = 0.0  # time spent in the injected delay
+    data_wait_s: float = 0.0  # time a Lightning learner waited for its batches (set by the strategy; 0 in run_learner)
     stopped: bool = False  # ended by the server's STOP
     server_failed: bool = False  # ended by the server's ERROR (the run failed there)
 

@@ -570,6 +570,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
             elif isinstance(role, LearnerRole):
                 role.leave_if_running()
                 role.close()
+                role.session.report.data_wait_s = self._data_wait_s
                 self.learner_report = role.session.report
         finally:
             self._undo_all()
