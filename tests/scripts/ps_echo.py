@@ -181,6 +181,15 @@ def scenario_resume(out: Path) -> dict[str, Any]:
     return {**result(second, model), "saved": saved, "first": before}
 
 
+def scenario_refused(out: Path) -> dict[str, Any]:
+    """A fractional val_check_interval with factor='auto': every rank refuses it before the channels open."""
+    model = Regression()
+    fit = trainer(out, "refused", ParameterServerStrategy("sync", timeout=30.0), DataEchoing(factor="auto"), 10,
+                  val_check_interval=0.5)
+    fit.fit(model, train_dataloaders=loader(), val_dataloaders=loader())
+    return result(fit, model)
+
+
 def scenario_loader_fails(out: Path) -> dict[str, Any]:
     """Learner 1's loader raises at its 7th row, in the auto echo stage's thread: its fit fails with
     the user's error, the server's and learner 0's with ParameterServerError."""

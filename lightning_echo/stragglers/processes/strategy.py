@@ -97,6 +97,14 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
       module's torchmetrics objects compute from their own process's state.
     - What a learner logs in ``training_step`` travels with its gradient; the server logs the mean
       over each update with the user's options (rank 0's loggers and callbacks see it).
+    - A ``DataEchoing`` callback echoes on each learner's own loader: every echo is one more
+      gradient pushed, computed at the parameters of its START. Each PUSH says whether its batch
+      was fresh and how many fresh examples it brought, so the server counts the cluster's fresh
+      data: ``progress/fresh_samples`` and the fresh-data budget (``TrainingProgress`` and
+      ``DataEchoing``'s ``max_fresh_*`` on rank 0; the learners' echo stages enforce none) count
+      fresh examples of the gradients used, not gradients. A server epoch spans about one echoed
+      pass (``factor`` a number, batch echoing); with ``factor="auto"`` or example echoing it has
+      no length: end the run with ``max_steps``, ``max_time`` or a budget.
     - ``validate``, ``test`` and ``predict`` (before or after ``fit``) run on the server alone,
       on all the data, with no collective (learners run no batch), so they also work after a
       learner was lost. Other collectives outside ``fit`` are DDP's.
@@ -112,9 +120,12 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     Checkpoints are written by rank 0: the module and optimizer are the server's, plus the
     server's version, policy state and counters (``checkpoint["parameter_server"]``);
     ``fit(ckpt_path=...)`` resumes the server at that version and every learner starts from its
-    START. Logged on rank 0 per update (through :class:`~lightning_echo.TrainingProgress`, added
+    START; the counters continue (the learners' fresh and echoed gradients, fresh samples and data
+    wait included). Learners save no state: a resumed learner reads its shard from the start again,
+    its echo stage included, rather than from where it was. Logged on rank 0 per update (through :class:`~lightning_echo.TrainingProgress`, added
     if missing): the ``stale/*`` metrics both backends log and
-    :func:`~lightning_echo.stragglers.processes.metrics.process_metrics`; the time axis is wall-clock.
+    :func:`~lightning_echo.stragglers.processes.metrics.process_metrics` (what each learner's
+    gradients were computed on among them); the time axis is wall-clock.
 
     A learner that dies or stops answering: asynchronous variants carry on while enough learners
     are left (logged as ``ps/lost_learners`` and a warning); sync, k_sync and k_batch_sync stop

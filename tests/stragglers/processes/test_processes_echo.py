@@ -28,7 +28,7 @@ from process_worlds import DEADLINE_S, metrics_rows, run_clean_world
 
 SCRIPT = SCRIPTS / "ps_echo.py"
 SCENARIOS = ("k_async_factor_2", "sync_factor_1_5", "no_echo", "one_epoch", "budget", "auto_slow", "auto_fast",
-             "resume", "loader_fails")
+             "resume", "refused", "loader_fails")
 SHARD_BATCHES = 5  # 18 rows per learner in batches of 4: 4, 4, 4, 4, 2
 
 
@@ -190,6 +190,15 @@ def test_a_resumed_run_continues_the_fresh_and_echo_counters_and_the_learners_re
         assert learner["batches"][0] == learner["first"]["batches"][0]
     last = [row for row in metrics_rows(server["metrics_csv"]) if row.get(LearnerData.ECHOED_GRADIENTS)][-1]
     assert float(last[LearnerData.ECHOED_GRADIENTS]) == 8 and float(last[Progress.FRESH_SAMPLES]) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 60)
+def test_every_rank_refuses_what_no_rank_can_run_before_the_channels_open(world: dict[str, Any]) -> None:
+    for rank in world["refused"]:
+        assert rank["error_type"] == "ConfigError" and "val_check_interval=0.5" in rank["error"], rank
+    assert "Connection closed by peer" not in world["log"]
+    assert world["loader_fails"][2]["error_type"] == "OSError"  # the next fit of the world trained
 
 
 @pytest.mark.slow
