@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_echo.callbacks.progress import TrainingProgress
+from lightning_echo.core.learner_data import data_times_from_config
 from lightning_echo.core.progress import WALL_CLOCK
 from lightning_echo.data.background import ThrottleSpec
 from lightning_echo.data.modules.array import ArrayDataModule
@@ -55,17 +56,38 @@ def _qualified(error: ConfigError, prefix: str) -> ConfigError:
 
 
 def build_datamodule(cfg: DictConfig) -> ArrayDataModule:
-    """The ``data`` group's LightningDataModule (constructed, not yet loaded), throttled per ``loader``."""
+    """The ``data`` group's LightningDataModule (constructed, not yet loaded), throttled per ``loader``
+    (not on simulated learners: there the loader group is each learner's simulated data time)."""
     datamodule = _instantiate(cfg.data, "data.")
-    datamodule.throttle = build_throttle(cfg)
+    throttle = build_throttle(cfg)
+    if throttle is not None and learners_are_simulated(cfg):
+        datamodule.unthrottled_pipeline = True  # the same stateful pipeline; the learners' data times are simulated
+    else:
+        datamodule.throttle = throttle
     return datamodule
 
 
+def learners_are_simulated(cfg: DictConfig) -> bool:
+    """A straggler algorithm on simulated learners (``backend=simulated``)."""
+    return cfg.algorithm.get("settings") is not None and cfg.get("backend", {}).get("name") == DEFAULT_BACKEND
+
+
 def build_throttle(cfg: DictConfig) -> Optional[ThrottleSpec]:
-    """The ``loader`` group as a ThrottleSpec (None for ``loader=none``)."""
+    """The ``loader`` group as a ThrottleSpec (None for ``loader=none``); on simulated learners it
+    is checked as their data times (``speeds`` and ``trace`` are for them only)."""
     loader = cfg.get("loader") or {}
     if loader.get("name", "none") == "none":
         return None
+    simulated_only = [key for key in ("speeds", "trace") if loader.get(key) is not None]
+    if learners_are_simulated(cfg):
+        try:
+            data_times_from_config(loader)
+        except ConfigError as error:
+            raise error.with_prefix("loader.") from None
+    elif simulated_only:
+        key = simulated_only[0]
+        raise ConfigError(f"loader.{key}", loader.get(key), "gives each simulated learner its own loader: only for a "
+                          "straggler algorithm on backend=simulated (leave it unset here)")
     try:
         return ThrottleSpec(
             seconds_per_batch=loader.get("seconds_per_batch"),
@@ -116,7 +138,9 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     for name, node in (cfg.algorithm.get("callbacks") or {}).items():
         # Settings the user sets as e.g. `echo.factor` are reported under that name.
         prefix = f"{name}." if name in cfg else f"algorithm.callbacks.{name}."
-        callbacks.append(_instantiate(node, prefix))
+        callback = _instantiate(node, prefix)
+        if callback is not None:  # e.g. a straggler algorithm's learner echoing, when echo.factor is unset
+            callbacks.append(callback)
     return callbacks
 
 

@@ -29,6 +29,11 @@ def add(*values: int) -> int:
     return sum(values)
 
 
+def default(value: object, fallback: object) -> object:
+    """``value``, or ``fallback`` when it is null (``${le.default:${echo.factor},2}``)."""
+    return fallback if value is None else value
+
+
 def register_resolvers() -> None:
     """Register the ``le.*`` resolvers; safe to call more than once."""
     if not OmegaConf.has_resolver("le.output_root"):
@@ -37,6 +42,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("le.lightning", lightning_path)
     if not OmegaConf.has_resolver("le.add"):
         OmegaConf.register_new_resolver("le.add", add)
+    if not OmegaConf.has_resolver("le.default"):
+        OmegaConf.register_new_resolver("le.default", default)
 
 
 register_resolvers()

@@ -270,7 +270,8 @@ class LearnerDataStreams:
 def data_times_from_config(config: Any, prefetch_key: str = "queue_size") -> Optional[DataTimes]:
     """A ``loader`` config block (``name``, ``seconds_per_batch``, ``slowdown``, ``jitter``,
     ``jitter_param``, ``queue_size``, and for simulated learners ``speeds``, ``trace``) as
-    :class:`DataTimes`; None for ``name: none`` or nothing set."""
+    :class:`DataTimes`; None for ``name: none`` or nothing set. A ``trace`` replaces the base
+    (``slowdown`` and ``seconds_per_batch`` next to it are ignored)."""
     if config is None or isinstance(config, DataTimes):
         return config
     if not hasattr(config, "get"):
@@ -285,6 +286,9 @@ def data_times_from_config(config: Any, prefetch_key: str = "queue_size") -> Opt
         return None
     speeds = config.get("speeds")
     prefetch = config.get("prefetch", config.get(prefetch_key, 2))
+    if config.get("trace") is not None:  # replaces the base: the loader group's default slowdown is ignored
+        return DataTimes(trace=str(config.get("trace")), jitter=config.get("jitter"),
+                         speeds=tuple(speeds) if speeds is not None else None, prefetch=2 if prefetch is None else prefetch)
     return DataTimes(
         seconds_per_batch=config.get("seconds_per_batch"), slowdown=config.get("slowdown"), jitter=config.get("jitter"),
         jitter_param=config.get("jitter_param"), speeds=tuple(speeds) if speeds is not None else None,

@@ -88,6 +88,8 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
         self._splits: Optional[ArraySplits] = None
         # Set to simulate a slow loader: train_dataloader() then returns a throttled DataPipeline.
         self.throttle: Optional[ThrottleSpec] = None
+        # Set to get the same stateful pipeline unthrottled (simulated learners simulate their loaders' time).
+        self.unthrottled_pipeline = False
         self._threaded_loaders = ThreadedLoaders()
 
     @property
@@ -147,6 +149,8 @@ class ArrayDataModule(pl.LightningDataModule, abc.ABC):
                 jitter_param=spec.jitter_param,
                 queue_size=spec.queue_size,
             ))
+        if self.unthrottled_pipeline:
+            return self._threaded_loaders.add(throttled_loader(self.train_dataset, self.batch_size, seed=self.seed))
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.train_dataset,
