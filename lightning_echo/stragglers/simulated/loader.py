@@ -127,7 +127,8 @@ class UpdateLoader(StopsAtLightningTeardown):
         self._pending: Optional[UpdatePlan] = None
         self._held: Dict[int, tuple[int, Any]] = {}  # learner -> (fresh batch index, its mini-batch)
         self._state_before_last: Optional[Dict[str, Any]] = None
-        self._restored = False
+        self._drawn_in_pass = 0  # mini-batches drawn from the source's current pass
+        self._resumed_mid_pass = False
 
     def _plan(self) -> UpdatePlan:
         plan, self._pending = (self._pending, None) if self._pending is not None else (self.simulation.next_update(), None)
@@ -135,19 +136,36 @@ class UpdateLoader(StopsAtLightningTeardown):
 
     def _position(self) -> Dict[str, Any]:
         return {self.SIMULATION: self.simulation.state_dict(), self.PENDING: self._pending,
-                self.SOURCE: self._loader.state_dict(), self.HELD: dict(self._held)}
+                self.SOURCE: self._loader.state_dict(), self.HELD: dict(self._held), "drawn_in_pass": self._drawn_in_pass}
 
     def __iter__(self) -> Iterator[UpdateBundle]:
         iterator = iter(self._loader)
+        per_pass = sized_len(self.source)
+        if not self._resumed_mid_pass:
+            self._drawn_in_pass = 0
+        self._resumed_mid_pass = False
         while True:
             before = self._position() if self.length is None else None
             plan = self._plan()
+            latest = {learner: index for learner, (index, _) in self._held.items()}
+            reused = []  # per gradient: computed on the batch its learner holds (drawn before, or earlier in this update)
+            for gradient in plan.gradients:
+                reuse = gradient.fresh_index >= 0 and latest.get(gradient.learner) == gradient.fresh_index
+                reused.append(reuse)
+                if gradient.fresh_index >= 0:
+                    latest[gradient.learner] = gradient.fresh_index
+            needed = reused.count(False)
+            if per_pass is not None and self._drawn_in_pass + needed > per_pass:
+                # Not enough batches left in this pass: like drop_last, they stay unread (the next pass
+                # starts as it would have without echoing) and the update is taken from the next pass.
+                self._pending = plan
+                self._state_before_last = None
+                return
             batches, drawn = [], []
             held = dict(self._held)  # committed once the whole update has its batches
-            for gradient in plan.gradients:
-                kept = held.get(gradient.learner)
-                if gradient.fresh_index >= 0 and kept is not None and kept[0] == gradient.fresh_index:
-                    batches.append(rebuild(kept[1]))  # its own containers, the same tensors
+            for gradient, reuse in zip(plan.gradients, reused):
+                if reuse:
+                    batches.append(rebuild(held[gradient.learner][1]))  # its own containers, the same tensors
                     drawn.append(False)
                     continue
                 try:
@@ -156,6 +174,7 @@ class UpdateLoader(StopsAtLightningTeardown):
                     self._pending = plan  # taken again, with fresh mini-batches, next epoch
                     self._state_before_last = None
                     return
+                self._drawn_in_pass += 1
                 if gradient.fresh_index >= 0:
                     held[gradient.learner] = (gradient.fresh_index, batch)
                     batch = rebuild(batch)
@@ -191,6 +210,8 @@ class UpdateLoader(StopsAtLightningTeardown):
         self._loader.load_state_dict(state_dict[self.SOURCE])
         self.store.load_state_dict(state_dict[self.SNAPSHOTS])
         self._held = {int(l): (int(index), batch) for l, (index, batch) in state_dict.get(self.HELD, {}).items()}
+        self._drawn_in_pass = int(state_dict.get("drawn_in_pass", 0))
+        self._resumed_mid_pass = True
         if self.COUNTS in state_dict:
             self.counts.load_state_dict(state_dict[self.COUNTS])
 
