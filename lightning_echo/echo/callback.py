@@ -96,6 +96,10 @@ class DataEchoing(pl.Callback):
       counters after ``fit``.
     - The echo stage's threads and the ``DataLoader``'s worker processes stop when ``fit`` returns
       or fails.
+    - Under a straggler strategy each learner echoes its own mini-batches (``combinations.echo_role``):
+      simulated learners echo inside their schedule, while their simulated loaders lag
+      (``StragglerSettings.data_delay``); a parameter server's learner processes echo on their own
+      loaders and the server counts the cluster's fresh data (its budget is the run's).
 
     Args:
         factor: times each fresh batch is served: a number >= 1 (non-integer: ``floor`` times

@@ -47,6 +47,14 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         learners: P, the number of simulated learners.
         device: the Trainer's one device.
 
+    With a ``DataEchoing`` callback (batch echoing) and/or ``data_delay``, each learner also has its
+    own loader (:mod:`lightning_echo.core.learner_data`): it waits for its next fresh batch, or
+    echoes its current one, and the server treats echoed gradients like any other; its held
+    mini-batches are saved with the loader's state. An epoch is then one pass over the mini-batches
+    the updates draw, whose number of updates is not known in advance when learners echo (set
+    ``max_steps``). Logged with them: ``stale/echoed_gradients``, ``stale/data_wait_s`` and each
+    learner's fresh samples, echoed gradients and data wait.
+
     Every server update is one Lightning optimizer step: ``global_step`` and ``max_steps`` count
     updates, schedulers step once per update. Logged (``stale/*``) per update: the staleness of
     the gradients used, the step-size factor and lr applied, gradients discarded and computations
