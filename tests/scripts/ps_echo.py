@@ -206,6 +206,19 @@ def other_threads() -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
 
 
+def children() -> list[str]:
+    return [child.name for child in multiprocessing.active_children()]  # also reaps the ended ones
+
+
+def left_after(probe: Callable[[], list[str]], grace_s: float = 5.0) -> list[str]:
+    """What ``probe`` still finds after up to ``grace_s`` seconds: a DataLoader's shutdown ends its
+    queue feeder threads and reaps its workers a moment after ``fit`` returns, not before."""
+    deadline = time.monotonic() + grace_s
+    while (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def main() -> None:
     torch.set_num_threads(1)
     out, names = Path(sys.argv[1]), sys.argv[2:]
@@ -215,8 +228,8 @@ def main() -> None:
         except Exception as error:
             traceback.print_exc()
             outcome = {"rank": rank(), "error_type": type(error).__name__, "error": str(error)}
-        outcome["threads_after_fit"] = other_threads()
-        outcome["children_after_fit"] = [child.name for child in multiprocessing.active_children()]
+        outcome["threads_after_fit"] = left_after(other_threads)
+        outcome["children_after_fit"] = left_after(children)
         (out / f"{name}.rank{rank()}.json").write_text(json.dumps(outcome))
 
 
