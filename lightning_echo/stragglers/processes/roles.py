@@ -76,8 +76,9 @@ class ServerRole:
     def next_update(self) -> PendingUpdate:
         """Wait for the next update; its mean gradient is in :attr:`grads`, its mean loss in
         :attr:`loss`, its examples in :attr:`samples`, the mean of what its learners logged in
-        :attr:`logged`, what each of its gradients was computed on in :attr:`data`. An update still pending (its optimizer
-        step did not run) is completed first, with the parameters as they are."""
+        :attr:`logged`, what each of its gradients was computed on in :attr:`data`. An update
+        still pending (its optimizer step did not run) is completed first, with the parameters as
+        they are."""
         if self.update is not None:
             self.complete_update()
         update = self.server.next_update()

@@ -121,9 +121,10 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     server's version, policy state and counters (``checkpoint["parameter_server"]``);
     ``fit(ckpt_path=...)`` resumes the server at that version and every learner starts from its
     START; the counters continue (the learners' fresh and echoed gradients, fresh samples and data
-    wait included). Learners save no state: a resumed learner reads its shard from the start again,
-    its echo stage included, rather than from where it was. Logged on rank 0 per update (through :class:`~lightning_echo.TrainingProgress`, added
-    if missing): the ``stale/*`` metrics both backends log and
+    wait included). Learners save no state: a resumed learner reads its shard from the start
+    again, its echo stage included, rather than from where it was. Logged on rank 0 per update
+    (through :class:`~lightning_echo.TrainingProgress`, added if missing): the ``stale/*``
+    metrics both backends log and
     :func:`~lightning_echo.stragglers.processes.metrics.process_metrics` (what each learner's
     gradients were computed on among them); the time axis is wall-clock.
 
