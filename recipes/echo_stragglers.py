@@ -10,7 +10,7 @@ mini-batch again while its next fresh one is not ready), three seeds. Time on th
 fresh samples to the synchronous runs' target loss (their final mean + 0.01); then the same on a
 data-rich cluster (every loader 4x faster than its compute), where echoing must cost nothing.
 
-    python recipes/echo_stragglers.py            # recipes/results/echo_stragglers.{md,png,json}
+    python recipes/echo_stragglers.py --points 750   # recipes/results/echo_stragglers.{md,png,json} (2 s resolution)
     python recipes/echo_stragglers.py --out /tmp/e --horizon-scale 0.05 --seeds 1 --points 4   # a quick smoke run
 """
 
@@ -132,7 +132,7 @@ def summarise(runs: list[Run], cluster: str) -> tuple[float, list[Row]]:
 def spread(runs: list[Run], key: str, cluster: str, target: float) -> str:
     times = [r.curve.first_time(target) for r in runs if r.key == key and r.cluster == cluster]
     known = [t for t in times if t is not None]
-    return f"{min(known):.0f}-{max(known):.0f}" if known else "-"
+    return f"{min(known):.3g}-{max(known):.3g}" if known else "-"
 
 
 def write(out: Path, runs: list[Run], elapsed: float, horizon: float) -> None:
@@ -153,8 +153,9 @@ def write(out: Path, runs: list[Run], elapsed: float, horizon: float) -> None:
                   "| method | time to target (simulated s, mean) | range over seeds | fresh samples to target | "
                   "echoed share of gradients | final loss |", "|---|---|---|---|---|---|"]
         for row in rows:
-            lines.append(f"| {row.label} | {fmt(row.time_to_target)} | {spread(runs, row.key, cluster, target)} | "
-                         f"{fmt(row.fresh_to_target)} | {row.echoed_share:.0%} | {row.final:.4f} |")
+            lines.append(f"| {row.label} | {fmt(row.time_to_target, 3)} | {spread(runs, row.key, cluster, target)} | "
+                         f"{'-' if row.fresh_to_target is None else f'{row.fresh_to_target:.0f}'} | "
+                         f"{row.echoed_share:.0%} | {row.final:.4f} |")
         lines.append("")
         lines += findings(rows, cluster)
     lines += [f"Measured runtime: {elapsed:.0f} s wall-clock for {len(runs)} fits (horizon {horizon:g} simulated s)."]

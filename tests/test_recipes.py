@@ -85,6 +85,22 @@ def test_simulated_learner_recipes_write_their_results(tmp_path: Path, script: s
         assert curves["rennala"]["discarded"] > 0 and curves["ringmaster"]["cancelled"] > 0
 
 
+@pytest.mark.slow
+def test_the_echo_on_stragglers_recipe_writes_its_results(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(RECIPES / "echo_stragglers.py"), "--out", str(tmp_path), "--points", "20",
+                             "--horizon-scale", "0.05", "--seeds", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "echo_stragglers.md").read_text()
+    assert "python recipes/echo_stragglers.py" in report and (tmp_path / "echo_stragglers.png").stat().st_size > 0
+    runs = json.loads((tmp_path / "echo_stragglers.json").read_text())["runs"]
+    keys = {(r["cluster"], r["key"]) for r in runs}
+    assert ("data-bound", "async+echo") in keys and ("data-rich", "sync+echo") in keys and len(runs) == 12
+    by = {(r["cluster"], r["key"]): r for r in runs}
+    assert by[("data-bound", "async+echo")]["echoed_gradients"] > 0 and by[("data-bound", "async")]["echoed_gradients"] == 0
+    # a data-rich cluster never waits long enough for p_sync's learners to echo: the same run
+    assert by[("data-rich", "sync+echo")]["final"] == by[("data-rich", "sync")]["final"]
+
+
 # -- findings computed from the numbers (issue 21) ----------------------------------------------------
 def _recipe(name: str) -> Any:
     """A recipe script as a module (they import their sibling ``simulated_runs`` by name)."""

@@ -5,23 +5,43 @@ from __future__ import annotations
 from typing import Optional
 
 from lightning_echo.core.progress import SIMULATED
+from lightning_echo.metric_names import LearnerData
 from lightning_echo.report.aggregate import Comparison, Configuration
 
 HEADER = ("configuration", "runs", "{clock}time to target [s]", "fresh samples to target", "optimizer steps to target",
           "final " + "{metric}", "speed-up")
 CLOCK_PREFIX = {SIMULATED: "simulated ", "mixed": "(mixed clocks) "}
+# Shown when some run's learners echoed or waited for their own data (the straggler backends).
+LEARNER_DATA_COLUMNS = ((LearnerData.ECHOED_GRADIENTS, "echoed gradients"), (LearnerData.DATA_WAIT_S, "learners' data wait [s]"))
 
 
 def header(comparison: Comparison) -> list[str]:
     """Column titles; the time column says when the time is simulated."""
     clock = CLOCK_PREFIX.get(comparison.clock, "")
-    return [h.format(metric=comparison.metric, clock=clock) for h in HEADER]
+    extra = [title for _, title in _learner_data_columns(comparison)]
+    return [h.format(metric=comparison.metric, clock=clock) for h in HEADER[:-1]] + extra + [HEADER[-1]]
 
 
 def rows(comparison: Comparison) -> list[list[str]]:
     """One row per configuration; "not reached (0/3)" when no run got to the target, "diverged
     (0/3)" when every run diverged (a run that diverged never counts as reaching it)."""
-    return [_row(c) for c in comparison.configurations]
+    columns = _learner_data_columns(comparison)
+    table = []
+    for configuration in comparison.configurations:
+        row = _row(configuration)
+        table.append(row[:-1] + [_final_mean(configuration, name) for name, _ in columns] + row[-1:])
+    return table
+
+
+def _learner_data_columns(comparison: Comparison) -> list[tuple[str, str]]:
+    return [(name, title) for name, title in LEARNER_DATA_COLUMNS
+            if any(run.series.get(name) for c in comparison.configurations for run in c.runs)]
+
+
+def _final_mean(configuration: Configuration, name: str) -> str:
+    """The mean over the configuration's runs of the last value of ``name`` ("-" where none logged it)."""
+    finals = [run.series[name][-1].value for run in configuration.counted if run.series.get(name)]
+    return f"{sum(finals) / len(finals):.0f}" if finals else "-"
 
 
 def _row(configuration: Configuration) -> list[str]:
