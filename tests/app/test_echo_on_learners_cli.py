@@ -86,6 +86,10 @@ def test_the_composed_command_line_run(tmp_path: Path) -> None:
     echoed = [float(r[LearnerData.ECHOED_GRADIENTS]) for r in rows if r.get(LearnerData.ECHOED_GRADIENTS)]
     assert echoed and echoed[-1] > 0
     assert any(r.get(LearnerData.LEARNER_FRESH_SAMPLES.format(learner=7)) for r in rows)
+    report = run_cli(["report", str(metrics.parents[1]), "--out", str(tmp_path / "report")], tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "echoed gradients" in report.stdout and "learners' data wait [s]" in report.stdout
+    assert "k_async K=4 of P=8 + echo auto" in report.stdout
 
 
 def test_a_composed_run_killed_half_way_resumes_exactly(tmp_path: Path) -> None:
