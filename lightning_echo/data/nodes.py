@@ -14,8 +14,22 @@ from typing_extensions import override
 from lightning_echo.validation import non_negative_int, positive_int
 
 
+_DATA_SHARD: Optional[tuple[int, int]] = None
+
+
+def set_data_shard(shard: Optional[tuple[int, int]]) -> None:
+    """Make :func:`distributed_rank_and_size` answer ``shard`` (``(rank, world_size)``) instead of the
+    default process group (None: the group again). A strategy whose data ranks differ from its
+    process ranks sets it while it fits: a parameter server's P + 1 processes read P shards."""
+    global _DATA_SHARD
+    _DATA_SHARD = shard
+
+
 def distributed_rank_and_size() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, or ``(0, 1)`` without one."""
+    """``(rank, world_size)`` of this process's data shard: the default process group's, or ``(0, 1)``
+    without one, unless a strategy set another (:func:`set_data_shard`)."""
+    if _DATA_SHARD is not None:
+        return _DATA_SHARD
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1

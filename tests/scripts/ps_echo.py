@@ -198,6 +198,19 @@ def scenario_loader_fails(out: Path) -> dict[str, Any]:
                     loader(dataset))
 
 
+def scenario_library_loader(out: Path) -> dict[str, Any]:
+    """The library's throttled_loader built as a DataModule builds it (no rank, no world size): each
+    learner reads its own shard of P = 2 (not of the P + 1 processes), one epoch, factor 2."""
+    from lightning_echo.data.pipeline import throttled_loader
+
+    train = throttled_loader(Rows(), BATCH, shuffle=True, seed=3, seconds_per_batch=0.001)
+    model = Regression()
+    fit = trainer(out, "library_loader", ParameterServerStrategy("sync", timeout=30.0), DataEchoing(factor=2), -1,
+                  max_epochs=1)
+    fit.fit(model, train_dataloaders=train)
+    return result(fit, model)
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
 

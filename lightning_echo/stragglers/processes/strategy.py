@@ -25,6 +25,7 @@ from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.combinations import find_data_echoing
 from lightning_echo.core.echo_factor import steps_per_pass
 from lightning_echo.core.progress import WALL_CLOCK, ProgressLedger, StepReport
+from lightning_echo.data.nodes import set_data_shard
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import import_lightning, pl
 from lightning_echo.metric_names import ParameterServer, Stale
@@ -253,6 +254,11 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         # (before `setup` hooks) must not wait for processes that may be gone or busy elsewhere.
         self._evaluating = trainer is not None and _stage(trainer) in EVALUATION_LIMITS
         self._fitting = trainer is not None and trainer.state.fn == "fit"
+        if self._fitting and not self._local:
+            # The library's own loaders (throttled_loader, throttle) shard as distributed_sampler_kwargs
+            # does: learner i reads shard i of P; the server's (never read) loader spans all the data.
+            kwargs = self.distributed_sampler_kwargs
+            set_data_shard((kwargs["rank"], kwargs["num_replicas"]))
         if trainer is not None and trainer.state.fn == "fit" and self.global_rank == SERVER_RANK:
             # It logs the metrics of every update; added before a checkpoint's callback states are restored.
             training_progress(trainer, add=True)
@@ -591,6 +597,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
             self._echo, self._step_ended, self._data_wait_s = None, None, 0.0
             self._evaluating = False
             self._fitting = False
+            set_data_shard(None)
             self._step_logs.take()
             super().teardown()
 

@@ -28,7 +28,7 @@ from process_worlds import DEADLINE_S, metrics_rows, run_clean_world
 
 SCRIPT = SCRIPTS / "ps_echo.py"
 SCENARIOS = ("k_async_factor_2", "sync_factor_1_5", "no_echo", "one_epoch", "budget", "auto_slow", "auto_fast",
-             "resume", "refused", "loader_fails")
+             "resume", "refused", "loader_fails", "library_loader")
 SHARD_BATCHES = 5  # 18 rows per learner in batches of 4: 4, 4, 4, 4, 2
 
 
@@ -264,3 +264,15 @@ def test_the_servers_epoch_length_follows_the_learners_echo_stage() -> None:
     assert gradients_per_pass(9, DataEchoing(factor=1.5)) == 9 + extra_serves(1.5, 9)
     assert gradients_per_pass(9, DataEchoing(factor="auto")) is None  # not known: the epoch is endless
     assert gradients_per_pass(9, DataEchoing(factor=2, kind="example")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 60)
+def test_the_librarys_own_loader_shards_by_the_learners_not_the_processes(world: dict[str, Any]) -> None:
+    server, *learners = world["library_loader"]
+    assert "error" not in server, server
+    read = [sorted({i for batch in learner["batches"] for i in batch}) for learner in learners]
+    assert not set(read[0]) & set(read[1])  # two shards of P = 2: disjoint ...
+    assert sorted(read[0] + read[1]) == list(range(36))  # ... and together every row (not 2 of 3 shards)
+    # the server's epoch spans the whole data's echoed pass, as with a DataLoader: 9 batches x 2 / K = 9
+    assert server["global_step"] == 9 and server["fresh_samples"] == 36
