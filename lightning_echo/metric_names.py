@@ -83,7 +83,16 @@ class ParameterServer:
     LEARNER_FRESH_GRADIENTS: Final = "ps/learner_{learner}/fresh_gradients"
 
 
-TABLES: tuple[type, ...] = (Loss, Progress, Echo, Stale, LearnerData, ParameterServer)
+class StepTimes:
+    """``StepTimeRecorder`` (the advisor's record): one rank's last optimizer step, in seconds; on a
+    parameter server the mean over an update's gradients of their learners' previous steps."""
+
+    COMPUTE_S: Final = "time/step_compute_s"  # forward, backward (and the optimizer step where the rank takes it)
+    DATA_WAIT_S: Final = "time/step_data_wait_s"  # from the previous step's end to the batch on the device
+    SYNC_WAIT_S: Final = "time/step_sync_wait_s"  # waiting for the other ranks (DDP) or the server (a learner)
+
+
+TABLES: tuple[type, ...] = (Loss, Progress, Echo, Stale, LearnerData, ParameterServer, StepTimes)
 
 
 def all_names() -> list[str]:
