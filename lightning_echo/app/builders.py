@@ -128,7 +128,8 @@ def build_model(cfg: DictConfig, spec: DataSpec) -> pl.LightningModule:
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The algorithm's callbacks plus the progress metrics every run logs (and its data budget)."""
+    """The algorithm's callbacks plus the progress metrics every run logs (and its data budget), and
+    with ``record.step_times=true`` the step-time recorder (its trace goes to the run directory)."""
     budget = cfg.get("budget") or {}
     try:
         progress = TrainingProgress(max_fresh_samples=budget.get("fresh_samples"), max_fresh_batches=budget.get("fresh_batches"))
@@ -141,6 +142,11 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         callback = _instantiate(node, prefix)
         if callback is not None:  # e.g. a straggler algorithm's learner echoing, when echo.factor is unset
             callbacks.append(callback)
+    from lightning_echo.advisor.record import StepTimeRecorder
+    from lightning_echo.validation import boolean
+
+    if boolean("record.step_times", (cfg.get("record") or {}).get("step_times", False)):
+        callbacks.append(StepTimeRecorder())  # into the Trainer's default_root_dir: the run directory
     return callbacks
 
 
