@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from lightning_echo.advisor.trace import percentile
+from lightning_echo.advisor.trace import StepTrace, percentile
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution, TraceComputeTimes
 from lightning_echo.errors import ConfigError
 
@@ -270,3 +270,23 @@ def lag_one_autocorrelation(values: Sequence[float]) -> float:
         return 0.0
     return math.fsum(a * b for a, b in zip(centred, centred[1:])) / variance
 
+
+
+def fit_step_trace(trace: StepTrace) -> TraceFit:
+    """:func:`fit_trace` on a recorded trace: each rank's positive compute times (a rank that computed
+    nothing, such as a parameter server's rank 0, is left out with a note)."""
+    per_rank, ranks, left_out = [], [], []
+    for rank in trace.ranks:
+        times = [t for t in trace.compute_times(rank) if t > 0]
+        if len(times) < 2:
+            left_out.append(rank)
+            continue
+        per_rank.append(times)
+        ranks.append(rank)
+    if not per_rank:
+        raise ConfigError("trace", trace.source, "holds no compute times > 0: nothing to fit")
+    fit = fit_trace(per_rank, ranks)
+    if left_out:
+        note = f"ranks {', '.join(map(str, left_out))} recorded no compute times: left out (a server, or a rank that only waited)"
+        fit = TraceFit(fit.ranks, fit.speeds, fit.pooled, fit.homogeneous, (*fit.notes, note))
+    return fit
