@@ -7,6 +7,7 @@
     lightning-echo experiment=single trainer=ddp   # on 2 devices: one process each (app/launch.py)
     lightning-echo report DIR [DIR ...]            # HTML/PNG comparison report of finished runs
     lightning-echo resume DIR [DIR ...]            # continue interrupted runs or sweeps
+    lightning-echo advise RUN_DIR|TRACE            # what each straggler remedy and echo would gain on a recorded run
     lightning-echo --help                          # Hydra's help: groups and options
 """
 
@@ -25,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_echo.advisor.cli import advise_main
 from lightning_echo.app.config import CONFIG_NAME, CONFIG_PATH, VERSION_BASE
 from lightning_echo.app.divergence import RunDiverged
 from lightning_echo.app.interrupt import SIGNALS, RunInterrupted
@@ -92,7 +94,7 @@ def _hydra_job(cfg: DictConfig) -> Optional[float]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the ``lightning-echo`` console script and ``python -m lightning_echo``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"report": report_main, "resume": resume_main}
+    commands = {"report": report_main, "resume": resume_main, "advise": advise_main}
     if args[:1] and args[0] in commands:
         status = commands[args[0]](args[1:])
         if status:
