@@ -110,6 +110,7 @@ class Advice:
     out: Optional[Path] = None
     files: dict[str, Path] = field(default_factory=dict)
     max_staleness: float = MAX_STALENESS
+    synchronous_run: bool = False  # run.json says the recorded run was p_sync
 
     def best_per_variant(self) -> list[Prediction]:
         """One row per variant: the shortlisted one, else the one of largest gain."""
@@ -121,13 +122,16 @@ class Advice:
 
     def recorded_line(self) -> str:
         """The recorded run's own time per update next to p_sync's prediction (single device and DDP runs)."""
-        recorded = recorded_time_per_update(self.trace)
+        recorded = recorded_time_per_update(self.trace, self.synchronous_run)
         if recorded is None:
             return ""
         sync = next((c for c in self.combined if c.spec.name == "sync"), None)
         with_data = f", {sync.with_data.time_per_update:.4g} with the recorded data times" if sync is not None else ""
+        predicted = self.table.baseline.time_per_update
+        gap = (f" (the {recorded - predicted:.3g} s more per update are communication and the loop's own work, which the "
+               "predictions leave out)" if recorded > 1.02 * predicted else "")
         return (f"recorded: {recorded:.4g} s per update (compute, data and sync waits; mean over ranks); p_sync predicted "
-                f"{self.table.baseline.time_per_update:.4g} from compute alone{with_data}")
+                f"{predicted:.4g} from compute alone{with_data}{gap}")
 
     def text(self) -> str:
         """The answer for the terminal."""
@@ -160,9 +164,10 @@ class Advice:
         return "\n".join(lines)
 
 
-def recorded_time_per_update(trace: StepTrace) -> Optional[float]:
-    """A single-device or DDP run's mean step time (each step is one update), else None."""
-    if trace.kind not in ("single", "ddp"):
+def recorded_time_per_update(trace: StepTrace, synchronous: bool = False) -> Optional[float]:
+    """The recorded run's mean step time where each step is one update: a single-device or DDP run,
+    or a parameter server's learners under p_sync (``synchronous``); else None."""
+    if trace.kind not in ("single", "ddp") and not (trace.kind == "parameter_server" and synchronous):
         return None
     return math.fsum(s.compute_s + s.data_wait_s + s.sync_wait_s for s in trace.records) / len(trace.records)
 
@@ -206,7 +211,7 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
     compute_csv = folder / COMPUTE_FILE
     recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv)
     advice = Advice(str(path), trace, fit, table, echo, together, recommendation, out=folder if write else None,
-                    max_staleness=max_staleness)
+                    max_staleness=max_staleness, synchronous_run=_recorded_p_sync(run_dir))
     if write or replay:
         folder.mkdir(parents=True, exist_ok=True)
         _write_compute_times(fit, table.learners, compute_csv)
@@ -229,6 +234,16 @@ def _run_directory(path: Path) -> Optional[Path]:
     if path.name in (STEPS_FILE, COMPUTE_FILE) and (path.parent / RUN_FILE).is_file():
         return path.parent
     return None
+
+
+def _recorded_p_sync(run_dir: Optional[Path]) -> bool:
+    """Whether the run directory's ``run.json`` says it ran p_sync (every learner step one update)."""
+    if run_dir is None or not (run_dir / RUN_FILE).is_file():
+        return False
+    try:
+        return read_run_record(run_dir).get("config", {}).get("algorithm") == "p_sync"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _refuse_simulated_run(run_dir: Optional[Path], path: Path) -> None:
@@ -567,7 +582,7 @@ def _prediction_rows(advice: Advice, rows: Sequence[Prediction]) -> tuple[list[s
 
 def _why_not(table: PredictionTable, row: Prediction, max_staleness: float) -> str:
     if row.spec.k < 0.5 * table.learners:
-        return f"no: {row.spec.k} gradients per update (< P/2: retune the step size)"
+        return f"no: {row.spec.k} gradient{'s' if row.spec.k != 1 else ''} per update (< P/2: retune the step size)"
     return f"no: staleness {row.mean_staleness:.1f} > {max_staleness:g}"
 
 

@@ -33,9 +33,12 @@ batch, a rank that waits for data a fraction ``f`` of its step has ``t_upstream 
 steps at most that many times faster (:func:`echo_prediction`; per fresh sample an echoed step is
 worth at most a fresh one, so this bounds the gain). :func:`combined` replays each shortlisted
 variant with every learner's own data stream (:class:`~lightning_echo.core.learner_data.LearnerDataStreams`):
-a rank that waited for data (at least 2% of its time) gets its recorded step times as its
-loader's time per fresh batch, the others data that is always ready (their loaders kept up: how
-much faster they could go is not in the trace).
+a rank that waited for data at least 5% of its time gets its recorded step times (compute, data
+wait, sync wait) as its loader's time per fresh batch: a loader that prefetches in the background
+(DataLoader workers, the throttled loaders here) and still kept the rank waiting produced one batch
+per step; the others get data that is always ready (their loaders kept up, or their waits were the
+loop's own work between steps: how much faster the loaders could go is not in the trace). A loader
+that fetches in the step's own thread is overestimated this way (its time is the data wait alone).
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ MIN_BATCH_FRACTION = 0.5
 MAX_STALENESS = 2.0
 TIE = 0.03
 ENOUGH = 1.2  # a gain below this: sync is enough
-DATA_BOUND = 0.02  # a rank waiting for data this fraction of its time is data-bound
-LITTLE_DATA_WAIT = 0.05  # below this data-wait fraction echo adds little
+# A rank waiting for data at least this fraction of its time is data-bound: its loader set its pace.
+# Below it, echo adds little, and the waits are taken for the loop's own work between steps.
+DATA_BOUND = 0.05
+LITTLE_DATA_WAIT = DATA_BOUND
 DEFAULT_MAX_FACTOR = 4
 _NO_DATA_TIME = 1e-12  # the loader time of a rank that never waited: data always ready
 
