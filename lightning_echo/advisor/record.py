@@ -179,7 +179,8 @@ class StepTimeRecorder(pl.Callback):
             return
         if pl_module.device.type == "cuda":
             self._clock = _CudaClock(pl_module.device)
-        self._undo.append(_wrap_training_step(pl_module, self._step_begins))
+        if self._role in ("ddp", "learner"):  # one device waits for nobody: no step start needed
+            self._undo.append(_wrap_training_step(pl_module, self._step_begins))
         if self._role == "ddp":
             self._undo.append(_hook_gradients(pl_module, self._gradient_accumulated))
 
@@ -236,11 +237,14 @@ class StepTimeRecorder(pl.Callback):
             current.closes = current.step_start is not None  # no training_step ran: the server's STOP
         else:
             current.closes = trainer.global_step > current.global_step
-        self._pending.append(current)
         before = len(self.records)
-        self._read_ended(everything=False)
-        if (len(self.records) > before and self.log_metrics and trainer.is_global_zero and trainer.loggers
-                and trainer.global_step % trainer.log_every_n_steps == 0):
+        if self._clock.device_events:
+            self._pending.append(current)
+            self._read_ended(everything=False)
+        else:
+            self._add(current)
+        if (len(self.records) > before and trainer.global_step % trainer.log_every_n_steps == 0 and self.log_metrics
+                and trainer.is_global_zero and trainer.loggers):
             metrics = _metrics_of(self.records[-1])
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -329,7 +333,7 @@ class StepTimeRecorder(pl.Callback):
         step.data_wait += max(0.0, data_wait)
         step.sync_wait += sync
         step.compute += max(0.0, total) - sync
-        step.batch_size += find_batch_size(batch.batch) or 0
+        step.batch_size += _batch_size(batch.batch)
         batch.batch = None
         if batch.closes:
             self.records.append(StepRecord(self._rank, self._next_step, step.compute, step.data_wait, step.sync_wait,
@@ -403,7 +407,7 @@ class StepTimeRecorder(pl.Callback):
         return records
 
 
-@dataclass
+@dataclass(slots=True)
 class _Batch:
     """The points in time of one training batch (floats, or CUDA events)."""
 
@@ -417,7 +421,7 @@ class _Batch:
     closes: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _OpenStep:
     """The optimizer step being recorded (several batches under gradient accumulation)."""
 
@@ -475,6 +479,15 @@ class _CudaClock(_Clock):
 
     def release(self, *stamps: Any) -> None:
         self._free.extend(s for s in stamps if s is not None)
+
+
+def _batch_size(batch: Any) -> int:
+    """The examples in a batch (0 where that cannot be told); a tensor or a list or tuple that
+    starts with one is answered at once, every step."""
+    first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+    if isinstance(first, torch.Tensor) and first.dim() > 0:
+        return int(first.shape[0])
+    return find_batch_size(batch) or 0
 
 
 def _role_of(trainer: pl.Trainer) -> Role:

@@ -78,7 +78,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def summarise(trace: StepTrace) -> dict[str, Any]:
     """Per rank: steps, compute median / p90 / p99 / mean, data-wait and sync-wait fractions of the
-    step; for the run: the slowest rank's median over the median of the ranks' medians."""
+    step, its median over the median of the ranks' medians; for the run: the slowest rank's."""
     ranks: dict[str, Any] = {}
     for rank in trace.ranks:
         steps = trace.of_rank(rank)
@@ -95,6 +95,8 @@ def summarise(trace: StepTrace) -> dict[str, Any]:
         }
     medians = [v["compute_median_s"] for v in ranks.values()]
     typical = statistics.median(medians) if medians else math.nan
+    for values in ranks.values():
+        values["median_over_ranks_median"] = values["compute_median_s"] / typical if typical > 0 else math.nan
     return {"ranks": ranks, "slowest_over_median": max(medians) / typical if medians and typical > 0 else math.nan}
 
 
