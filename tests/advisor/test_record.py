@@ -17,8 +17,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import SCRIPTS, main_error, quiet_trainer, single_run_overrides
-from lightning_echo.advisor.record import PARTS_DIR, StepTimeRecorder, _continued
-from lightning_echo.advisor.trace import COMPUTE_FILE, STEPS_FILE, SUMMARY_FILE, StepRecord, read_step_trace
+from lightning_echo.advisor.record import PARTS_DIR, StepTimeRecorder, _Clock, _continued
+from lightning_echo.advisor.trace import (
+    COMPUTE_FILE,
+    STEPS_FILE,
+    SUMMARY_FILE,
+    StepRecord,
+    StepTrace,
+    read_step_trace,
+    summarise,
+)
 from lightning_echo.core.delays import TraceComputeTimes
 from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import import_lightning, pl
@@ -26,7 +34,7 @@ from lightning_echo.metric_names import StepTimes
 from process_worlds import metrics_rows, run_world
 
 boring = import_lightning("demos.boring_classes")
-SLEEP_S = 0.05
+SLEEP_S = 0.1
 
 
 class Model(boring.BoringModel):
@@ -91,16 +99,16 @@ def test_a_slow_collate_shows_as_data_wait_and_a_slow_training_step_as_compute(t
     loader_bound = _fit(tmp_path / "loader", Model(collate_sleep_s=SLEEP_S)).records
     compute_bound = _fit(tmp_path / "compute", Model(step_sleep_s=SLEEP_S)).records
     assert _median(loader_bound, "data_wait_s") >= SLEEP_S
-    assert _median(loader_bound, "compute_s") < _median(loader_bound, "data_wait_s") / 3
+    assert _median(loader_bound, "compute_s") < _median(loader_bound, "data_wait_s") / 2
     assert _median(compute_bound, "compute_s") >= SLEEP_S
-    assert _median(compute_bound, "data_wait_s") < _median(compute_bound, "compute_s") / 3
+    assert _median(compute_bound, "data_wait_s") < _median(compute_bound, "compute_s") / 2
 
 
 def test_validation_is_no_step_s_wait(tmp_path: Path) -> None:
-    val_sleep_s = 0.3
+    val_sleep_s = 0.5  # each of the two validations (after steps 4 and 8)
     recorder = _fit(tmp_path, Model(val_sleep_s=val_sleep_s), limit_val_batches=1, val_check_interval=4)
     assert len(recorder.records) == 12
-    assert max(r.data_wait_s + r.compute_s for r in recorder.records) < val_sleep_s
+    assert sum(r.data_wait_s for r in recorder.records) < val_sleep_s
 
 
 def test_gradient_accumulation_makes_one_record_per_optimizer_step(tmp_path: Path) -> None:
@@ -142,6 +150,58 @@ def test_a_resumed_trace_replaces_steps_taken_again_or_appends_a_learner_s() -> 
     assert replaced[6] == new[0]
     appended = _continued(rows(1, range(5)) + rows(2, range(4)), rows(1, range(3)), append=True)
     assert [(r.rank, r.step) for r in appended] == [(1, s) for s in range(8)] + [(2, s) for s in range(4)]
+
+
+class _Token:
+    def __init__(self) -> None:
+        self.time, self.live = time.perf_counter(), True
+
+
+class _DeviceEvents(_Clock):
+    """CUDA events' contract on the host: a stamp may not be complete yet when asked, and must not
+    be read once released (the CUDA clock recycles released events)."""
+
+    device_events = True
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def stamp(self) -> _Token:
+        return _Token()
+
+    def seconds(self, start: _Token, end: _Token) -> float:
+        assert start.live and end.live, "a released event was read"
+        return end.time - start.time
+
+    def done(self, stamp: _Token) -> bool:
+        self.asked += 1
+        return self.asked % 3 == 0
+
+    def release(self, *stamps: Any) -> None:
+        for stamp in stamps:
+            if stamp is not None:
+                stamp.live = False
+
+
+class _RecorderOnDeviceEvents(StepTimeRecorder):
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._clock = _DeviceEvents()
+
+
+def test_steps_timed_by_device_events_are_read_a_step_or_two_later_and_all_at_the_end(tmp_path: Path) -> None:
+    recorder = _RecorderOnDeviceEvents(dirpath=tmp_path)
+    quiet_trainer([recorder], max_steps=12, limit_val_batches=1, val_check_interval=5).fit(Model(step_sleep_s=0.01))
+    assert [r.step for r in recorder.records] == list(range(12))
+    assert all(r.compute_s >= 0.01 and r.batch_size == 2 for r in recorder.records)
+    assert read_step_trace(tmp_path).records == recorder.records
+
+
+def test_the_summary_says_how_each_rank_compares_with_the_median_rank() -> None:
+    records = [StepRecord(rank, step, seconds) for rank, seconds in ((0, 1.0), (1, 1.0), (2, 3.0)) for step in range(10)]
+    summary = summarise(StepTrace(records, kind="ddp"))
+    assert [summary["ranks"][str(rank)]["median_over_ranks_median"] for rank in range(3)] == [1.0, 1.0, 3.0]
+    assert summary["slowest_over_median"] == 3.0
 
 
 @pytest.mark.parametrize("kwargs, key", [
