@@ -17,7 +17,6 @@ data-rich cluster (every loader 4x faster than its compute), where echoing must 
 from __future__ import annotations
 
 import functools
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from lightning_echo.echo import DataEchoing
 from lightning_echo.models import LogisticRegression
 from lightning_echo.stragglers import SimulatedLearnersStrategy
 
-from simulated_runs import (Curve, Method, Recorder, command_lines, fmt, full_objective, pyplot, recipe_arguments,
+from simulated_runs import (Curve, Method, Recorder, command_lines, full_objective, pyplot, recipe_arguments,
                             save_curves, save_figure, start)
 
 LEARNERS = 8
@@ -132,7 +131,14 @@ def summarise(runs: list[Run], cluster: str) -> tuple[float, list[Row]]:
 def spread(runs: list[Run], key: str, cluster: str, target: float) -> str:
     times = [r.curve.first_time(target) for r in runs if r.key == key and r.cluster == cluster]
     known = [t for t in times if t is not None]
-    return f"{min(known):.3g}-{max(known):.3g}" if known else "-"
+    return f"{seconds(min(known))}-{seconds(max(known))}" if known else "-"
+
+
+def seconds(value: Optional[float]) -> str:
+    """Simulated seconds as the tables write them: whole seconds from 100 on, three digits below."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def write(out: Path, runs: list[Run], elapsed: float, horizon: float) -> None:
@@ -153,16 +159,27 @@ def write(out: Path, runs: list[Run], elapsed: float, horizon: float) -> None:
                   "| method | time to target (simulated s, mean) | range over seeds | fresh samples to target | "
                   "echoed share of gradients | final loss |", "|---|---|---|---|---|---|"]
         for row in rows:
-            lines.append(f"| {row.label} | {fmt(row.time_to_target, 3)} | {spread(runs, row.key, cluster, target)} | "
+            lines.append(f"| {row.label} | {seconds(row.time_to_target)} | {spread(runs, row.key, cluster, target)} | "
                          f"{'-' if row.fresh_to_target is None else f'{row.fresh_to_target:.0f}'} | "
                          f"{row.echoed_share:.0%} | {row.final:.4f} |")
         lines.append("")
         lines += findings(rows, cluster)
     lines += [f"Measured runtime: {elapsed:.0f} s wall-clock for {len(runs)} fits (horizon {horizon:g} simulated s)."]
     (out / "echo_stragglers.md").write_text("\n".join(lines) + "\n")
-    save_curves(out / "echo_stragglers.json", [r.curve for r in runs], {
+    save_curves(out / "echo_stragglers.json", [thinned(r.curve, 100) for r in runs], {
         "runs": [{"key": r.key, "cluster": r.cluster, "seed": r.seed, "echoed_gradients": r.echoed_gradients,
                   "data_wait_s": r.data_wait_s, "final": r.curve.final} for r in runs]})
+
+
+def thinned(curve: Curve, points: int) -> Curve:
+    """``curve`` with at most ``points`` evaluations (evenly picked, the last kept), for the JSON file."""
+    step = max(1, -(-len(curve.times) // points))
+    keep = sorted(set(range(0, len(curve.times), step)) | {len(curve.times) - 1})
+    pick = lambda values: [values[i] for i in keep]  # noqa: E731
+    return Curve(curve.method, times=pick(curve.times), gradients=pick(curve.gradients), updates=pick(curve.updates),
+                 values=pick(curve.values), step_lr=pick(curve.step_lr), staleness=curve.staleness,
+                 staleness_sum=curve.staleness_sum, staleness_max=curve.staleness_max, lr_sum=curve.lr_sum,
+                 diverged_at=curve.diverged_at, wall_s=curve.wall_s, discarded=curve.discarded, cancelled=curve.cancelled)
 
 
 def findings(rows: list[Row], cluster: str) -> list[str]:
