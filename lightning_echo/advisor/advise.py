@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import math
+import shlex
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -43,7 +44,7 @@ from lightning_echo.validation import positive_int, writable_directory
 
 ADVICE_DIR, HTML_FILE, GRID_FILE = "advice", "index.html", "predictions.csv"
 SPEEDUP_FIGURE, LOSS_FIGURE = "speedup_vs_k.png", "loss_vs_time.png"
-SAVED_CONFIG = Path(".hydra") / "config.yaml"
+SAVED_CONFIG, OVERRIDES = Path(".hydra") / "config.yaml", Path(".hydra") / "overrides.yaml"
 REPLAY_VARIANTS = 4  # shortlisted variants trained by replay, besides p_sync
 DEFAULT_REPLAY_STEPS = 400  # p_sync updates of a replay, at most (the run's own max_steps when smaller)
 VALIDATIONS = 20  # validations per replayed run
@@ -209,7 +210,8 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
     together = combined(fit, trace, shortlist, table, source=source, gradients=gradients, max_factor=max_factor,
                         seed=seed) if table.learners > 1 or echo.data_bound_ranks else []
     compute_csv = folder / COMPUTE_FILE
-    recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv)
+    overrides = saved_overrides(run_dir)
+    recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv, run_overrides=overrides)
     advice = Advice(str(path), trace, fit, table, echo, together, recommendation, out=folder if write else None,
                     max_staleness=max_staleness, synchronous_run=_recorded_p_sync(run_dir))
     if write or replay:
@@ -221,7 +223,7 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
         specs = [table.baseline.spec, *shortlist[:REPLAY_VARIANTS]]
         advice.replay = replay_training(run_dir, specs, compute_csv, table, steps=replay_steps, gap=target_gap,
                                         trust_config=trust_config)
-        advice.recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv, advice.replay)
+        advice.recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv, advice.replay, overrides)
     if write:
         write_advice(advice, folder)
     return advice
@@ -259,9 +261,40 @@ def _refuse_simulated_run(run_dir: Optional[Path], path: Path) -> None:
                           "drawn from stale.delay, not measured; advise on a run on real hardware")
 
 
+# Overrides of the recorded run that the command trying a variant replaces (the variant, its learners'
+# times and backend, the recorder).
+_REPLACED = ("algorithm", "backend", "stale.k", "stale.learners", "stale.max_delay", "stale.stop_stale", "stale.delay",
+             "record.", "ps.", "hydra.")
+
+
+def try_command(spec: VariantSpec, compute_csv: Optional[Path] = None, run_overrides: Sequence[str] = ()) -> str:
+    """The command that runs ``spec`` on simulated learners replaying ``compute_csv``, with the recorded
+    run's other overrides (its data, model, optimizer, ...)."""
+    kept = [o for o in run_overrides
+            if not o.lstrip("+~").startswith(_REPLACED) and not o.startswith("experiment=")]
+    words = ["lightning-echo", "experiment=single", *kept, *command_overrides(spec)]
+    if compute_csv is not None:
+        words.append(f"stale.delay.trace={compute_csv}")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def saved_overrides(run_dir: Optional[Path]) -> list[str]:
+    """The command-line overrides a run was started with (``.hydra/overrides.yaml``), if any."""
+    path = run_dir / OVERRIDES if run_dir is not None else None
+    if path is None or not path.is_file():
+        return []
+    try:
+        import yaml
+
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, ImportError):
+        return []
+    return [str(o) for o in loaded] if isinstance(loaded, list) else []
+
+
 def recommend(fit: TraceFit, table: PredictionTable, echo: EchoPrediction, together: Sequence[CombinedPrediction],
               max_staleness: float = MAX_STALENESS, compute_csv: Optional[Path] = None,
-              trained: Optional[ReplayTraining] = None) -> Recommendation:
+              trained: Optional[ReplayTraining] = None, run_overrides: Sequence[str] = ()) -> Recommendation:
     """The recommendation and its reasons, from the numbers (see :mod:`.predict` for the rule)."""
     base = table.baseline
     p = table.learners
@@ -313,9 +346,7 @@ def recommend(fit: TraceFit, table: PredictionTable, echo: EchoPrediction, toget
                          f"{trained.speedup(fastest):.2f}x p_sync's time to the target; it is the choice")
             choice, enough = fastest.spec, False
         lines.append(_trained_line(trained, choice))
-    command = " ".join(["lightning-echo experiment=single", *command_overrides(choice)]
-                       + ([f"stale.delay.trace={compute_csv}"] if compute_csv is not None else []))
-    return Recommendation(choice, enough, tuple(lines), command)
+    return Recommendation(choice, enough, tuple(lines), try_command(choice, compute_csv, run_overrides))
 
 
 def _fastest_to_target(trained: ReplayTraining) -> Optional[TrainedReplay]:
