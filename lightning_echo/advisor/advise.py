@@ -149,7 +149,7 @@ class Advice:
         lines += [f"  [{tag}] {text}" for text, tag in legend.items()]
         recorded = self.recorded_line()
         if recorded:
-            lines += [recorded]
+            lines += ["", recorded]
         lines += ["", "echo: " + _echo_line(self.echo)]
         if self.combined:
             lines += ["with each learner's recorded data times (time per update [s]):"]
