@@ -22,6 +22,7 @@ from lightning_echo.advisor.fit import TraceFit, fit_step_trace
 from lightning_echo.advisor.predict import (
     DEFAULT_GRADIENTS,
     DEFAULT_MAX_FACTOR,
+    ECHO_WORTH,
     ENOUGH,
     MAX_STALENESS,
     CombinedPrediction,
@@ -33,6 +34,7 @@ from lightning_echo.advisor.predict import (
     command_overrides,
     echo_prediction,
     label,
+    learner_data_time_lists,
     predict,
 )
 from lightning_echo.advisor.trace import COMPUTE_FILE, STEPS_FILE, StepTrace, read_step_trace
@@ -42,7 +44,7 @@ from lightning_echo.metric_names import Loss
 from lightning_echo.records import CLOCK, RUN_FILE, read_run_record
 from lightning_echo.validation import positive_int, writable_directory
 
-ADVICE_DIR, HTML_FILE, GRID_FILE = "advice", "index.html", "predictions.csv"
+ADVICE_DIR, HTML_FILE, GRID_FILE, DATA_FILE = "advice", "index.html", "predictions.csv", "data_times.csv"
 SPEEDUP_FIGURE, LOSS_FIGURE = "speedup_vs_k.png", "loss_vs_time.png"
 SAVED_CONFIG, OVERRIDES = Path(".hydra") / "config.yaml", Path(".hydra") / "overrides.yaml"
 REPLAY_VARIANTS = 4  # shortlisted variants trained by replay, besides p_sync
@@ -218,6 +220,10 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
         folder.mkdir(parents=True, exist_ok=True)
         _write_compute_times(fit, table.learners, compute_csv)
         advice.files[COMPUTE_FILE] = compute_csv
+        data_times = learner_data_time_lists(trace, [r.rank for r in fit.ranks], table.learners) if together else None
+        if data_times is not None:
+            _write_times(data_times, folder / DATA_FILE)
+            advice.files[DATA_FILE] = folder / DATA_FILE
     if replay:
         assert run_dir is not None
         specs = [table.baseline.spec, *shortlist[:REPLAY_VARIANTS]]
@@ -264,17 +270,20 @@ def _refuse_simulated_run(run_dir: Optional[Path], path: Path) -> None:
 # Overrides of the recorded run that the command trying a variant replaces (the variant, its learners'
 # times and backend, the recorder).
 _REPLACED = ("algorithm", "backend", "stale.k", "stale.learners", "stale.max_delay", "stale.stop_stale", "stale.delay",
-             "record.", "ps.", "hydra.")
+             "record.", "ps.", "hydra.", "loader", "echo.", "experiment")
 
 
-def try_command(spec: VariantSpec, compute_csv: Optional[Path] = None, run_overrides: Sequence[str] = ()) -> str:
-    """The command that runs ``spec`` on simulated learners replaying ``compute_csv``, with the recorded
-    run's other overrides (its data, model, optimizer, ...)."""
-    kept = [o for o in run_overrides
-            if not o.lstrip("+~").startswith(_REPLACED) and not o.startswith("experiment=")]
+def try_command(spec: VariantSpec, compute_csv: Optional[Path] = None, run_overrides: Sequence[str] = (),
+                data_csv: Optional[Path] = None, echo: bool = False) -> str:
+    """The command that runs ``spec`` on simulated learners replaying ``compute_csv`` (and each learner's
+    data times ``data_csv``, echoing ``auto`` with ``echo``), with the recorded run's other overrides
+    (its data, model, optimizer, ...)."""
+    kept = [o for o in run_overrides if not o.lstrip("+~").startswith(_REPLACED)]
     words = ["lightning-echo", "experiment=single", *kept, *command_overrides(spec)]
     if compute_csv is not None:
         words.append(f"stale.delay.trace={compute_csv}")
+    if data_csv is not None:
+        words += ["loader=throttle", f"loader.trace={data_csv}"] + (["echo.factor=auto"] if echo else [])
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -333,6 +342,7 @@ def recommend(fit: TraceFit, table: PredictionTable, echo: EchoPrediction, toget
     lines.append(_echo_line(echo))
     chosen = next((c for c in together if c.spec == choice), None)
     sync = next((c for c in together if c.spec.name == "sync"), None)
+    echo_pays = chosen is not None and chosen.with_data.time_per_update >= ECHO_WORTH * chosen.with_echo.time_per_update
     if chosen is not None and sync is not None:
         gain = sync.with_data.time_per_update / chosen.with_echo.time_per_update
         alone = sync.with_data.time_per_update / chosen.with_data.time_per_update
@@ -346,7 +356,8 @@ def recommend(fit: TraceFit, table: PredictionTable, echo: EchoPrediction, toget
                          f"{trained.speedup(fastest):.2f}x p_sync's time to the target; it is the choice")
             choice, enough = fastest.spec, False
         lines.append(_trained_line(trained, choice))
-    return Recommendation(choice, enough, tuple(lines), try_command(choice, compute_csv, run_overrides))
+    data_csv = compute_csv.parent / DATA_FILE if compute_csv is not None and together else None
+    return Recommendation(choice, enough, tuple(lines), try_command(choice, compute_csv, run_overrides, data_csv, echo_pays))
 
 
 def _fastest_to_target(trained: ReplayTraining) -> Optional[TrainedReplay]:
@@ -474,11 +485,15 @@ def _validation_loss(trainer: Any, model: Any, datamodule: Any) -> float:
 # -- writing -----------------------------------------------------------------------------------
 def _write_compute_times(fit: TraceFit, learners: int, path: Path) -> None:
     """The compute times the predictions replayed, one sequence per learner (the delay models' trace format)."""
+    _write_times([fit.ranks[learner % fit.learners].times for learner in range(learners)], path)
+
+
+def _write_times(per_learner: Sequence[Sequence[float]], path: Path) -> None:
     with path.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["learner", "seconds"])
-        for learner in range(learners):
-            for seconds in fit.ranks[learner % fit.learners].times:
+        for learner, times in enumerate(per_learner):
+            for seconds in times:
                 writer.writerow([learner, repr(seconds)])
 
 

@@ -68,6 +68,7 @@ ENOUGH = 1.2  # a gain below this: sync is enough
 # Below it, echo adds little, and the waits are taken for the loop's own work between steps.
 DATA_BOUND = 0.05
 LITTLE_DATA_WAIT = DATA_BOUND
+ECHO_WORTH = 1.1  # echo goes into the recommended command when it makes the choice this much faster
 DEFAULT_MAX_FACTOR = 4
 _NO_DATA_TIME = 1e-12  # the loader time of a rank that never waited: data always ready
 
@@ -425,10 +426,10 @@ def echo_prediction(trace: StepTrace, ranks: Optional[Sequence[int]] = None, max
     return EchoPrediction(chosen, data_wait_fractions(trace, chosen), max_factor)
 
 
-def learner_data_times(trace: StepTrace, ranks: Sequence[int], learners: int) -> Optional[TraceComputeTimes]:
+def learner_data_time_lists(trace: StepTrace, ranks: Sequence[int], learners: int) -> Optional[list[list[float]]]:
     """Each learner's loader time per fresh batch, from its rank (learners > ranks: the ranks in turn):
     the recorded step times (compute + data wait + sync wait) of a data-bound rank, whose loader set its
-    pace; for the others data is always ready. None when no rank is data-bound."""
+    pace; for the others data is always ready (a time of 1e-12 s). None when no rank is data-bound."""
     fractions = data_wait_fractions(trace, ranks)
     if not any(f >= DATA_BOUND for f in fractions):
         return None
@@ -438,7 +439,13 @@ def learner_data_times(trace: StepTrace, ranks: Sequence[int], learners: int) ->
             per_rank.append([max(_NO_DATA_TIME, s.compute_s + s.data_wait_s + s.sync_wait_s) for s in trace.of_rank(rank)])
         else:
             per_rank.append([_NO_DATA_TIME])
-    return TraceComputeTimes(per_learner=[per_rank[i % len(ranks)] for i in range(learners)], source="recorded data waits")
+    return [per_rank[i % len(ranks)] for i in range(learners)]
+
+
+def learner_data_times(trace: StepTrace, ranks: Sequence[int], learners: int) -> Optional[TraceComputeTimes]:
+    """:func:`learner_data_time_lists` as the data-time source of :class:`LearnerDataStreams`."""
+    lists = learner_data_time_lists(trace, ranks, learners)
+    return TraceComputeTimes(per_learner=lists, source="recorded data waits") if lists is not None else None
 
 
 @dataclass(frozen=True)
@@ -462,7 +469,7 @@ def combined(fit: TraceFit, trace: StepTrace, specs: Sequence[VariantSpec], tabl
     from the recorded data waits, without and with ``auto`` echo (issue 24's combined gain); an empty
     list when no rank waited for data."""
     ranks = [r.rank for r in fit.ranks]
-    learners = specs[0].learners if specs else fit.learners
+    learners = specs[0].learners if specs else table.learners if table is not None else fit.learners
     data_times = learner_data_times(trace, ranks, learners)
     if data_times is None:
         return []
