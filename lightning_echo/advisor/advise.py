@@ -202,7 +202,8 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
         raise ConfigError("--replay", True, f"needs the run directory's {SAVED_CONFIG} to rebuild the model "
                           f"(a command-line run); {path} has none: advise without --replay")
     folder = Path(out).expanduser() if out is not None else (run_dir or path.parent) / ADVICE_DIR
-    if write:
+    writes = write or replay  # a replay reads the compute times from the folder
+    if writes:
         writable_directory("--out", str(folder), folder)
     trace = read_step_trace(path)
     fit = fit_step_trace(trace)
@@ -213,10 +214,11 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
                         seed=seed) if table.learners > 1 or echo.data_bound_ranks else []
     compute_csv = folder / COMPUTE_FILE
     overrides = saved_overrides(run_dir)
-    recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv, run_overrides=overrides)
+    recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv if writes else None,
+                               run_overrides=overrides)
     advice = Advice(str(path), trace, fit, table, echo, together, recommendation, out=folder if write else None,
                     max_staleness=max_staleness, synchronous_run=_recorded_p_sync(run_dir))
-    if write or replay:
+    if writes:
         folder.mkdir(parents=True, exist_ok=True)
         _write_compute_times(fit, table.learners, compute_csv)
         advice.files[COMPUTE_FILE] = compute_csv

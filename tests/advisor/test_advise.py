@@ -82,6 +82,11 @@ def test_echo_from_the_recorded_data_waits(tmp_path: Path) -> None:
     assert any("echo factor auto would reach about 1.7" in line for line in advice.recommendation.lines)
     sync = next(c for c in advice.combined if c.spec.name == "sync")
     assert sync.with_echo.time_per_update == pytest.approx(0.06, rel=0.02)
+    assert "stale.delay.trace" not in advice.recommendation.command  # nothing written: no files to name
+    written = advise(tmp_path / "run", gradients=400, learners=2)
+    command = written.recommendation.command
+    assert "echo.factor=auto" in command and f"loader.trace={tmp_path / 'run' / 'advice' / 'data_times.csv'}" in command
+    assert written.files["data_times.csv"].read_text().startswith("learner,seconds\n0,0.1")
     single = advise(tmp_path / "run", write=False, gradients=400)
     assert single.table.learners == 1 and [r.spec.name for r in single.table.rows] == ["sync"]
     assert any("one learner" in line for line in single.recommendation.lines)
