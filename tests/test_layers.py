@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "report": 3,
     "echo": 4, "echoed_optim": 4, "stragglers": 4, "models": 4,
     "app": 5,
+    "advisor": 5,  # records runs (a callback) and replays them through app's builders and the strategies
     "cli": 6, "__main__": 6, "__init__": 6,
 }
 # Third-party packages each layer must not import (the frameworks of the layers above it).
