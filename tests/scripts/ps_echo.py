@@ -11,15 +11,10 @@ The data: 36 rows, batches of 4, so each learner's shard of 18 rows is 5 batches
 from __future__ import annotations
 
 import dataclasses
-import json
-import multiprocessing
 import os
-import sys
-import threading
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,6 +23,7 @@ from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.echo import DataEchoing
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
+from world_scenarios import run_scenarios, scenarios_of
 
 ROWS, DIM, BATCH = 36, 4, 4
 
@@ -211,39 +207,8 @@ def scenario_library_loader(out: Path) -> dict[str, Any]:
     return result(fit, model)
 
 
-SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
-
-
-def other_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
-
-
-def children() -> list[str]:
-    return [child.name for child in multiprocessing.active_children()]  # also reaps the ended ones
-
-
-def left_after(probe: Callable[[], list[str]], grace_s: float = 5.0) -> list[str]:
-    """What ``probe`` still finds after up to ``grace_s`` seconds: a DataLoader's shutdown ends its
-    queue feeder threads and reaps its workers a moment after ``fit`` returns, not before."""
-    deadline = time.monotonic() + grace_s
-    while (found := probe()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
-
-
 def main() -> None:
-    torch.set_num_threads(1)
-    out, names = Path(sys.argv[1]), sys.argv[2:]
-    for name in names:
-        try:
-            outcome = {"rank": rank(), **SCENARIOS[name](out)}
-        except Exception as error:
-            traceback.print_exc()
-            outcome = {"rank": rank(), "error_type": type(error).__name__, "error": str(error)}
-        outcome["threads_after_fit"] = left_after(other_threads)
-        outcome["children_after_fit"] = left_after(children)
-        (out / f"{name}.rank{rank()}.json").write_text(json.dumps(outcome))
+    run_scenarios(scenarios_of(globals()), rank(), grace_s=5.0)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,11 @@ message) and the threads still alive afterwards, and the script goes on.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import threading
-import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -25,6 +22,7 @@ from project_modules import DigitsDataModule, DigitsLitModule, OneCycleDigitsMod
 
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
+from world_scenarios import run_scenarios, scenarios_of
 
 
 def rank() -> int:
@@ -117,25 +115,8 @@ def scenario_server_fails(out: Path) -> dict[str, Any]:
     return {}
 
 
-SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
-
-
-def other_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
-
-
 def main() -> None:
-    torch.set_num_threads(1)
-    out, names = Path(sys.argv[1]), sys.argv[2:]
-    for name in names:
-        try:
-            outcome = {"rank": rank(), **SCENARIOS[name](out)}
-        except Exception as error:
-            traceback.print_exc()
-            outcome = {"rank": rank(), "error_type": type(error).__name__, "error": str(error)}
-        outcome["threads_after_fit"] = other_threads()
-        (out / f"{name}.rank{rank()}.json").write_text(json.dumps(outcome))
+    run_scenarios(scenarios_of(globals()), rank(), grace_s=0.0)
 
 
 if __name__ == "__main__":
