@@ -17,7 +17,7 @@ version when it starts a computation; a gradient's staleness is the PS version w
 from __future__ import annotations
 
 import heapq
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Optional, get_args
 
 from lightning_echo.core.delays import ComputeTimeSource
@@ -225,6 +225,21 @@ class ServerPolicy:
         """K accepted gradients are waiting: :meth:`apply_update` must come next."""
         return len(self._pending) >= self.rules.k
 
+    @property
+    def k(self) -> int:
+        """The gradients the next update averages: the variant's K, unless :meth:`set_k` changed it."""
+        return self.rules.k
+
+    def set_k(self, k: int) -> None:
+        """Average ``k`` gradients from the next update on (``stale.k=auto``), validated as the
+        variant's K (sync, async and ringmaster fix theirs). Call it when no update is due: the
+        gradients already accepted count towards the new K."""
+        _check_k(self.spec.name, self.spec.learners, k)
+        if self.update_due:
+            raise RuntimeError("an update is due: call apply_update() before changing K")
+        if k != self.rules.k:
+            self.rules = replace(self.rules, k=k)
+
     def initial_starts(self, version: int = 0) -> list[int]:
         """Every learner starts at ``version`` (0, or the version a resumed run continues from)."""
         if self._started:
@@ -339,6 +354,7 @@ class ServerPolicy:
             "tickets": self._tickets,
             "started": self._started,
             "retired": sorted(self._retired),
+            "k": self.rules.k,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -352,6 +368,9 @@ class ServerPolicy:
         self._tickets = int(state["tickets"])
         self._started = bool(state["started"])
         self._retired = set(state.get("retired", ()))  # absent in states saved before retire() existed
+        k = int(state.get("k", self.spec.k))  # absent in states saved before set_k() existed
+        _check_k(self.spec.name, self.spec.learners, k)
+        self.rules = replace(self.rules, k=k)
 
 
 # -- the simulation --------------------------------------------------------------------------
@@ -468,6 +487,16 @@ class ScheduleSimulation:
         self._busy_per_learner = [0.0] * spec.learners
         self._staleness_counts: dict[int, int] = {}
         self._start(self.policy.initial_starts())
+
+    @property
+    def k(self) -> int:
+        """The gradients the next update averages (see :meth:`set_k`)."""
+        return self.policy.k
+
+    def set_k(self, k: int) -> None:
+        """Average ``k`` gradients from the next planned update on (``stale.k=auto``; validated
+        as the variant's K); saved with the state."""
+        self.policy.set_k(k)
 
     def _start(self, learners: tuple[int, ...] | list[int]) -> None:
         version, now, token, sample, data = self.policy.version, self._now, self._tokens, self.compute_times.sample, self.data
