@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import SCRIPTS, main_error, quiet_trainer, single_run_overrides
+from lightning_echo.advisor import record
 from lightning_echo.advisor.record import PARTS_DIR, StepTimeRecorder, _Clock, _continued
 from lightning_echo.advisor.trace import (
     COMPUTE_FILE,
@@ -93,6 +94,13 @@ def test_every_step_is_recorded_and_the_files_round_trip(tmp_path: Path) -> None
     assert recorder.written == tmp_path / "trace" / STEPS_FILE
     # Nothing of the recorder stays on the module.
     assert "training_step" not in vars(model)
+
+
+def test_steps_are_worked_out_in_bulk_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record, "READ_EVERY", 5)
+    recorder = _fit(tmp_path, Model(step_sleep_s=0.01))
+    assert [r.step for r in recorder.records] == list(range(12))
+    assert all(r.compute_s >= 0.01 for r in recorder.records)
 
 
 def test_a_slow_collate_shows_as_data_wait_and_a_slow_training_step_as_compute(tmp_path: Path) -> None:
@@ -237,7 +245,8 @@ def _world(script: str, tmp_path: Path, scenarios: tuple[str, ...], ranks: int) 
 
 @pytest.fixture(scope="module")
 def ddp_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _world("ddp_record.py", tmp_path_factory.mktemp("ddp_record"), ("slow_rank", "slow_loader"), ranks=2)
+    return _world("ddp_record.py", tmp_path_factory.mktemp("ddp_record"),
+                  ("slow_rank", "slow_loader", "slow_loader_batchnorm"), ranks=2)
 
 
 def _by_rank(directory: Path) -> dict[int, list[StepRecord]]:
@@ -268,9 +277,10 @@ def test_ddp_the_slow_rank_computes_and_the_other_waits_for_it(ddp_world: dict[s
 
 
 @pytest.mark.slow
-def test_ddp_a_slow_loader_shows_as_data_wait_there_and_waiting_elsewhere(ddp_world: dict[str, Any]) -> None:
+@pytest.mark.parametrize("scenario", ["slow_loader", "slow_loader_batchnorm"])  # waits in the all-reduce; in the buffers' broadcast
+def test_ddp_a_slow_loader_shows_as_data_wait_there_and_waiting_elsewhere(ddp_world: dict[str, Any], scenario: str) -> None:
     sleep_s = 0.2  # rank 1's collate
-    fast, slow = (rank["records"] for rank in ddp_world["slow_loader"])
+    fast, slow = (rank["records"] for rank in ddp_world[scenario])
     assert _median(slow, "data_wait_s") >= sleep_s
     assert _median(fast, "sync_wait_s") >= sleep_s / 2
     assert _median(fast, "compute_s") < _median(fast, "sync_wait_s") / 5
@@ -283,7 +293,7 @@ def test_parameter_server_learners_record_compute_and_their_wait_for_the_server(
     results = _world("ps_record.py", tmp_path, ("sync_slow_learner",), ranks=3)
     server, fast, slow = results["sync_slow_learner"]
     for rank in (server, fast, slow):
-        assert rank["threads_after_fit"] == []
+        assert rank["threads_after_fit"] == [] and rank["children_after_fit"] == []
     assert server["records"] == [] and server["trace_ranks"] == [1, 2]
     fast_rows, slow_rows = fast["records"], slow["records"]
     assert len(fast_rows) >= 14 and len(slow_rows) >= 14  # a gradient per update under sync (and the last START's)

@@ -7,23 +7,22 @@ threads left after it.
 - ``slow_rank``: rank 1 sleeps 0.2 s in every ``training_step`` of a tiny model: rank 1 must show
   compute, rank 0 waiting for it (the gradient all-reduce), not compute;
 - ``slow_loader``: rank 1's collate sleeps 0.2 s per batch: rank 1 shows data wait, rank 0
-  waiting for rank 1.
+  waiting for rank 1 (in the all-reduce);
+- ``slow_loader_batchnorm``: the same with a BatchNorm layer, whose buffers DDP broadcasts before
+  each forward: rank 0 waits there.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
-import threading
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from world_scenarios import run_scenarios, scenarios_of
 
 from lightning_echo.advisor.record import StepTimeRecorder
 from lightning_echo.lightning_namespace import pl
@@ -36,9 +35,9 @@ def rank() -> int:
 
 
 class Tiny(pl.LightningModule):
-    def __init__(self, sleep_s: float = 0.0) -> None:
+    def __init__(self, sleep_s: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
+        self.layer = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)) if batch_norm else torch.nn.Linear(4, 1)
         self.sleep_s = sleep_s
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -83,21 +82,12 @@ def scenario_slow_loader(out: Path) -> dict[str, Any]:
     return fit(out, "slow_loader", Tiny(), loader(sleep_s=SLEEP_S if rank() == 1 else 0.0))
 
 
-SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
+def scenario_slow_loader_batchnorm(out: Path) -> dict[str, Any]:
+    return fit(out, "slow_loader_batchnorm", Tiny(batch_norm=True), loader(sleep_s=SLEEP_S if rank() == 1 else 0.0))
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    out, names = Path(sys.argv[1]), sys.argv[2:]
-    for name in names:
-        try:
-            outcome = {"rank": rank(), **SCENARIOS[name](out)}
-        except Exception as error:
-            traceback.print_exc()
-            outcome = {"rank": rank(), "error_type": type(error).__name__, "error": str(error)}
-        outcome["threads_after_fit"] = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
-        (out / f"{name}.rank{rank()}.json").write_text(json.dumps(outcome))
+    run_scenarios(scenarios_of(globals()), rank(), grace_s=0.0)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 ``python ps_record.py OUT_DIR SCENARIO...``. Lightning's launcher re-runs it for ranks 1 and 2
 (``devices=3``: the server and two learners). Each scenario is one ``fit`` whose trace goes to
 ``OUT_DIR/<scenario>/``; every rank writes ``OUT_DIR/<scenario>.rank<r>.json``: its own rows, the
-summary it holds after ``fit``, the server's logged metrics file, and the threads left after it.
+summary it holds after ``fit``, the server's logged metrics file, and the threads and child
+processes left after it.
 
 - ``sync_slow_learner``: sync, learner 1 (rank 2) takes 5 x learner 0's injected compute time
   (0.1 s against 0.02 s): rank 2 must show compute, rank 1 waiting for the server's START.
@@ -11,17 +12,13 @@ summary it holds after ``fit``, the server's logged metrics file, and the thread
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
-import threading
-import time
-import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from world_scenarios import run_scenarios, scenarios_of
 
 from lightning_echo.advisor.record import StepTimeRecorder
 from lightning_echo.lightning_namespace import pl
@@ -72,31 +69,8 @@ def scenario_sync_slow_learner(out: Path) -> dict[str, Any]:
             "metrics_csv": str(Path(logger.log_dir) / "metrics.csv") if rank() == 0 else None}
 
 
-SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
-    name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
-
-
-def left_after(grace_s: float = 5.0) -> list[str]:
-    """The threads other than the main one still there after up to ``grace_s`` seconds (a
-    DataLoader's and the channels' threads end a moment after ``fit`` returns)."""
-    deadline = time.monotonic() + grace_s
-    while (found := sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
-
-
 def main() -> None:
-    torch.set_num_threads(1)
-    out, names = Path(sys.argv[1]), sys.argv[2:]
-    for name in names:
-        try:
-            outcome = {"rank": rank(), **SCENARIOS[name](out)}
-        except Exception as error:
-            traceback.print_exc()
-            outcome = {"rank": rank(), "error_type": type(error).__name__, "error": str(error)}
-        outcome["threads_after_fit"] = left_after()
-        (out / f"{name}.rank{rank()}.json").write_text(json.dumps(outcome))
+    run_scenarios(scenarios_of(globals()), rank(), grace_s=5.0)
 
 
 if __name__ == "__main__":
