@@ -111,13 +111,14 @@ class StepTimeRecorder(pl.Callback):
 
     Example::
 
+        import tempfile
         from pytorch_lightning.demos.boring_classes import BoringModel
 
-        recorder = StepTimeRecorder(dirpath=tmp_dir)
+        recorder = StepTimeRecorder(dirpath=tempfile.mkdtemp())  # default: the Trainer's default_root_dir
         trainer = pl.Trainer(max_steps=20, callbacks=[recorder], logger=False, enable_checkpointing=False)
         trainer.fit(BoringModel())
-        assert len(recorder.trace.records) == 20
-        print(recorder.summary["ranks"]["0"]["compute_median_s"])
+        assert len(recorder.trace.records) == trainer.global_step
+        print(recorder.summary["ranks"]["0"]["compute_median_s"], recorder.written)  # .../step_times.csv
     """
 
     def __init__(self, dirpath: Optional[Union[str, os.PathLike]] = None, log_metrics: bool = True,
