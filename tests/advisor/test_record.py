@@ -326,6 +326,17 @@ def test_the_command_line_records_into_the_run_directory(tmp_path: Path) -> None
         assert StepTimes.SYNC_WAIT_S in next(csv.reader(stream))
 
 
+def test_a_run_on_simulated_learners_is_recorded_on_their_clock_and_refused_by_the_reader(tmp_path: Path) -> None:
+    from lightning_echo.cli import main
+
+    main(["algorithm=k_async", "stale.learners=2", "trainer.max_steps=10", "record.step_times=true",
+          *single_run_overrides()])
+    run_dir = next((tmp_path / "le_outputs" / "runs").iterdir())
+    assert json.loads((run_dir / SUMMARY_FILE).read_text())["clock"] == "simulated"
+    with pytest.raises(ConfigError, match="recorded on a simulated clock"):
+        read_step_trace(run_dir)
+
+
 def test_the_command_line_records_nothing_by_default_and_refuses_a_non_boolean(tmp_path: Path,
                                                                               capsys: pytest.CaptureFixture) -> None:
     from lightning_echo.cli import main
