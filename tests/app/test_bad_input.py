@@ -145,6 +145,9 @@ def test_covtype_file_with_nan_stops_the_run_in_one_line(capsys, tmp_path) -> No
 
 # -- the README documents only keys the config has ------------------------------------------------
 
+FILE_SUFFIXES = {"py", "csv", "json", "yaml", "md", "txt", "png", "html"}
+
+
 def _readme_dotted_keys(text: str, top_level: set[str]) -> set[str]:
     """Every ``a.b[.c]`` in the README whose first part is a top-level config key (not one added
     with ``+``), outside the section on the Python API (where ``trainer.`` is a Lightning Trainer)
@@ -155,6 +158,8 @@ def _readme_dotted_keys(text: str, top_level: set[str]) -> set[str]:
     keys = set()
     for match in re.finditer(r"(?<![\w/.$+-])([a-z_]+(?:\.[a-z_]+)+)(?![\w/(-])", text):
         key = match.group(1)
+        if key.rsplit(".", 1)[-1] in FILE_SUFFIXES:  # a file name (advisor's record.py), not a setting
+            continue
         if key.split(".")[0] in top_level:
             keys.add(key)
     return keys
