@@ -7,7 +7,7 @@
   ``learner,seconds``, rank ``r`` as learner ``r``), so ``stale.delay.trace=<run>/compute_times.csv``
   replays the recorded cluster on simulated learners;
 - ``step_times.json``: what was recorded (``kind``: ``single``, ``ddp`` or ``parameter_server``;
-  ``ranks``; ``clock``) and the per-rank summary of :func:`summarise`.
+  ``rank_count``; ``clock``) and the per-rank summary of :func:`summarise` (``ranks``: rank -> figures).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def write_step_trace(directory: Union[str, Path], trace: StepTrace) -> Path:
         for r in records:
             if r.compute_s > 0:
                 writer.writerow([ranks[r.rank], repr(r.compute_s)])
-    summary = {"kind": trace.kind, "clock": trace.clock, "ranks": len(trace.ranks), **trace.meta, **summarise(trace)}
+    summary = {"kind": trace.kind, "clock": trace.clock, "rank_count": len(trace.ranks), **trace.meta, **summarise(trace)}
     (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return directory / STEPS_FILE
 
