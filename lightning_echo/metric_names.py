@@ -51,6 +51,7 @@ class Stale:
     LR: Final = "stale/lr"
     DISCARDED: Final = "stale/discarded"
     CANCELLED: Final = "stale/cancelled"
+    K: Final = "stale/k"  # gradients the update averaged (K, Rennala's B): chosen per update with stale.k=auto
     # simulated learners only
     WASTED_TIME: Final = "stale/wasted_time"
     UTILISATION: Final = "stale/utilisation"

@@ -129,7 +129,7 @@ class AdaptiveK:
         self._window_sum = 0.0
         self._window_gradients = 0
         self._previous: Optional[float] = None
-        self.changes: list[tuple[int, int]] = [(0, self._k)]  # (update from which it applies, K)
+        self.changes: list[tuple[int, int]] = [(0, self._k)]  # (updates it had seen then, the new K)
 
     # -- what it chooses ---------------------------------------------------------------------------
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Union
 
+from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.combinations import (
     refuse_gradient_accumulation,
     refuse_manual_optimization,
@@ -27,7 +28,7 @@ from lightning_echo.core.progress import Clock, ProgressLedger, StepReport
 from lightning_echo.core.schedule import STALE_VARIANTS, VariantSpec
 from lightning_echo.core.step_sizes import StepSizeRule
 from lightning_echo.errors import ConfigError
-from lightning_echo.lightning_namespace import warn_if_other_lightning_imported
+from lightning_echo.lightning_namespace import pl, warn_if_other_lightning_imported
 from lightning_echo.metric_names import Stale
 from lightning_echo.stragglers.optim import StalenessAwareOptimizer
 from lightning_echo.stragglers.settings import StragglerSettings
@@ -72,6 +73,7 @@ class StragglerStrategy:
         refuse_gradient_accumulation(trainer, self.owner_name)
         refuse_second_progress_source(trainer, self, self.owner_name)
         refuse_manual_optimization(trainer.lightning_module, self.owner_name)
+        refuse_epoch_only_limits(trainer, self.settings)
 
     def _check_train_loader(self, loader: Any) -> None:
         refuse_several_train_loaders(loader, self.owner_name)
@@ -117,12 +119,28 @@ class StragglerStrategy:
             Stale.LR: float(optimizer.last_lr),
             Stale.DISCARDED: float(discarded),
             Stale.CANCELLED: float(cancelled),
+            Stale.K: float(len(staleness)),
             **extra,
         }
 
     def _undo_all(self) -> None:
         while self._undo:
             self._undo.pop()()
+
+
+def refuse_epoch_only_limits(trainer: Any, settings: StragglerSettings) -> None:
+    """With ``stale.k=auto`` an epoch's number of server updates is not known in advance (K
+    changes while training; ``estimated_stepping_batches`` is then ``max_steps``, Lightning's rule
+    for a loader without length): refuse a run that only epochs would end, in one line."""
+    if not settings.adaptive or trainer.max_steps >= 0:
+        return
+    progress = training_progress(trainer)
+    budget = progress is not None and progress.ledger.budget.is_limited
+    if budget or any(isinstance(c, pl.callbacks.Timer) for c in trainer.callbacks):
+        return
+    raise ConfigError("trainer.max_steps", trainer.max_steps,
+                      "with stale.k=auto K changes while training, so the server updates of an epoch are not known "
+                      "in advance: set max_steps (server updates), max_time or a fresh-data budget")
 
 
 def warn_if_momentum_meets_staleness(optimizer: Any, spec: Optional[VariantSpec]) -> None:

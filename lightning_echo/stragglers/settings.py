@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional, Union, get_args
 
+from lightning_echo.core.adaptive_k import AUTO, AdaptiveK, check_adaptive_variant, initial_k
 from lightning_echo.core.delays import ComputeTimeSource
 from lightning_echo.core.learner_data import DataTimes, data_times_from_config
 from lightning_echo.core.momentum import MOMENTUM_CORRECTIONS, MomentumCorrection, implicit_momentum
@@ -25,6 +26,7 @@ Backend = Literal["simulated", "processes"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 DelaySetting = Union[Mapping[str, Any], ComputeTimeSource, None]
 DataDelaySetting = Union[Mapping[str, Any], DataTimes, None]
+KSetting = Union[int, Literal["auto"], None]
 # A cap on P, so that one mistyped number (stale.learners=100000000) is refused in one line
 # instead of filling memory with per-learner state.
 MAX_LEARNERS = 100_000
@@ -49,7 +51,9 @@ class StragglerSettings:
             ``rennala`` or ``ringmaster`` (Dutta et al. 2018; Tyurin and Richtarik 2023;
             Maranjyan et al. 2025).
         k: gradients per server update (K, or Rennala's B); fixed by ``sync`` (P), ``async`` and
-            ``ringmaster`` (1); None gives half the learners.
+            ``ringmaster`` (1); None gives half the learners; ``"auto"`` chooses it while training,
+            from the learners' observed compute times and the training loss
+            (:class:`~lightning_echo.core.adaptive_k.AdaptiveK`; not for sync, async, ringmaster).
         delay: the learners' compute times: a mapping as the ``stale.delay`` config
             (``{"distribution": "exponential", "scale": 1.0, "speeds": [...]}`` or
             ``{"trace": "times.csv"}``) or a :class:`~lightning_echo.core.delays.ComputeTimeSource`;
@@ -81,7 +85,7 @@ class StragglerSettings:
     """
 
     variant: Variant = "async"
-    k: Optional[int] = None
+    k: KSetting = None
     delay: DelaySetting = None
     lr_rule: RuleName = "constant"
     c: Optional[float] = None
@@ -96,8 +100,10 @@ class StragglerSettings:
 
     def __post_init__(self) -> None:
         one_of("stale.variant", self.variant, VARIANTS)
-        if self.k is not None:
-            positive_int("stale.k", self.k)
+        if self.k == AUTO:
+            check_adaptive_variant(self.variant)
+        elif self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ConfigError("stale.k", self.k, "must be a positive integer, auto, or null")
         if self.max_delay is not None:
             positive_int("stale.max_delay", self.max_delay)
         boolean("stale.stop_stale", self.stop_stale)
@@ -109,6 +115,9 @@ class StragglerSettings:
         # Checked now; M = 1 stands in for an unset M until P is known.
         self._rule(1 if self.rule_learners is None else self.rule_learners)
         one_of("stale.momentum_correction", self.momentum_correction, MOMENTUM_CORRECTIONS)
+        if self.adaptive and self.momentum_correction == "implicit" and self.variant in STALE_VARIANTS:
+            raise ConfigError("stale.momentum_correction", "implicit", "subtracts 1 - K/P for a fixed K; with "
+                              "stale.k=auto K changes while training: use none, or a fixed stale.k")
         try:
             object.__setattr__(self, "data_delay", data_times_from_config(self.data_delay))
         except ConfigError as error:
@@ -132,6 +141,16 @@ class StragglerSettings:
         return cls(**({"variant": settings} if settings is not None else {}), **fields)
 
     @property
+    def adaptive(self) -> bool:
+        """Whether K is chosen while training (``k="auto"``)."""
+        return self.k == AUTO
+
+    def adaptive_k(self, learners: int) -> Optional[AdaptiveK]:
+        """A fresh :class:`~lightning_echo.core.adaptive_k.AdaptiveK` for ``learners`` (P) learners
+        when ``k="auto"``, else None."""
+        return AdaptiveK(self.variant, learners) if self.adaptive else None
+
+    @property
     def compute_times(self) -> Optional[ComputeTimeSource]:
         """The learners' compute-time source (None: the backend's default)."""
         return self.delay if isinstance(self.delay, ComputeTimeSource) else None
@@ -141,9 +160,10 @@ class StragglerSettings:
                             learners=self.rule_learners if self.rule_learners is not None else learners)
 
     def spec(self, learners: int) -> VariantSpec:
-        """The schedule's variant for ``learners`` learners (K resolved; validated against P)."""
-        return variant_spec(self.variant, learners, default_k(self.variant, learners, self.k),
-                            self.max_delay, self.stop_stale)
+        """The schedule's variant for ``learners`` learners (K resolved; validated against P). With
+        ``k="auto"``, K is the first updates' (:func:`~lightning_echo.core.adaptive_k.initial_k`)."""
+        k = initial_k(self.variant, learners) if self.adaptive else default_k(self.variant, learners, self.k)  # type: ignore[arg-type]
+        return variant_spec(self.variant, learners, k, self.max_delay, self.stop_stale)
 
     def resolve(self, learners: int) -> ResolvedStragglers:
         """Resolved against ``learners`` (P): K, the rule's M, the delay model's learner count."""
@@ -173,12 +193,15 @@ class StragglerSettings:
             except ConfigError as error:
                 raise error.with_prefix("stale.delay.") from None
 
-    def effective_k(self, learners: int) -> int:
-        """The K every update of the variant averages (``sync``: P; ``async``, ``ringmaster``: 1)."""
-        return self.spec(learners).k
+    def effective_k(self, learners: int) -> Union[int, str]:
+        """The K every update of the variant averages (``sync``: P; ``async``, ``ringmaster``: 1;
+        ``"auto"`` when it is chosen while training)."""
+        return AUTO if self.adaptive else self.spec(learners).k
 
     def is_synchronous(self, learners: int) -> bool:
         """True for the fully synchronous case (every update waits for all P learners' gradients)."""
+        if self.adaptive:
+            return False
         spec = self.spec(learners)
         return spec.name in ("sync", "k_sync") and spec.k == learners
 
@@ -193,9 +216,9 @@ class StragglerSettings:
         elif spec.name in ("async", "ringmaster"):
             label = f"{spec.name} P={spec.learners}"
         elif spec.name == "rennala":
-            label = f"rennala B={spec.k}, P={spec.learners}"
+            label = f"rennala B={self.effective_k(learners)}, P={spec.learners}"
         else:
-            label = f"{spec.name} K={spec.k} of P={spec.learners}"
+            label = f"{spec.name} K={self.effective_k(learners)} of P={spec.learners}"
         if spec.name == "ringmaster":
             label += f", R={spec.max_delay if spec.max_delay is not None else 'inf'}" + (" (stops)" if spec.stop_stale else "")
         return label + (f", {self.lr_rule}" if self.lr_rule != "constant" else "") + (" (processes)" if processes else "")
@@ -216,6 +239,8 @@ def check_stale_settings(learners: int, **fields: Any) -> StragglerSettings:
     check_learner_count(learners)
     if isinstance(fields.get("delay"), Mapping):  # read knowing P: a trace's learner ids are checked against it
         fields["delay"] = compute_times_from_config(fields["delay"], learners)
+    if fields.get("k") == AUTO:  # whether the variant takes auto is the algorithm's check (its variant is not known here)
+        fields["k"] = None
     settings = StragglerSettings.build(None, **fields)
     settings.check_learners(learners)
     return settings

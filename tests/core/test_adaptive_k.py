@@ -80,7 +80,7 @@ def test_k_rises_when_the_loss_plateaus_and_not_while_it_falls() -> None:
     for _ in range(20):  # flat: the second of these windows is not 1% below the first
         rule.observe_update(loss, rule.k)
     assert rule.k == 8 and rule.level == 1  # 6 * 2 capped at P
-    assert rule.changes == [(0, 1), (0, 6), (220, 8)]  # (from update, K)
+    assert rule.changes == [(0, 1), (0, 6), (220, 8)]  # (updates seen, the new K)
 
 
 def test_k_doubles_on_every_plateau_up_to_its_cap() -> None:

@@ -17,6 +17,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.schedule import VariantSpec
 from lightning_echo.stragglers.optim import in_optimizer_order
 from lightning_echo.stragglers.processes.exchange import FlatExchange
@@ -44,6 +45,7 @@ class ServerRole:
         keep_stale_params: bool,
         timeout: float,
         buffers: Sequence[torch.Tensor] = (),
+        adaptive: Optional[AdaptiveK] = None,
     ) -> None:
         self.params = list(params)
         self.buffers = list(buffers)
@@ -52,7 +54,8 @@ class ServerRole:
         self.buffer_changes = [torch.empty_like(b) for b in self.buffers]
         initial = torch.zeros(self.exchange.numel, dtype=self.exchange.dtype)
         self.exchange.pack_parameters(self.params, initial, self.buffers)
-        self.server = ParameterServer(transport, spec, initial, keep_stale_params=keep_stale_params, timeout=timeout)
+        self.server = ParameterServer(transport, spec, initial, keep_stale_params=keep_stale_params, timeout=timeout,
+                                      adaptive=adaptive)
         self.update: Optional[PendingUpdate] = None
         self.loss = math.nan
         self.samples = 0.0
@@ -107,10 +110,11 @@ class ServerRole:
         return result
 
     def complete_update(self) -> UpdateRecord:
-        """Send the parameters the optimizer step produced to the learners the policy starts."""
+        """Send the parameters the optimizer step produced to the learners the policy starts (the
+        update's loss goes to the adaptive K, if any)."""
         self.exchange.pack_parameters(self.params, self.server.params, self.buffers)
         self.update = None
-        record = self.server.complete_update()
+        record = self.server.complete_update(loss=self.loss)
         count_used(self.server.report, record.learners, self.data)
         return record
 

@@ -17,6 +17,13 @@ delivers no gradient within ``timeout`` seconds of its START is declared unrespo
 STOP. Variants that cancel all running work at each update (sync, k_sync, k_batch_sync) wait for
 fresh gradients from their learners, so they stop with :class:`ParameterServerError`; the others
 carry on with the remaining learners while enough are left for an update.
+
+``stale.k=auto``: with an :class:`~lightning_echo.core.adaptive_k.AdaptiveK`, the server times
+every gradient that arrives for its current START (from sending the START to receiving the
+PUSH: the learner's compute, injected delay and the transfers), feeds the update's loss to the
+rule when the update is complete, and sets the policy's K for the next update from it (no update
+is due then: the policy's pending gradients were just applied). A lost learner is retired from
+the rule too.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.schedule import GradientRecord, ServerPolicy, VariantSpec
 from lightning_echo.errors import ConfigError
 from lightning_echo.stragglers.processes.protocol import (
@@ -142,6 +150,8 @@ class ParameterServer:
             ``stale_params`` (the dutta step-size rule needs them; up to P copies).
         timeout: seconds a started learner may take to deliver its gradient before it counts as
             unresponsive, and to answer STOP.
+        adaptive: chooses K before every update (``stale.k=auto``), fed with the arrivals' times
+            and the losses :meth:`complete_update` is given.
 
     Drive it with :meth:`run`, or step by step: :meth:`start`, then per update
     :meth:`next_update`, change :attr:`params`, :meth:`complete_update`; finally :meth:`stop`
@@ -156,6 +166,7 @@ class ParameterServer:
         *,
         keep_stale_params: bool = False,
         timeout: Optional[float] = None,
+        adaptive: Optional[AdaptiveK] = None,
     ) -> None:
         if len(transport.peers) != spec.learners:
             raise ConfigError("stale.learners", spec.learners,
@@ -165,6 +176,7 @@ class ParameterServer:
         self.transport = transport
         self.spec = spec
         self.policy = ServerPolicy(spec)
+        self.adaptive = adaptive
         self.timeout = transport.timeout if timeout is None else float(timeout)
         self.keep_stale_params = keep_stale_params
         self._start_message = transport.new_message()
@@ -221,6 +233,7 @@ class ParameterServer:
         """Send every learner its first START: :attr:`params` at ``version`` (0, or the number of
         updates a resumed run already made)."""
         self._t0 = time.monotonic()
+        self._adapt_k()
         for learner in self.policy.initial_starts(version):
             self._start(learner)
 
@@ -241,8 +254,9 @@ class ParameterServer:
                 self._handle(inbound)
         return self._prepare_update()
 
-    def complete_update(self) -> UpdateRecord:
-        """After :attr:`params` took the update: start the learners the policy starts now."""
+    def complete_update(self, loss: Optional[float] = None) -> UpdateRecord:
+        """After :attr:`params` took the update: start the learners the policy starts now;
+        ``loss`` is the update's mean training loss, for the adaptive K (None: not known)."""
         update = self._pending_update
         if update is None:
             raise RuntimeError("next_update() must come first")
@@ -255,6 +269,9 @@ class ParameterServer:
             report.staleness_counts[gradient.staleness] = report.staleness_counts.get(gradient.staleness, 0) + 1
             report.used_per_learner[gradient.learner] += 1
         report.wall_s = time.monotonic() - self._t0
+        if self.adaptive is not None:
+            self.adaptive.observe_update(loss, len(update.gradients))
+            self._adapt_k()
         self._release_unread_snapshots()
         for learner in self.policy.start_ready():
             self._start(learner)
@@ -294,6 +311,8 @@ class ParameterServer:
         if learner not in self.policy.running():
             raise ProtocolError(f"learner {learner} pushed a second gradient for its START {header.ticket}")
         decision = self.policy.on_arrival(learner)
+        if self.adaptive is not None:
+            self.adaptive.observe_time(learner, max(0.0, time.monotonic() - self._started_at[learner]))
         if decision.read_version != header.version:
             raise ProtocolError(f"learner {learner} pushed a gradient for version {header.version}, "
                                 f"but was started at version {decision.read_version}")
@@ -325,6 +344,11 @@ class ParameterServer:
                                decision.gradients, tickets, decision.cancelled, notes)
         self._pending_update = update
         return update
+
+    def _adapt_k(self) -> None:
+        """The policy takes the rule's K for the next update (no update is due when this runs)."""
+        if self.adaptive is not None and self.adaptive.k != self.policy.k:
+            self.policy.set_k(self.adaptive.k)
 
     # -- starting learners ---------------------------------------------------------------------
     def _start(self, learner: int) -> None:
@@ -381,6 +405,10 @@ class ParameterServer:
                 f"{self.spec.name} needs a fresh gradient from its learners at every update and cannot go on"
             )
         self.policy.retire(learner)
+        if self.adaptive is not None:
+            self.adaptive.retire(learner)
+            if not self.policy.update_due:
+                self._adapt_k()
         self._check_progress_possible()
 
     def _check_progress_possible(self) -> None:
@@ -393,7 +421,7 @@ class ParameterServer:
         lost = "; ".join(f"learner {l}: {why}" for l, why in sorted(self.report.lost.items()))
         raise ParameterServerError(
             f"{live} of {self.spec.learners} learners are left, too few for the next {self.spec.name} update "
-            f"(k={self.spec.k}); lost {lost}"
+            f"(k={policy.k}); lost {lost}"
         )
 
     # -- the end -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from lightning_echo import lightning_internals
 from lightning_echo.callbacks.divergence import DivergenceGuard
 from lightning_echo.callbacks.progress import training_progress
 from lightning_echo.combinations import find_data_echoing
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.echo_factor import steps_per_pass
 from lightning_echo.core.progress import WALL_CLOCK, ProgressLedger, StepReport
 from lightning_echo.data.nodes import set_data_shard
@@ -50,6 +51,7 @@ INTERRUPTIONS = (import_lightning("utilities.exceptions").SIGTERMException, Keyb
 
 STRATEGY_NAME = "parameter_server"
 CHECKPOINT_KEY = "parameter_server"
+ADAPTIVE_KEY = "adaptive_k"  # in checkpoint[CHECKPOINT_KEY]: the rule's state with stale.k=auto
 # Callbacks that end or save a run: the server's business, removed from the learners' Trainers.
 SERVER_ONLY_CALLBACKS = (ModelCheckpoint, EarlyStopping, Timer, DivergenceGuard)
 # The Trainer's batch limit of each evaluation stage: set to 0 on learners (the server evaluates).
@@ -87,7 +89,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
       ``max_steps``, ``max_epochs``, ``min_*``, ``max_time``, checkpoint and early-stopping
       callbacks, validation and lr schedulers: they compute gradients until the server's STOP.
     - The server's train loader is never read: it yields one placeholder per update
-      (:class:`~lightning_echo.stragglers.processes.slots.UpdateSlots`, ``ceil(batches / K)`` per epoch). Learner
+      (:class:`~lightning_echo.stragglers.processes.slots.UpdateSlots`, ``ceil(batches / K)`` per epoch;
+      endless with ``stale.k=auto``, whose K the server chooses before each update from the
+      gradients' arrival times and the updates' losses: end the run with ``max_steps``). Learner
       ``i`` reads shard ``i`` of ``P`` (the ``DistributedSampler`` Lightning adds); validation
       runs on the server, on the whole validation set.
     - ``setup`` hooks and ``configure_optimizers`` see ``world_size`` P, the learners' world (a
@@ -119,7 +123,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
       channel thread ends before ``fit`` returns.
 
     Checkpoints are written by rank 0: the module and optimizer are the server's, plus the
-    server's version, policy state and counters (``checkpoint["parameter_server"]``);
+    server's version, policy state and counters (``checkpoint["parameter_server"]``; with
+    ``stale.k=auto`` the adaptive K's state too, so K and its rule continue);
     ``fit(ckpt_path=...)`` resumes the server at that version and every learner starts from its
     START; the counters continue (the learners' fresh and echoed gradients, fresh samples and data
     wait included). Learners save no state: a resumed learner reads its shard from the start
@@ -272,6 +277,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         # Every check runs on every rank before the channels open, so all ranks fail alike.
         self._resolve(self._learners_in_world())
         self.check_trainer(trainer)
+        self._check_resumed_k()
         if self.global_rank == SERVER_RANK:
             # Before configure_optimizers: `estimated_stepping_batches` must count server updates.
             self._undo.append(lightning_internals.wrap_train_source(trainer, self._server_loader))
@@ -351,10 +357,28 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         """Rank 0: serve the learners; its train loader yields one placeholder per update."""
         assert self.spec is not None and self.rule is not None and self.lightning_module is not None
         self._role = ServerRole(transport, self.spec, params, keep_stale_params=self.rule.needs_distance,
-                                timeout=self.timeout, buffers=buffers)
+                                timeout=self.timeout, buffers=buffers, adaptive=self._adaptive_k())
         self._undo.append(lightning_internals.wrap_before_batch_transfer(self.lightning_module, _skip_server_steps))
         self._carried = CarriedCounts.from_totals(self._loaded["totals"]) if self._loaded else CarriedCounts()
         self._state = self._loaded
+
+    def _check_resumed_k(self) -> None:
+        """A run resumed from a checkpoint keeps its kind of K (every rank reads the checkpoint)."""
+        if self._loaded is None:
+            return
+        saved = ADAPTIVE_KEY in self._loaded
+        if saved != self.settings.adaptive:
+            raise ConfigError("stale.k", self.settings.k, "differs from the checkpoint's: it was saved "
+                              f"{'with' if saved else 'without'} stale.k=auto; resume with the same setting")
+
+    def _adaptive_k(self) -> Optional[AdaptiveK]:
+        """The server's adaptive K (``stale.k=auto``), continuing a resumed run's."""
+        assert self.spec is not None
+        adaptive = self.settings.adaptive_k(self.spec.learners)
+        saved = self._loaded.get(ADAPTIVE_KEY) if self._loaded else None
+        if adaptive is not None and saved is not None:
+            adaptive.load_state_dict(saved)
+        return adaptive
 
     def _server_loader(self, loader: Any) -> UpdateSlots:
         self._check_train_loader(loader)
@@ -362,11 +386,13 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         assert self.spec is not None and trainer is not None
         echo = find_data_echoing(trainer)
         batches = lightning_internals.sized_len(loader)
-        length = server_epoch_length(gradients_per_pass(batches, echo), self.spec.k)
+        adaptive = self.settings.adaptive
+        length = None if adaptive else server_epoch_length(gradients_per_pass(batches, echo), self.spec.k)
         progress = training_progress(trainer)
         budget = progress is not None and progress.ledger.budget.is_limited
         if length is None and trainer.max_steps < 0 and not budget and not any(isinstance(c, Timer) for c in trainer.callbacks):
-            why = ("the train loader has no length" if batches is None else
+            why = ("with stale.k=auto K changes while training, so the updates of a pass over the data are not known"
+                   if adaptive else "the train loader has no length" if batches is None else
                    f"with DataEchoing(factor={echo.factor!r}, kind={echo.kind!r}) on the learners the gradients of a "
                    "pass over the data are not known")
             raise ConfigError("trainer.max_steps", trainer.max_steps,
@@ -505,8 +531,11 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         return GradientData(report.fresh_batches, report.fresh_samples, self._data_wait_s)
 
     def _server_state(self, role: ServerRole) -> Dict[str, Any]:
-        return {"version": role.server.version, "policy": role.server.policy.state_dict(),
-                "totals": self._carried.totals(role.report)}
+        state = {"version": role.server.version, "policy": role.server.policy.state_dict(),
+                 "totals": self._carried.totals(role.report)}
+        if role.server.adaptive is not None:
+            state[ADAPTIVE_KEY] = role.server.adaptive.state_dict()
+        return state
 
     # -- the ranks' jobs (lightning_echo.protocols.AssignsRankRoles) -----------------------------
     @property

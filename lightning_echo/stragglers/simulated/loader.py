@@ -10,6 +10,14 @@ When learners have their own data streams (echoing, data times), a gradient comp
 its learner already had (an echo) reuses that learner's held mini-batch: only the first used
 gradient of each of a learner's fresh batches draws one from the user's loader. Each learner holds
 its current mini-batch (at most ``P`` in all), saved with the loader's state.
+
+With ``stale.k=auto`` (an :class:`~lightning_echo.core.adaptive_k.AdaptiveK`), the K of each update
+is set just before it is planned, from the compute times of every gradient that arrived in the
+plans so far and the training losses of the updates up to two before it: Lightning may plan one
+update ahead (a loader without length is prefetched), so the loss of the update just before is
+not always known yet, and the rule waits for it in every case, so that the same updates are
+planned whether or not the loader is prefetched, and after a resume. An epoch's number of updates
+is then not known in advance (the loader has no length).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 import torch
 from torchdata.nodes import Loader
 
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.batches import rebuild
 from lightning_echo.core.schedule import ScheduleSimulation, UpdatePlan
 from lightning_echo.data.lifetime import StopsAtLightningTeardown
@@ -115,9 +124,11 @@ class UpdateLoader(StopsAtLightningTeardown):
     """
 
     SIMULATION, PENDING, SOURCE, SNAPSHOTS, HELD, COUNTS = "simulation", "pending", "source", "snapshots", "held", "counts"
+    ADAPTIVE, LOSSES = "adaptive_k", "losses"
+    LOSS_LAG = 2  # the K of update n is chosen from the losses of updates <= n - LOSS_LAG
 
     def __init__(self, loader: Iterable, simulation: ScheduleSimulation, store: SnapshotStore,
-                 counts: Optional[LearnerCounts] = None) -> None:
+                 counts: Optional[LearnerCounts] = None, adaptive: Optional[AdaptiveK] = None) -> None:
         self.source = loader
         self.simulation = simulation
         self.store = store
@@ -129,14 +140,42 @@ class UpdateLoader(StopsAtLightningTeardown):
         self._state_before_last: Optional[Dict[str, Any]] = None
         self._drawn_in_pass = 0  # mini-batches drawn from the source's current pass
         self._resumed_mid_pass = False
+        self.adaptive = adaptive
+        self._losses: Dict[int, tuple[float, int]] = {}  # update version -> (training loss, its K)
+        self._fed = -1  # the last update whose loss the rule has seen
 
     def _plan(self) -> UpdatePlan:
-        plan, self._pending = (self._pending, None) if self._pending is not None else (self.simulation.next_update(), None)
+        if self._pending is not None:
+            plan, self._pending = self._pending, None
+            return plan
+        if self.adaptive is None:
+            return self.simulation.next_update()
+        return self._adaptive_plan(self.adaptive)
+
+    def _adaptive_plan(self, rule: AdaptiveK) -> UpdatePlan:
+        upcoming = self.simulation.updates  # the version the next plan updates
+        while self._fed + 1 <= upcoming - self.LOSS_LAG and self._fed + 1 in self._losses:
+            self._fed += 1
+            rule.observe_update(*self._losses[self._fed])
+        for version in [v for v in self._losses if v < upcoming - 2 * self.LOSS_LAG]:
+            del self._losses[version]  # kept a little longer: a saved position may be one plan behind
+        if rule.k != self.simulation.k:
+            self.simulation.set_k(rule.k)
+        plan = self.simulation.next_update()
+        for gradient in sorted(plan.gradients + plan.discarded, key=lambda g: (g.arrived_at, g.learner)):
+            rule.observe_time(gradient.learner, gradient.arrived_at - gradient.started_at)
         return plan
 
+    def record_loss(self, version: int, loss: float, k: int) -> None:
+        """The training loss of the trained update of ``version`` (the mean over its ``k`` gradients)."""
+        self._losses[version] = (float(loss), int(k))
+
     def _position(self) -> Dict[str, Any]:
-        return {self.SIMULATION: self.simulation.state_dict(), self.PENDING: self._pending,
-                self.SOURCE: self._loader.state_dict(), self.HELD: dict(self._held), "drawn_in_pass": self._drawn_in_pass}
+        position = {self.SIMULATION: self.simulation.state_dict(), self.PENDING: self._pending,
+                    self.SOURCE: self._loader.state_dict(), self.HELD: dict(self._held), "drawn_in_pass": self._drawn_in_pass}
+        if self.adaptive is not None:
+            position[self.ADAPTIVE] = {"rule": self.adaptive.state_dict(), "fed": self._fed}
+        return position
 
     def __iter__(self) -> Iterator[UpdateBundle]:
         iterator = iter(self._loader)
@@ -187,7 +226,10 @@ class UpdateLoader(StopsAtLightningTeardown):
     @property
     def length(self) -> Optional[int]:
         """Updates per epoch when the source has a length (``len(source) // K``), else None; None
-        too when learners echo (how many updates an epoch's mini-batches feed is not known)."""
+        too when learners echo or K is chosen while training (how many updates an epoch's
+        mini-batches feed is not known)."""
+        if self.adaptive is not None:
+            return None
         data = self.simulation.data
         if data is not None and data.echo is not None and data.echo.factor != 1:
             return None
@@ -202,9 +244,20 @@ class UpdateLoader(StopsAtLightningTeardown):
 
     def state_dict(self) -> Dict[str, Any]:
         position = self._state_before_last if (self.length is None and self._state_before_last) else self._position()
-        return {**position, self.SNAPSHOTS: self.store.state_dict(), self.COUNTS: self.counts.state_dict()}
+        state = {**position, self.SNAPSHOTS: self.store.state_dict(), self.COUNTS: self.counts.state_dict()}
+        if self.adaptive is not None:  # every loss recorded since, also those after a saved position's plan
+            state[self.LOSSES] = {version: list(entry) for version, entry in self._losses.items()}
+        return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if (self.ADAPTIVE in state_dict) != (self.adaptive is not None):
+            saved = "with" if self.ADAPTIVE in state_dict else "without"
+            raise ValueError(f"the checkpoint was saved {saved} stale.k=auto; this run has "
+                             f"{'a fixed K' if self.adaptive is None else 'stale.k=auto'}: resume with the same setting")
+        if self.adaptive is not None:
+            self.adaptive.load_state_dict(state_dict[self.ADAPTIVE]["rule"])
+            self._fed = int(state_dict[self.ADAPTIVE]["fed"])
+            self._losses = {int(v): (float(loss), int(k)) for v, (loss, k) in state_dict.get(self.LOSSES, {}).items()}
         self.simulation.load_state_dict(state_dict[self.SIMULATION])
         self._pending = state_dict[self.PENDING]
         self._loader.load_state_dict(state_dict[self.SOURCE])

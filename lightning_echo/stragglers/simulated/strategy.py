@@ -55,6 +55,13 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
     ``max_steps``). Logged with them: ``stale/echoed_gradients``, ``stale/data_wait_s`` and each
     learner's fresh samples, echoed gradients and data wait.
 
+    With ``k="auto"`` (:class:`~lightning_echo.core.adaptive_k.AdaptiveK`) the K of each update is
+    chosen just before it is planned, from the simulated compute times of the gradients that
+    arrived so far and the training losses of the updates up to two before (see
+    :mod:`~lightning_echo.stragglers.simulated.loader`); the rule's state is saved with the loader's,
+    so a resumed run plans the same updates. An epoch's number of updates is then not known in
+    advance: ``estimated_stepping_batches`` is ``max_steps``, and a run only epochs would end is refused.
+
     Every server update is one Lightning optimizer step: ``global_step`` and ``max_steps`` count
     updates, schedulers step once per update. Logged (``stale/*``) per update: the staleness of
     the gradients used, the step-size factor and lr applied, gradients discarded and computations
@@ -95,6 +102,7 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         self._resolve(self.learners)
         compute_times = self.settings.compute_times
         self.compute_times = compute_times if compute_times is not None else ComputeTimes(DelayDistribution("exponential"))
+        self.adaptive = self.settings.adaptive_k(self.learners)
         self.store = SnapshotStore()
         self.counts = LearnerCounts.zeros(self.learners)
         self.echo: Optional[LearnerEcho] = None
@@ -136,7 +144,7 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
                                             data=self._data_streams())
         else:  # a reloaded train loader continues the same simulation
             simulation = self._loader.simulation
-        self._loader = UpdateLoader(loader, simulation, self.store, self.counts)
+        self._loader = UpdateLoader(loader, simulation, self.store, self.counts, adaptive=self.adaptive)
         return self._loader
 
     def _data_streams(self) -> Optional[LearnerDataStreams]:
@@ -225,9 +233,10 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         self.store.release_all_but(plan.held_versions)  # versions nobody reads after this update
         if plan.version in plan.held_versions:
             self.store.keep(plan.version, params)  # a running learner still reads the version this update overwrites
-        if not losses:
-            return None
-        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        mean = None if not losses else losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        if self._loader is not None and self._loader.adaptive is not None:
+            self._loader.record_loss(plan.version, float("nan") if mean is None else float(mean), count)
+        return mean
 
     @override
     def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
