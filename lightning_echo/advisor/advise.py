@@ -1,6 +1,9 @@
 """The advisor's answer: fits, predictions, echo, a recommendation with its reasons; a table for the
 terminal, an HTML page with its figures, and with ``replay=True`` the run's own model trained on the
-recorded times for each shortlisted variant (the error-runtime figure).
+recorded times for each shortlisted variant (the error-runtime figure). Where the recorded run tells
+its real time per update (one device, DDP, a parameter server's p_sync), the predictions include the
+overhead calibrated on it (:class:`~lightning_echo.advisor.predict.Overhead`; ``overhead=False``:
+compute alone).
 
     advice = advise("outputs/2025-01-01/12-00-00")      # a run directory, or a trace CSV
     print(advice.text())
@@ -25,17 +28,20 @@ from lightning_echo.advisor.predict import (
     ECHO_WORTH,
     ENOUGH,
     MAX_STALENESS,
+    REPLAY_VARIANTS,
     CombinedPrediction,
     EchoPrediction,
     Prediction,
     PredictionTable,
     Source,
+    calibrate_overhead,
     combined,
     command_overrides,
     echo_prediction,
     label,
     learner_data_time_lists,
     predict,
+    recorded_time_per_update,
 )
 from lightning_echo.advisor.trace import COMPUTE_FILE, STEPS_FILE, StepTrace, read_step_trace
 from lightning_echo.core.schedule import VariantSpec
@@ -47,7 +53,6 @@ from lightning_echo.validation import positive_int, writable_directory
 ADVICE_DIR, HTML_FILE, GRID_FILE, DATA_FILE = "advice", "index.html", "predictions.csv", "data_times.csv"
 SPEEDUP_FIGURE, LOSS_FIGURE = "speedup_vs_k.png", "loss_vs_time.png"
 SAVED_CONFIG, OVERRIDES = Path(".hydra") / "config.yaml", Path(".hydra") / "overrides.yaml"
-REPLAY_VARIANTS = 4  # shortlisted variants trained by replay, besides p_sync
 DEFAULT_REPLAY_STEPS = 400  # p_sync updates of a replay, at most (the run's own max_steps when smaller)
 VALIDATIONS = 20  # validations per replayed run
 
@@ -124,17 +129,24 @@ class Advice:
         return [chosen[name] for name in order if name in chosen]
 
     def recorded_line(self) -> str:
-        """The recorded run's own time per update next to p_sync's prediction (single device and DDP runs)."""
+        """The recorded run's own time per update next to p_sync's prediction (one device, DDP, a
+        parameter server's p_sync), and the overhead model calibrated on it."""
         recorded = recorded_time_per_update(self.trace, self.synchronous_run)
         if recorded is None:
             return ""
         sync = next((c for c in self.combined if c.spec.name == "sync"), None)
         with_data = f", {sync.with_data.time_per_update:.4g} with the recorded data times" if sync is not None else ""
-        predicted = self.table.baseline.time_per_update
-        gap = (f" (the {recorded - predicted:.3g} s more per update are communication and the loop's own work, which the "
-               "predictions leave out)" if recorded > 1.02 * predicted else "")
-        return (f"recorded: {recorded:.4g} s per update (compute, data and sync waits; mean over ranks); p_sync predicted "
-                f"{predicted:.4g} from compute alone{with_data}{gap}")
+        overhead = self.table.overhead
+        predicted = overhead.predicted if overhead is not None else self.table.baseline.compute_time_per_update
+        line = (f"recorded: {recorded:.4g} s per update (compute, data and sync waits; mean over ranks); p_sync predicted "
+                f"{predicted:.4g} from compute alone{with_data}")
+        if overhead is not None:
+            return (line + f"; overhead model calibrated on it: the {overhead.total:.3g} s more per update "
+                    f"({overhead.total / predicted:.0%}) = {overhead.describe()}, included in the predictions")
+        if recorded > 1.02 * predicted:
+            line += (f" (the {recorded - predicted:.3g} s more per update are communication and the loop's own work, which "
+                     "these predictions leave out)")
+        return line
 
     def text(self) -> str:
         """The answer for the terminal."""
@@ -158,7 +170,8 @@ class Advice:
             lines += _text_table(*_combined_rows(self))
         if self.replay is not None:
             lines += ["", f"trained on the recorded times (target: p_sync's final {self.replay.metric} "
-                      f"x {1 + self.replay.gap:g} = {self.replay.target:.4g}):"]
+                      f"x {1 + self.replay.gap:g} = {self.replay.target:.4g}"
+                      + ("; predicted times include the overhead model" if self.table.overhead is not None else "") + "):"]
             lines += _text_table(*_replay_rows(self.replay))
         lines += ["", "recommendation:"] + [f"- {line}" for line in self.recommendation.lines]
         lines.append(f"  try it on simulated learners: {self.recommendation.command}")
@@ -167,31 +180,28 @@ class Advice:
         return "\n".join(lines)
 
 
-def recorded_time_per_update(trace: StepTrace, synchronous: bool = False) -> Optional[float]:
-    """The recorded run's mean step time where each step is one update: a single-device or DDP run,
-    or a parameter server's learners under p_sync (``synchronous``); else None."""
-    if trace.kind not in ("single", "ddp") and not (trace.kind == "parameter_server" and synchronous):
-        return None
-    return math.fsum(s.compute_s + s.data_wait_s + s.sync_wait_s for s in trace.records) / len(trace.records)
-
-
 # -- the analysis ---------------------------------------------------------------------------------
 def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learners: Optional[int] = None,
            max_k: Optional[int] = None, replay: bool = False, source: Source = "trace",
            gradients: int = DEFAULT_GRADIENTS, max_staleness: float = MAX_STALENESS,
            max_factor: int = DEFAULT_MAX_FACTOR, replay_steps: Optional[int] = None, target_gap: float = 0.01,
-           trust_config: bool = False, write: bool = True, seed: int = 0) -> Advice:
+           trust_config: bool = False, write: bool = True, seed: int = 0, overhead: bool = True,
+           replay_variants: int = REPLAY_VARIANTS) -> Advice:
     """Advise on the recorded run at ``path`` (a run directory with ``step_times.csv``, that file, or a
     compute-time trace): fit, predict, recommend; with ``write``, the HTML page, its figures and
     ``predictions.csv`` into ``out`` (default ``<run dir>/advice``). ``replay`` trains the run's own
-    model (rebuilt from ``.hydra/config.yaml``) under p_sync and the shortlisted variants on the
-    recorded times. One-line ConfigError for bad input."""
+    model (rebuilt from ``.hydra/config.yaml``) under p_sync and the first ``replay_variants``
+    shortlisted variants on the recorded times. ``overhead``: where the trace tells the recorded run's
+    real time per update, calibrate the overhead model on it and include it in the predictions and
+    the replay's times (:func:`~lightning_echo.advisor.predict.calibrate_overhead`). One-line
+    ConfigError for bad input."""
     path = Path(path).expanduser()
     if learners is not None:
         positive_int("--learners", learners)
     if max_k is not None:
         positive_int("--max-k", max_k)
     positive_int("--gradients", gradients)
+    positive_int("--replay-variants", replay_variants)
     if not (math.isfinite(max_staleness) and max_staleness >= 0):
         raise ConfigError("--max-staleness", max_staleness, "must be a finite number >= 0")
     if not (math.isfinite(target_gap) and target_gap >= 0):
@@ -207,7 +217,10 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
         writable_directory("--out", str(folder), folder)
     trace = read_step_trace(path)
     fit = fit_step_trace(trace)
-    table = predict(fit, learners=learners, source=source, gradients=gradients, max_k=max_k, seed=seed)
+    synchronous = _recorded_p_sync(run_dir)
+    calibrated = calibrate_overhead(trace, fit, synchronous, source, gradients, seed) if overhead else None
+    table = predict(fit, learners=learners, source=source, gradients=gradients, max_k=max_k, seed=seed,
+                    overhead=calibrated)
     echo = echo_prediction(trace, [r.rank for r in fit.ranks], max_factor=max_factor)
     shortlist = [r.spec for r in table.shortlist(max_staleness) if r.spec.name != "sync"]
     together = combined(fit, trace, shortlist, table, source=source, gradients=gradients, max_factor=max_factor,
@@ -217,7 +230,7 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
     recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv if writes else None,
                                run_overrides=overrides)
     advice = Advice(str(path), trace, fit, table, echo, together, recommendation, out=folder if write else None,
-                    max_staleness=max_staleness, synchronous_run=_recorded_p_sync(run_dir))
+                    max_staleness=max_staleness, synchronous_run=synchronous)
     if writes:
         folder.mkdir(parents=True, exist_ok=True)
         _write_compute_times(fit, table.learners, compute_csv)
@@ -228,7 +241,7 @@ def advise(path: Union[str, Path], out: Optional[Union[str, Path]] = None, learn
             advice.files[DATA_FILE] = folder / DATA_FILE
     if replay:
         assert run_dir is not None
-        specs = [table.baseline.spec, *shortlist[:REPLAY_VARIANTS]]
+        specs = [table.baseline.spec, *shortlist[:replay_variants]]
         advice.replay = replay_training(run_dir, specs, compute_csv, table, steps=replay_steps, gap=target_gap,
                                         trust_config=trust_config)
         advice.recommendation = recommend(fit, table, echo, together, max_staleness, compute_csv, advice.replay, overrides)
@@ -395,8 +408,13 @@ def _trained_line(trained: ReplayTraining, choice: VariantSpec) -> str:
 def replay_training(run_dir: Path, specs: Sequence[VariantSpec], compute_csv: Path, table: Optional[PredictionTable] = None,
                     steps: Optional[int] = None, gap: float = 0.01, trust_config: bool = False) -> ReplayTraining:
     """Train the run's model (its saved config, without the loader's throttle) under each of ``specs``
-    (p_sync first) on simulated learners replaying ``compute_csv``, each for p_sync's simulated time;
-    the validation loss against the simulated clock, and the time to p_sync's final loss x (1 + gap)."""
+    (p_sync first) on simulated learners replaying ``compute_csv``, each for p_sync's predicted time;
+    the validation loss against the predicted time, and the time to p_sync's final loss x (1 + gap).
+    With ``table.overhead`` the predicted time includes it as the table's times do: each variant's
+    learners replay the recorded times plus its per-computation part (:meth:`Overhead.extra`), and
+    its per-update part is added to the simulated clock at every update."""
+    import tempfile
+
     from omegaconf import OmegaConf  # the app layer: only for --replay
 
     from lightning_echo.app.resume import saved_config
@@ -411,12 +429,21 @@ def replay_training(run_dir: Path, specs: Sequence[VariantSpec], compute_csv: Pa
     sync_steps = steps or (min(DEFAULT_REPLAY_STEPS, configured) if isinstance(configured, int) and configured > 0
                            else DEFAULT_REPLAY_STEPS)
     positive_int("--replay-steps", sync_steps)
-    runs = [_train_one(cfg, specs[0], compute_csv, sync_steps, horizon=None)]
-    horizon = runs[0].points[-1][0]
-    for spec in specs[1:]:
-        predicted = table.row(spec.name, spec.k, spec.max_delay, spec.stop_stale).time_per_update if table else None
-        updates = math.ceil(horizon / predicted) if predicted else sync_steps * spec.learners
-        runs.append(_train_one(cfg, spec, compute_csv, max(1, math.ceil(1.5 * updates) + 10), horizon=horizon))
+    overhead = table.overhead if table is not None else None
+    with tempfile.TemporaryDirectory() as folder:
+
+        def train(spec: VariantSpec, max_steps: int, horizon: Optional[float]) -> TrainedReplay:
+            per_gradient, per_update = overhead.extra(spec) if overhead is not None else (0.0, 0.0)
+            times = _shifted_csv(compute_csv, per_gradient, Path(folder) / f"{len(runs)}.csv") if per_gradient else compute_csv
+            return _train_one(cfg, spec, times, max_steps, horizon=horizon, per_update=per_update)
+
+        runs: list[TrainedReplay] = []
+        runs.append(train(specs[0], sync_steps, None))
+        horizon = runs[0].points[-1][0]
+        for spec in specs[1:]:
+            predicted = table.row(spec.name, spec.k, spec.max_delay, spec.stop_stale).time_per_update if table else None
+            updates = math.ceil(horizon / predicted) if predicted else sync_steps * spec.learners
+            runs.append(train(spec, max(1, math.ceil(1.5 * updates) + 10), horizon))
     target = runs[0].final_loss * (1 + gap)
     runs = [TrainedReplay(r.spec, r.points, _time_to(r.points, target)) for r in runs]
     return ReplayTraining(tuple(runs), target, gap)
@@ -430,7 +457,25 @@ def _time_to(points: Sequence[tuple[float, int, float]], target: float) -> Optio
     return points[0][0] if points and points[0][2] <= target else None
 
 
-def _train_one(cfg: Any, spec: VariantSpec, compute_csv: Path, max_steps: int, horizon: Optional[float]) -> TrainedReplay:
+def _shifted_csv(compute_csv: Path, extra: float, path: Path) -> Path:
+    """``compute_csv``'s times (``learner,seconds``), each ``extra`` seconds longer, written to ``path``."""
+    with compute_csv.open(newline="") as stream:
+        rows = list(csv.reader(stream))
+    _write_times_rows([(row[0], float(row[1]) + extra) for row in rows[1:] if row], path)
+    return path
+
+
+def _write_times_rows(rows: Sequence[tuple[Any, float]], path: Path) -> None:
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["learner", "seconds"])
+        for learner, seconds in rows:
+            writer.writerow([learner, repr(seconds)])
+
+
+def _train_one(cfg: Any, spec: VariantSpec, compute_csv: Path, max_steps: int, horizon: Optional[float],
+               per_update: float = 0.0) -> TrainedReplay:
+    """One replayed training; its points' times are the simulated clock plus ``per_update`` per update."""
     from lightning_echo import lightning_internals
     from lightning_echo.app.builders import build_datamodule, build_model, quiet_lightning
     from lightning_echo.callbacks.progress import TrainingProgress
@@ -444,10 +489,11 @@ def _train_one(cfg: Any, spec: VariantSpec, compute_csv: Path, max_steps: int, h
         def on_validation_end(self, trainer: Any, module: Any) -> None:
             loss = trainer.callback_metrics.get(Loss.VAL)
             if not trainer.sanity_checking and loss is not None:
-                self.points.append((trainer.strategy.clock_s, trainer.global_step, float(loss)))
+                self.points.append((trainer.strategy.clock_s + per_update * trainer.global_step, trainer.global_step,
+                                    float(loss)))
 
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-            if horizon is not None and trainer.strategy.clock_s >= horizon:
+            if horizon is not None and trainer.strategy.clock_s + per_update * trainer.global_step >= horizon:
                 trainer.should_stop = True
 
     stale = cfg.get("stale") or {}
@@ -472,7 +518,7 @@ def _train_one(cfg: Any, spec: VariantSpec, compute_csv: Path, max_steps: int, h
         end = _validation_loss(pl.Trainer(**quiet), model, datamodule)
     points = [(0.0, 0, start), *recorder.points]
     if not points or points[-1][1] != trainer.global_step:
-        points.append((strategy.clock_s, trainer.global_step, end))
+        points.append((strategy.clock_s + per_update * trainer.global_step, trainer.global_step, end))
     return TrainedReplay(spec, tuple(points), None)
 
 
@@ -491,12 +537,7 @@ def _write_compute_times(fit: TraceFit, learners: int, path: Path) -> None:
 
 
 def _write_times(per_learner: Sequence[Sequence[float]], path: Path) -> None:
-    with path.open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["learner", "seconds"])
-        for learner, times in enumerate(per_learner):
-            for seconds in times:
-                writer.writerow([learner, repr(seconds)])
+    _write_times_rows([(learner, seconds) for learner, times in enumerate(per_learner) for seconds in times], path)
 
 
 def write_advice(advice: Advice, folder: Path) -> Path:
@@ -508,14 +549,15 @@ def write_advice(advice: Advice, folder: Path) -> Path:
         writer.writerow(["configuration", "variant", "k", "max_delay", "stop_stale", "time_per_update_s", "updates_per_s",
                          "speedup", "gradients_per_update", "gain", "mean_staleness", "p99_staleness", "wasted_fraction",
                          "replayed_time_per_update_s", "replay_standard_error_s", "time_method", "staleness_method",
-                         "wasted_method"])
+                         "wasted_method", "compute_only_time_per_update_s", "overhead_method"])
         for row in advice.table.rows:
             s = row.spec
             writer.writerow([row.label, s.name, s.k, s.max_delay if s.max_delay is not None else "", s.stop_stale,
                              repr(row.time_per_update), repr(row.updates_per_s), repr(advice.table.speedup(row)), s.k,
                              repr(advice.table.gain(row)), repr(row.mean_staleness), repr(row.p99_staleness),
                              repr(row.wasted_fraction), repr(row.replayed.time_per_update), repr(row.replayed.standard_error),
-                             row.methods["time"], row.methods["staleness"], row.methods["wasted"]])
+                             row.methods["time"], row.methods["staleness"], row.methods["wasted"],
+                             repr(row.compute_time_per_update), row.methods.get("overhead", "")])
     advice.files[GRID_FILE] = grid
     figures = {SPEEDUP_FIGURE: _speedup_figure(advice, folder / SPEEDUP_FIGURE)}
     if advice.replay is not None:
@@ -612,8 +654,9 @@ def _prediction_rows(advice: Advice, rows: Sequence[Prediction]) -> tuple[list[s
     table = advice.table
     shortlisted = {r.spec for r in table.shortlist(advice.max_staleness)}
     legend: dict[str, str] = {}
-    header = ["configuration", "s/update", "updates/s", "x p_sync", "grads/update", "gain", "staleness mean/p99",
-              "wasted", "how (time; staleness; wasted)", "shortlist"]
+    overhead = table.overhead is not None
+    header = ["configuration", "s/update", *(["compute only"] if overhead else []), "updates/s", "x p_sync", "grads/update",
+              "gain", "staleness mean/p99", "wasted", "how (time; staleness; wasted)", "shortlist"]
     out = []
     for row in rows:
         tags = []
@@ -622,9 +665,13 @@ def _prediction_rows(advice: Advice, rows: Sequence[Prediction]) -> tuple[list[s
             legend.setdefault(text, f"{_short_method(text)}{sum(1 for t in legend if _short_method(t) == _short_method(text)) + 1}")
             tags.append(legend[text])
         why = "yes" if row.spec in shortlisted else _why_not(table, row, advice.max_staleness)
-        out.append([row.label, f"{row.time_per_update:.4g}", f"{row.updates_per_s:.4g}", f"{table.speedup(row):.2f}",
-                    str(row.gradients_per_update), f"{table.gain(row):.2f}",
-                    f"{row.mean_staleness:.2f} / {row.p99_staleness:.0f}", f"{row.wasted_fraction:.0%}", "; ".join(tags), why])
+        out.append([row.label, f"{row.time_per_update:.4g}", *([f"{row.compute_time_per_update:.4g}"] if overhead else []),
+                    f"{row.updates_per_s:.4g}", f"{table.speedup(row):.2f}", str(row.gradients_per_update),
+                    f"{table.gain(row):.2f}", f"{row.mean_staleness:.2f} / {row.p99_staleness:.0f}",
+                    f"{row.wasted_fraction:.0%}", "; ".join(tags), why])
+    if overhead:
+        legend.setdefault("s/update includes the overhead calibrated on the recorded run (below); compute only: without it",
+                          "overhead")
     return header, out, legend
 
 
@@ -688,8 +735,9 @@ def _html(advice: Advice, figures: dict[str, Path]) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>",
              f"<p>{escape(advice.trace.kind)} run, {len(advice.trace.ranks)} recorded ranks; predicted for "
-             f"P = {table.learners} learners. Times are the recorded compute times (forward and backward), "
-             "without communication.</p>", "<h2>Recommendation</h2><ul>"]
+             f"P = {table.learners} learners. Times are the recorded compute times (forward and backward)"
+             + (f" plus the overhead calibrated on the recorded run ({escape(table.overhead.describe())})"
+                if table.overhead is not None else ", without communication") + ".</p>", "<h2>Recommendation</h2><ul>"]
     parts += [f"<li>{escape(line)}</li>" for line in advice.recommendation.lines]
     parts.append(f"</ul><p>Try it on simulated learners: <code>{escape(advice.recommendation.command)}</code></p>")
     parts += ["<h2>Compute times</h2>", _html_table(*_fit_rows(advice.fit))]

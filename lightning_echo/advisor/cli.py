@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lightning_echo.advisor.predict import DEFAULT_GRADIENTS, DEFAULT_MAX_FACTOR, MAX_STALENESS
+from lightning_echo.advisor.predict import DEFAULT_GRADIENTS, DEFAULT_MAX_FACTOR, MAX_STALENESS, REPLAY_VARIANTS
 from lightning_echo.errors import LightningEchoError
 
 PROG = "lightning-echo advise"
@@ -40,6 +40,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-steps", type=int, default=None, help="p_sync updates of a --replay (default: the run's "
                    "max_steps, at most 400)")
     p.add_argument("--target-gap", type=float, default=0.01, help="--replay's target: p_sync's final loss x (1 + gap)")
+    p.add_argument("--no-overhead", action="store_false", dest="overhead",
+                   help="predict from the compute times alone (default: add the overhead calibrated on the recorded "
+                   "run where its trace tells its real time per update: one device, DDP, a parameter server's p_sync)")
+    p.add_argument("--replay-variants", type=int, default=REPLAY_VARIANTS,
+                   help=f"shortlisted variants that --replay trains besides p_sync (default {REPLAY_VARIANTS})")
     p.add_argument("--trust-config", action="store_true", dest="trust_config",
                    help="--replay builds also what the saved config names beyond the packaged configs' callables")
     return p
@@ -54,7 +59,7 @@ def advise_main(argv: Sequence[str]) -> int:
         advice = advise(args.path, out=args.out, learners=args.learners, max_k=args.max_k, replay=args.replay,
                         source=args.source, gradients=args.gradients, max_staleness=args.max_staleness,
                         max_factor=args.max_factor, replay_steps=args.replay_steps, target_gap=args.target_gap,
-                        trust_config=args.trust_config)
+                        trust_config=args.trust_config, overhead=args.overhead, replay_variants=args.replay_variants)
     except LightningEchoError as error:
         print(f"lightning-echo: error: {error}", file=sys.stderr)
         return 2

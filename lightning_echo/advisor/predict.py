@@ -27,6 +27,17 @@ roughly carries over) with a mean staleness of at most 2 updates are shortlisted
 within 3% of the best, the least stale, then the least wasteful, then the largest K wins. When no
 gain reaches 1.2, sync is enough.
 
+Real steps cost more than their compute (:class:`Overhead`): the predictions above are compute
+alone; :func:`calibrate_overhead` measures the rest on the recorded run itself (a synchronous one:
+one device, DDP, or a parameter server's p_sync, where every recorded step is one update) as
+``recorded time per update - compute-only p_sync prediction`` and splits it into a part per
+gradient (each learner's recorded data wait: the loop's own work and the data fetch between its
+steps) and a part per update (the rest: the all-reduce, or the server's update, its STARTs and
+the round trip). ``predict(..., overhead=...)`` then adds them where each variant pays them (a
+learner that waits for the update pays the per-update part; see :meth:`Overhead.extra`), and
+``Prediction.compute_only`` keeps the time from compute alone. On the parameter server this turned
+predictions about 10-25% optimistic into ones within 10% of real runs (BENCHMARKS.md, issue 22).
+
 Echo (Choi et al. 2019, DESIGN 4.1): with ``time(e) = max(t_upstream, e t_downstream)`` per fresh
 batch, a rank that waits for data a fraction ``f`` of its step has ``t_upstream / t_downstream =
 1 / (1 - f)``: ``auto`` echoes about that many times per fresh batch (at most ``max_factor``) and
@@ -45,7 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 from lightning_echo.advisor.fit import TraceFit
 from lightning_echo.advisor.trace import StepTrace
@@ -70,6 +81,7 @@ DATA_BOUND = 0.05
 LITTLE_DATA_WAIT = DATA_BOUND
 ECHO_WORTH = 1.1  # echo goes into the recommended command when it makes the choice this much faster
 DEFAULT_MAX_FACTOR = 4
+REPLAY_VARIANTS = 4  # shortlisted variants a --replay trains besides p_sync (advise)
 _NO_DATA_TIME = 1e-12  # the loader time of a rank that never waited: data always ready
 
 
@@ -207,10 +219,16 @@ class Prediction:
     wasted_fraction: float
     methods: Mapping[str, str]
     replayed: Replay
+    compute_only: Optional[float] = None  # the time per update from compute alone, where an overhead was added
 
     @property
     def label(self) -> str:
         return label(self.spec)
+
+    @property
+    def compute_time_per_update(self) -> float:
+        """The time per update from the compute times alone (without the overhead model)."""
+        return self.compute_only if self.compute_only is not None else self.time_per_update
 
     @property
     def updates_per_s(self) -> float:
@@ -233,6 +251,7 @@ class PredictionTable:
     rows: tuple[Prediction, ...]
     source: Source
     notes: tuple[str, ...] = ()
+    overhead: Optional["Overhead"] = None  # added to every row's time per update, when given
 
     @property
     def baseline(self) -> Prediction:
@@ -294,9 +313,15 @@ class _ClosedForms:
         self.family = best.family
         self.means = [times.mean(i) for i in range(learners)]
 
+    @staticmethod
+    def _renewal(spec: VariantSpec) -> bool:
+        name = spec.name
+        return (name in ("k_batch_async", "async") or (name == "ringmaster" and spec.max_delay is None)
+                or (name == "k_async" and spec.k == 1))
+
     def time(self, spec: VariantSpec) -> tuple[Optional[float], str]:
         name, k, p = spec.name, spec.k, self.learners
-        if name in ("k_batch_async", "async") or (name == "ringmaster" and spec.max_delay is None) or (name == "k_async" and k == 1):
+        if self._renewal(spec):
             return k / math.fsum(1.0 / m for m in self.means), "closed form K / sum_i 1/E[X_i] (renewal, Lemma 4: any distribution, any speeds)"
         iid = self.iid
         if iid is None:
@@ -309,6 +334,17 @@ class _ClosedForms:
         if name == "k_batch_sync" and (iid.name == "exponential" or k == 1):
             return k_batch_sync_time_per_update(iid, k, p), f"closed form K E[X] / P (Sec. 4.1) {where}"
         return None, ""
+
+    def shifted(self, spec: VariantSpec, extra: float) -> Optional[float]:
+        """The closed-form time per update when every compute time is ``extra`` seconds longer, where
+        the form stays exact: the renewal form (a shifted time is still a time of any distribution)
+        and Lemma 3's order statistics (``E[(X + c)_(K:P)] = E[X_(K:P)] + c``); else None."""
+        name, k, p = spec.name, spec.k, self.learners
+        if self._renewal(spec):
+            return k / math.fsum(1.0 / (m + extra) for m in self.means)
+        if self.iid is not None and (name in ("sync", "k_sync") or (name == "k_async" and k == p)):
+            return expected_order_statistic(self.iid, k, p) + extra
+        return None
 
     def wasted(self, spec: VariantSpec) -> tuple[Optional[float], str]:
         name, k, p = spec.name, spec.k, self.learners
@@ -333,10 +369,14 @@ class _ClosedForms:
 
 def predict(fit: TraceFit, learners: Optional[int] = None, source: Source = "trace", gradients: int = DEFAULT_GRADIENTS,
             max_k: Optional[int] = None, closed_forms: bool = True, seed: int = 0,
-            specs: Optional[Sequence[VariantSpec]] = None) -> PredictionTable:
+            specs: Optional[Sequence[VariantSpec]] = None, overhead: Optional[Overhead] = None) -> PredictionTable:
     """Predict every configuration of :func:`variant_grid` (or ``specs``) for ``learners`` learners
     (default: the recorded ranks; more learners replay the ranks in turn). ``source``: replay the
-    recorded times or the fitted model; ``closed_forms=False`` uses the replay for every number."""
+    recorded times or the fitted model; ``closed_forms=False`` uses the replay for every number.
+    ``overhead`` (:func:`calibrate_overhead`): each row's time per update adds it where the row's
+    variant pays it (:meth:`Overhead.extra`): by the closed form on the shifted times where that stays
+    exact, else by replaying the shifted times; staleness and wasted work stay those of the compute
+    times; ``Prediction.compute_only`` keeps the time from compute alone."""
     count = positive_int("learners", learners) if learners is not None else fit.learners
     if source not in ("trace", "fit"):
         raise ConfigError("source", source, "must be trace or fit")
@@ -351,19 +391,142 @@ def predict(fit: TraceFit, learners: Optional[int] = None, source: Source = "tra
         time, time_how = exact.time(spec) if closed_forms else (None, "")
         wasted, wasted_how = exact.wasted(spec) if closed_forms else (None, "")
         staleness_how = exact.staleness(spec) if closed_forms else None
+        compute_time = time if time is not None else replayed.time_per_update
+        methods = {"time": time_how or how, "staleness": staleness_how or how, "wasted": wasted_how or how}
+        compute_only: Optional[float] = None
+        if overhead is not None:
+            per_gradient, per_update = overhead.extra(spec)
+            shifted = exact.shifted(spec, per_gradient) if closed_forms and time is not None else None
+            if shifted is None:
+                shifted = replay(spec, ShiftedTimes(times, per_gradient), gradients, seed).time_per_update
+            compute_only, compute_time = compute_time, shifted + per_update
+            methods["overhead"] = overhead.how(spec)
         rows.append(Prediction(
             spec=spec,
-            time_per_update=time if time is not None else replayed.time_per_update,
+            time_per_update=compute_time,
             mean_staleness=0.0 if staleness_how else replayed.mean_staleness,
             p99_staleness=0.0 if staleness_how else replayed.p99_staleness,
             wasted_fraction=wasted if wasted is not None else replayed.wasted_fraction,
-            methods={"time": time_how or how, "staleness": staleness_how or how, "wasted": wasted_how or how},
+            methods=methods,
             replayed=replayed,
+            compute_only=compute_only,
         ))
     notes = []
     if count != fit.learners:
         notes.append(f"{count} learners replay the {fit.learners} recorded ranks in turn")
-    return PredictionTable(count, tuple(rows), source, tuple(notes))
+        if overhead is not None:
+            notes.append(f"the overhead was calibrated on the {overhead.learners} recorded ranks and is applied as it is "
+                         f"to {count} learners (a server's work per update may grow with them)")
+    return PredictionTable(count, tuple(rows), source, tuple(notes), overhead)
+
+
+# -- overhead -------------------------------------------------------------------------------------
+class ShiftedTimes(ComputeTimeSource):
+    """``base``'s compute times, each ``extra`` seconds longer (the per-gradient overhead)."""
+
+    def __init__(self, base: ComputeTimeSource, extra: float) -> None:
+        if not (math.isfinite(extra) and extra >= 0):
+            raise ConfigError("extra", extra, "must be a finite number of seconds >= 0")
+        self.base, self.extra = base, float(extra)
+        self.learners = base.learners
+
+    def sample(self, learner: int) -> float:
+        return self.base.sample(learner) + self.extra
+
+    def mean(self, learner: int) -> float:
+        return self.base.mean(learner) + self.extra
+
+    def seeded(self, seed: int) -> "ShiftedTimes":
+        return ShiftedTimes(self.base.seeded(seed), self.extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state)
+
+    def check_learners(self, learners: int) -> None:
+        self.base.check_learners(learners)
+
+
+def recorded_time_per_update(trace: StepTrace, synchronous: bool = False) -> Optional[float]:
+    """The recorded run's mean step time (compute, data wait and sync wait; over every rank's steps)
+    where each step is one update: a single-device or DDP run, or a parameter server's learners under
+    p_sync (``synchronous``); else None."""
+    if trace.kind not in ("single", "ddp") and not (trace.kind == "parameter_server" and synchronous):
+        return None
+    return math.fsum(s.compute_s + s.data_wait_s + s.sync_wait_s for s in trace.records) / len(trace.records)
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """What a real update costs beyond the recorded compute times, measured on the recorded run itself
+    (:func:`calibrate_overhead`): ``per_gradient`` seconds each gradient costs its learner outside its
+    compute (the recorded data wait: fetching the next batch and the loop's own work between steps)
+    and ``per_update`` seconds each update costs on its critical path (the rest: the all-reduce, or
+    the server's update, its STARTs and the round trip, and the loop's work per step). Their sum is
+    ``recorded - predicted``: the recorded time per update over the compute-only p_sync prediction
+    for the recorded ranks.
+
+    Who pays what (:meth:`extra`): every computation is ``per_gradient`` longer; a learner that waits
+    for an update before it computes again pays ``per_update`` too. So p_sync, k_sync, k_batch_sync
+    and Rennala (every learner restarts at the new parameters, or its work is stale) add
+    ``per_update`` to each update; k_async (the K learners that pushed wait for the update) adds it
+    to each of their computations; k_batch_async, async and Ringmaster (only the learner whose
+    gradient completed the update waits) add ``per_update / K`` to every computation on average.
+    Rare long pauses that the learners waited through (a parameter server's validation or
+    checkpoint) are averaged into ``per_update``."""
+
+    per_gradient: float
+    per_update: float
+    recorded: float
+    predicted: float
+    learners: int
+
+    @property
+    def total(self) -> float:
+        """Seconds per update of the recorded run beyond its compute-only prediction (at least 0)."""
+        return self.per_gradient + self.per_update
+
+    def extra(self, spec: VariantSpec) -> tuple[float, float]:
+        """(seconds added to every computation, seconds added to every update) under ``spec``."""
+        g, u = self.per_gradient, self.per_update
+        if spec.name == "k_async":
+            return g + u, 0.0
+        if spec.name in ("k_batch_async", "async", "ringmaster"):
+            return g + u / spec.k, 0.0
+        return g, u
+
+    def how(self, spec: VariantSpec) -> str:
+        """How the overhead enters ``spec``'s time per update."""
+        per_gradient, per_update = self.extra(spec)
+        text = f"+ {per_gradient:.3g} s per computation"
+        return text + (f", + {per_update:.3g} s per update" if per_update else "")
+
+    def describe(self) -> str:
+        return (f"{self.per_gradient:.3g} s per gradient (the recorded data wait) + {self.per_update:.3g} s per update "
+                f"(communication and the loop's own work)")
+
+
+def calibrate_overhead(trace: StepTrace, fit: TraceFit, synchronous: bool = False, source: Source = "trace",
+                       gradients: int = DEFAULT_GRADIENTS, seed: int = 0) -> Optional[Overhead]:
+    """The overhead of the recorded run (:class:`Overhead`), or None where the trace does not tell the
+    real time per update (a compute-time trace; a parameter server's run of another variant than
+    p_sync). ``recorded - predicted`` (0 when negative) is split into the ranks' mean recorded data
+    wait per step (``per_gradient``, at most the total) and the rest (``per_update``); ``predicted``
+    is p_sync on the recorded ranks, as :func:`predict` gives it for ``source``."""
+    recorded = recorded_time_per_update(trace, synchronous)
+    if recorded is None:
+        return None
+    fitted = {r.rank for r in fit.ranks}
+    steps = [s for s in trace.records if s.rank in fitted]
+    if not steps:
+        return None
+    baseline = predict(fit, source=source, gradients=gradients, seed=seed,
+                       specs=[variant_spec("sync", fit.learners)]).baseline.time_per_update
+    total = max(0.0, recorded - baseline)
+    per_gradient = min(total, math.fsum(s.data_wait_s for s in steps) / len(steps))
+    return Overhead(per_gradient, total - per_gradient, recorded, baseline, fit.learners)
 
 
 # -- echo ---------------------------------------------------------------------------------------
@@ -453,7 +616,7 @@ class CombinedPrediction:
     """A configuration with every learner's recorded data times: without echo and with ``auto`` echo."""
 
     spec: VariantSpec
-    compute_only: float  # the time per update of the prediction table (data always ready)
+    compute_only: float  # the time per update of the prediction table from compute alone (data always ready)
     with_data: Replay
     with_echo: Replay
 
@@ -481,7 +644,7 @@ def combined(fit: TraceFit, trace: StepTrace, specs: Sequence[VariantSpec], tabl
         plain = LearnerDataStreams(learners, data_times, None, seed=seed)
         echoing = LearnerDataStreams(learners, data_times, LearnerEcho("auto", max_factor, seed), seed=seed)
         compute_only = table.row(spec.name, spec.k if spec.name not in ("sync", "async", "ringmaster") else None,
-                                 spec.max_delay, spec.stop_stale).time_per_update if table is not None else math.nan
+                                 spec.max_delay, spec.stop_stale).compute_time_per_update if table is not None else math.nan
         results.append(CombinedPrediction(spec, compute_only, replay(spec, times, gradients, seed, plain),
                                           replay(spec, times, gradients, seed, echoing)))
     return results
