@@ -26,8 +26,9 @@ The rule, in two parts.
      every K is as fast per gradient, so the speeds favour K = 1.
 
    ``base`` minimises ``time(K) (1 + s/K)`` over ``1 <= K <= cap``. A learner that delivered
-   nothing yet counts as slower than every other. Until every learner delivered a gradient (at
-   most ``warmup_updates`` updates) K is 1 where every learner keeps computing at K = 1
+   nothing yet counts as slower than every other. Until every learner delivered ``min_samples``
+   gradients (at most ``warmup_updates`` updates: one time of each is a poor estimate of an order
+   statistic) K is 1 where every learner keeps computing at K = 1
    (``k_async``, ``k_batch_async``, ``rennala``), and P where K < P cancels the slow ones'
    work before it is ever timed (``k_sync``, ``k_batch_sync``). ``base`` is chosen again at
    every window's end, and changed only when the new choice is ``switch_gain`` cheaper.
@@ -42,13 +43,15 @@ The rule, in two parts.
 times P for the batch variants. Constants (defaults): ``s = 1`` (an accuracy of the order of a
 single gradient's noise: the speeds alone pick K early; part 2 adds synchrony when the noise
 starts to matter), ``window = 32 P`` gradients, ``threshold = 0.01``, ``growth = 2``,
-``batch_cap = 4``, ``memory = 16``, ``switch_gain = 0.1``, ``warmup_updates = 8 P``.
+``batch_cap = 4``, ``memory = 16``, ``min_samples = 4``, ``switch_gain = 0.1``,
+``warmup_updates = 8 P``.
 
 Example::
 
     rule = AdaptiveK("k_async", learners=8)
-    for learner in range(8):                    # six fast learners, two ten times slower
-        rule.observe_time(learner, 1.0 if learner < 6 else 10.0)
+    for _ in range(4):
+        for learner in range(8):                # six fast learners, two ten times slower
+            rule.observe_time(learner, 1.0 if learner < 6 else 10.0)
     assert rule.k == 6                          # waiting for the slow two costs 10x per update
 """
 
@@ -103,6 +106,7 @@ class AdaptiveK:
         growth: int = 2,
         batch_cap: int = 4,
         memory: int = 16,
+        min_samples: int = 4,
         switch_gain: float = 0.1,
         warmup_updates: Optional[int] = None,
     ) -> None:
@@ -116,6 +120,9 @@ class AdaptiveK:
         self.growth = growth
         self.batch_cap = positive_int("batch_cap", batch_cap)
         self.memory = positive_int("memory", memory)
+        self.min_samples = positive_int("min_samples", min_samples)
+        if self.min_samples > self.memory:
+            raise ConfigError("min_samples", min_samples, f"must be at most memory={memory}")
         self.switch_gain = _non_negative("switch_gain", switch_gain)
         self.warmup_updates = (positive_int("warmup_updates", warmup_updates) if warmup_updates is not None
                                else 8 * learners)
@@ -184,7 +191,7 @@ class AdaptiveK:
         times.append(float(seconds))
         if len(times) > self.memory:
             del times[0]
-        if not self.warm and all(self._times[i] for i in range(self.learners) if i not in self._retired):
+        if not self.warm and self._all_timed():
             self._end_warmup()
 
     def observe_update(self, loss: Optional[float], k: int) -> None:
@@ -213,10 +220,13 @@ class AdaptiveK:
         """``learner`` left for good: it is never counted on again."""
         self._check_learner(learner)
         self._retired.add(learner)
-        if self.warm or all(self._times[i] for i in range(self.learners) if i not in self._retired):
+        if self.warm or self._all_timed():
             self._end_warmup()  # the speeds left favour another K
         else:
             self._set_k()
+
+    def _all_timed(self) -> bool:
+        return all(len(self._times[i]) >= self.min_samples for i in range(self.learners) if i not in self._retired)
 
     def _end_warmup(self) -> None:
         self.warm = True
@@ -243,7 +253,8 @@ class AdaptiveK:
         """The rule's settings (what a saved state must match)."""
         return {"variant": self.variant, "learners": self.learners, "noise": self.noise, "window": self.window,
                 "threshold": self.threshold, "growth": self.growth, "batch_cap": self.batch_cap,
-                "memory": self.memory, "switch_gain": self.switch_gain, "warmup_updates": self.warmup_updates}
+                "memory": self.memory, "min_samples": self.min_samples, "switch_gain": self.switch_gain,
+                "warmup_updates": self.warmup_updates}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything its next choices depend on (plain python data)."""

@@ -19,7 +19,7 @@ P = 8
 SIX_FAST_TWO_SLOW = [1.0] * 6 + [10.0] * 2
 
 
-def timed(rule: AdaptiveK, seconds: list[float], rounds: int = 1) -> AdaptiveK:
+def timed(rule: AdaptiveK, seconds: list[float], rounds: int = 4) -> AdaptiveK:
     for _ in range(rounds):
         for learner, value in enumerate(seconds):
             rule.observe_time(learner, value)
@@ -30,7 +30,9 @@ def test_the_initial_k_of_the_k_variants_leaves_out_two_very_slow_learners() -> 
     for variant in ("k_sync", "k_async"):
         rule = AdaptiveK(variant, P)
         assert rule.k == initial_k(variant, P) == (P if variant == "k_sync" else 1)  # before any learner was timed
-        timed(rule, SIX_FAST_TWO_SLOW)
+        timed(rule, SIX_FAST_TWO_SLOW, rounds=3)
+        assert not rule.warm and rule.k == initial_k(variant, P)  # three times of each learner are not enough
+        timed(rule, SIX_FAST_TWO_SLOW, rounds=1)
         assert rule.warm and rule.k == 6  # K = 6 costs one fast time per update, K = 7 a slow one
         assert rule.time_per_update(6) == 1.0 and rule.time_per_update(7) == 10.0
 
@@ -151,6 +153,7 @@ def test_auto_is_refused_where_the_variant_fixes_k(variant: str) -> None:
 
 
 @pytest.mark.parametrize("kwargs, key", [({"growth": 1}, "growth"), ({"window": 0}, "window"),
+                                         ({"min_samples": 17}, "min_samples"),
                                          ({"noise": -1.0}, "noise"), ({"threshold": math.inf}, "threshold")])
 def test_bad_rule_settings_are_one_line_errors(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -167,7 +170,7 @@ def test_bad_observations() -> None:
 
 @pytest.mark.parametrize("variant", ADAPTIVE_VARIANTS)
 def test_every_adaptive_variant_chooses_a_k_its_policy_accepts(variant: str) -> None:
-    rule = timed(AdaptiveK(variant, P, window=4), SIX_FAST_TWO_SLOW, rounds=3)
+    rule = timed(AdaptiveK(variant, P, window=4), SIX_FAST_TWO_SLOW)
     policy = ServerPolicy(variant_spec(variant, P, initial_k(variant, P)))
     for _ in range(60):
         policy.set_k(rule.k)
