@@ -35,8 +35,9 @@ gradient (each learner's recorded data wait: the loop's own work and the data fe
 steps) and a part per update (the rest: the all-reduce, or the server's update, its STARTs and
 the round trip). ``predict(..., overhead=...)`` then adds them where each variant pays them (a
 learner that waits for the update pays the per-update part; see :meth:`Overhead.extra`), and
-``Prediction.compute_only`` keeps the time from compute alone. On the parameter server this turned
-predictions about 10-25% optimistic into ones within 10% of real runs (BENCHMARKS.md, issue 22).
+``Prediction.compute_only`` keeps the time from compute alone. On a parameter server's real processes
+this turned updates-per-second predictions 9-22% optimistic into ones within 7% of the measured rates
+for every shortlisted variant (BENCHMARKS.md, issue 22; ``bench/advisor_accuracy.py``).
 
 Echo (Choi et al. 2019, DESIGN 4.1): with ``time(e) = max(t_upstream, e t_downstream)`` per fresh
 batch, a rank that waits for data a fraction ``f`` of its step has ``t_upstream / t_downstream =
