@@ -31,19 +31,27 @@ The rule, in two parts.
    statistic) K is 1 where every learner keeps computing at K = 1
    (``k_async``, ``k_batch_async``, ``rennala``), and P where K < P cancels the slow ones'
    work before it is ever timed (``k_sync``, ``k_batch_sync``). ``base`` is chosen again at
-   every window's end, and changed only when the new choice is ``switch_gain`` cheaper.
+   every window's end, and changed only when the new choice is ``switch_gain`` (half) cheaper:
+   a few rounds of random times can rank two K wrongly, and every change costs.
 
 2. *More synchrony near the floor* (``level``). Dutta et al.'s future work and Wang and Joshi's
-   AdaComm (2018): little synchrony while the loss falls fast, more once it stops falling. The
-   losses are averaged over windows of ``window`` gradients (so a window's precision does not
-   depend on K); when a window's mean is not below the previous window's by ``threshold``
-   (relative), ``level`` goes up by one. K is ``min(cap, base * growth ** level)``.
+   AdaComm (2018): little synchrony while the loss falls, more once it stops falling. The losses
+   are averaged over windows of ``window`` updates; when ``patience`` windows in a row are not
+   below the best window so far by ``threshold`` (relative; PyTorch's ``ReduceLROnPlateau`` rule),
+   ``level`` goes up by one. K is
+   ``min(cap, base * growth ** level)``. Windows count updates, not gradients: with a fixed step
+   size a larger K makes fewer steps per gradient, so a window of gradients would look like a
+   plateau right after every raise. A loss that still falls slowly is not a floor: more
+   synchrony then costs time per update and steps per sample, and pays only where the noise of
+   fewer gradients per update (or their staleness) holds the loss up; hence a small threshold
+   and two windows in a row (on the bench's logistic regression a 1% threshold on single windows
+   raised K while the loss still fell and made a long run 2.3x slower).
 
 ``cap`` is P (fewer when learners were retired) for ``k_sync`` and ``k_async``, ``batch_cap``
 times P for the batch variants. Constants (defaults): ``s = 1`` (an accuracy of the order of a
 single gradient's noise: the speeds alone pick K early; part 2 adds synchrony when the noise
-starts to matter), ``window = 32 P`` gradients, ``threshold = 0.01``, ``growth = 2``,
-``batch_cap = 4``, ``memory = 16``, ``min_samples = 4``, ``switch_gain = 0.1``,
+starts to matter), ``window = 64 P`` updates, ``threshold = 0.005``, ``patience = 2``,
+``growth = 2``, ``batch_cap = 4``, ``memory = 16``, ``min_samples = 4``, ``switch_gain = 0.5``,
 ``warmup_updates = 8 P``.
 
 Example::
@@ -102,19 +110,21 @@ class AdaptiveK:
         *,
         noise: float = 1.0,
         window: Optional[int] = None,
-        threshold: float = 0.01,
+        threshold: float = 0.005,
+        patience: int = 2,
         growth: int = 2,
         batch_cap: int = 4,
         memory: int = 16,
         min_samples: int = 4,
-        switch_gain: float = 0.1,
+        switch_gain: float = 0.5,
         warmup_updates: Optional[int] = None,
     ) -> None:
         self.variant = check_adaptive_variant(variant)
         self.learners = positive_int("stale.learners", learners)
         self.noise = _non_negative("noise", noise)
-        self.window = positive_int("window", window) if window is not None else 32 * learners
+        self.window = positive_int("window", window) if window is not None else 64 * learners
         self.threshold = _non_negative("threshold", threshold)
+        self.patience = positive_int("patience", patience)
         if isinstance(growth, bool) or not isinstance(growth, int) or growth < 2:
             raise ConfigError("growth", growth, "must be an integer >= 2")
         self.growth = growth
@@ -134,8 +144,9 @@ class AdaptiveK:
         self.level = 0
         self._k = self.base
         self._window_sum = 0.0
-        self._window_gradients = 0
-        self._previous: Optional[float] = None
+        self._window_updates = 0
+        self._best: Optional[float] = None
+        self._stalled = 0  # windows in a row not below the best by the threshold
         self.changes: list[tuple[int, int]] = [(0, self._k)]  # (updates it had seen then, the new K)
 
     # -- what it chooses ---------------------------------------------------------------------------
@@ -194,24 +205,25 @@ class AdaptiveK:
         if not self.warm and self._all_timed():
             self._end_warmup()
 
-    def observe_update(self, loss: Optional[float], k: int) -> None:
-        """An update of ``k`` gradients was applied; ``loss`` is their mean training loss (None or
+    def observe_update(self, loss: Optional[float]) -> None:
+        """An update was applied; ``loss`` is the mean training loss of its gradients (None or
         NaN: not known, the update counts for the warm-up only)."""
-        positive_int("k", k)
         self.updates += 1
         if not self.warm and self.updates >= self.warmup_updates:
             self._end_warmup()
         if loss is None or not math.isfinite(loss):
             return
-        self._window_sum += float(loss) * k
-        self._window_gradients += k
-        if self._window_gradients >= self.window:
-            mean = self._window_sum / self._window_gradients
-            self._window_sum, self._window_gradients = 0.0, 0
-            plateau = self._previous is not None and self._previous - mean < self.threshold * abs(self._previous)
-            self._previous = mean
-            if plateau and self.base * self.growth ** self.level < self.cap:
+        self._window_sum += float(loss)
+        self._window_updates += 1
+        if self._window_updates >= self.window:
+            mean = self._window_sum / self._window_updates
+            self._window_sum, self._window_updates = 0.0, 0
+            improved = self._best is None or self._best - mean >= self.threshold * abs(self._best)
+            self._stalled = 0 if improved else self._stalled + 1
+            self._best = mean if self._best is None else min(self._best, mean)
+            if self._stalled >= self.patience and self.base * self.growth ** self.level < self.cap:
                 self.level += 1
+                self._stalled = 0
             if self.warm:
                 self._rechoose_base()
             self._set_k()
@@ -252,7 +264,7 @@ class AdaptiveK:
     def settings(self) -> dict[str, Any]:
         """The rule's settings (what a saved state must match)."""
         return {"variant": self.variant, "learners": self.learners, "noise": self.noise, "window": self.window,
-                "threshold": self.threshold, "growth": self.growth, "batch_cap": self.batch_cap,
+                "threshold": self.threshold, "patience": self.patience, "growth": self.growth, "batch_cap": self.batch_cap,
                 "memory": self.memory, "min_samples": self.min_samples, "switch_gain": self.switch_gain,
                 "warmup_updates": self.warmup_updates}
 
@@ -269,8 +281,9 @@ class AdaptiveK:
             "level": self.level,
             "k": self._k,
             "window_sum": self._window_sum,
-            "window_gradients": self._window_gradients,
-            "previous": self._previous,
+            "window_updates": self._window_updates,
+            "best": self._best,
+            "stalled": self._stalled,
             "changes": [list(change) for change in self.changes],
         }
 
@@ -286,8 +299,9 @@ class AdaptiveK:
         self.level = int(state["level"])
         self._k = int(state["k"])
         self._window_sum = float(state["window_sum"])
-        self._window_gradients = int(state["window_gradients"])
-        self._previous = None if state["previous"] is None else float(state["previous"])
+        self._window_updates = int(state["window_updates"])
+        self._best = None if state["best"] is None else float(state["best"])
+        self._stalled = int(state["stalled"])
         self.changes = [(int(u), int(k)) for u, k in state["changes"]]
 
 

@@ -22,6 +22,7 @@ from lightning_echo.combinations import (
     refuse_second_progress_source,
     refuse_several_train_loaders,
 )
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.batches import find_batch_size
 from lightning_echo.core.momentum import implicit_momentum
 from lightning_echo.core.progress import Clock, ProgressLedger, StepReport
@@ -51,9 +52,14 @@ class StragglerStrategy:
     rule: Optional[StepSizeRule]
     momentum_offset: float
 
-    def _init_stragglers(self, settings: Union[StragglerSettings, str, None], fields: Dict[str, Any]) -> None:
+    def _init_stragglers(self, settings: Union[StragglerSettings, str, None], fields: Dict[str, Any],
+                         adaptive_k: Optional[AdaptiveK] = None) -> None:
         warn_if_other_lightning_imported(self)
         self.settings = StragglerSettings.build(settings, **fields)
+        if adaptive_k is not None and (not isinstance(adaptive_k, AdaptiveK) or not self.settings.adaptive):
+            raise ConfigError("adaptive_k", type(adaptive_k).__name__,
+                              "must be an AdaptiveK, given with k='auto' (it chooses K while training)")
+        self._adaptive_given = adaptive_k
         self.spec = None
         self.rule = None
         self.momentum_offset = 0.0
@@ -65,6 +71,14 @@ class StragglerStrategy:
         """Resolve the settings against ``learners`` (P): the variant with its K, the rule's M."""
         resolved = self.settings.resolve(learners)
         self.spec, self.rule, self.momentum_offset = resolved.spec, resolved.rule, resolved.momentum_offset
+        given = self._adaptive_given
+        if given is not None and (given.variant, given.learners) != (self.spec.name, learners):
+            raise ConfigError("adaptive_k", f"AdaptiveK({given.variant!r}, learners={given.learners})",
+                              f"must be built for this run's variant and learners: {self.spec.name}, {learners}")
+
+    def _new_adaptive_k(self, learners: int) -> Optional[AdaptiveK]:
+        """The rule that chooses K (``k="auto"``): the one given to the strategy, else the defaults'."""
+        return self._adaptive_given if self._adaptive_given is not None else self.settings.adaptive_k(learners)
 
     # -- what neither backend can run ----------------------------------------------------------
     def check_trainer(self, trainer: Any) -> None:

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.lightning_namespace import pl
 from lightning_echo.stragglers.processes.strategy import ParameterServerStrategy
 from world_scenarios import run_scenarios, scenarios_of
 
 ROWS, DIM, BATCH = 64, 4, 4
 DELAY = {"distribution": "constant", "value": 0.004, "speeds": [1, 6]}
+WINDOW = 32  # updates per loss window (the default, 64 P, would need a longer run to see the floor)
 
 
 def rank() -> int:
@@ -50,7 +52,8 @@ def loader() -> DataLoader:
 
 
 def trainer(out: Path, name: str, max_steps: int, **kwargs: Any) -> pl.Trainer:
-    strategy = ParameterServerStrategy("k_async", k="auto", timeout=30.0, delay=DELAY)
+    rule = AdaptiveK("k_async", 2, window=WINDOW)
+    strategy = ParameterServerStrategy("k_async", k="auto", timeout=30.0, delay=DELAY, adaptive_k=rule)
     return pl.Trainer(devices=3, accelerator="cpu", strategy=strategy, max_steps=max_steps,
                       logger=pl.loggers.CSVLogger(out / "logs", name=name), log_every_n_steps=1,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -270,7 +270,7 @@ class ParameterServer:
             report.used_per_learner[gradient.learner] += 1
         report.wall_s = time.monotonic() - self._t0
         if self.adaptive is not None:
-            self.adaptive.observe_update(loss, len(update.gradients))
+            self.adaptive.observe_update(loss)
             self._adapt_k()
         self._release_unread_snapshots()
         for learner in self.policy.start_ready():

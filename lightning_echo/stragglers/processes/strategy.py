@@ -81,6 +81,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         inject_delays: whether learners sleep ``delay``'s compute times (None: when ``delay`` is set);
             False runs a config written for simulated learners at the processes' own speed.
         process_group_timeout: the default process group's timeout (DDP's ``timeout``).
+        adaptive_k: with ``k="auto"``, the server's :class:`~lightning_echo.core.adaptive_k.AdaptiveK`
+            with constants of your own (None: the defaults').
 
     What differs from DDP while ``fit`` runs:
 
@@ -162,9 +164,10 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         precision_plugin: Any = None,
         process_group_backend: Optional[str] = None,
         process_group_timeout: Any = default_pg_timeout,
+        adaptive_k: Optional[AdaptiveK] = None,
         **setting_fields: Any,
     ) -> None:
-        self._init_stragglers(settings, setting_fields)
+        self._init_stragglers(settings, setting_fields, adaptive_k)
         super().__init__(
             accelerator=accelerator, parallel_devices=parallel_devices, cluster_environment=cluster_environment,
             checkpoint_io=checkpoint_io, precision_plugin=precision_plugin,
@@ -374,7 +377,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     def _adaptive_k(self) -> Optional[AdaptiveK]:
         """The server's adaptive K (``stale.k=auto``), continuing a resumed run's."""
         assert self.spec is not None
-        adaptive = self.settings.adaptive_k(self.spec.learners)
+        adaptive = self._new_adaptive_k(self.spec.learners)
         saved = self._loaded.get(ADAPTIVE_KEY) if self._loaded else None
         if adaptive is not None and saved is not None:
             adaptive.load_state_dict(saved)

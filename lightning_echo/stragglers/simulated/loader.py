@@ -22,6 +22,7 @@ is then not known in advance (the loader has no length).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, Optional
 
@@ -30,7 +31,7 @@ from torchdata.nodes import Loader
 
 from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.batches import rebuild
-from lightning_echo.core.schedule import ScheduleSimulation, UpdatePlan
+from lightning_echo.core.schedule import GradientPlan, RunTotals, ScheduleSimulation, UpdatePlan
 from lightning_echo.data.lifetime import StopsAtLightningTeardown
 from lightning_echo.data.nodes import IterableNode
 from lightning_echo.lightning_internals import sized_len, stop_dataloader_workers
@@ -141,7 +142,7 @@ class UpdateLoader(StopsAtLightningTeardown):
         self._drawn_in_pass = 0  # mini-batches drawn from the source's current pass
         self._resumed_mid_pass = False
         self.adaptive = adaptive
-        self._losses: Dict[int, tuple[float, int]] = {}  # update version -> (training loss, its K)
+        self._losses: Dict[int, float] = {}  # update version -> its training loss
         self._fed = -1  # the last update whose loss the rule has seen
 
     def _plan(self) -> UpdatePlan:
@@ -156,7 +157,7 @@ class UpdateLoader(StopsAtLightningTeardown):
         upcoming = self.simulation.updates  # the version the next plan updates
         while self._fed + 1 <= upcoming - self.LOSS_LAG and self._fed + 1 in self._losses:
             self._fed += 1
-            rule.observe_update(*self._losses[self._fed])
+            rule.observe_update(self._losses[self._fed])
         for version in [v for v in self._losses if v < upcoming - 2 * self.LOSS_LAG]:
             del self._losses[version]  # kept a little longer: a saved position may be one plan behind
         if rule.k != self.simulation.k:
@@ -166,12 +167,12 @@ class UpdateLoader(StopsAtLightningTeardown):
             rule.observe_time(gradient.learner, gradient.arrived_at - gradient.started_at)
         return plan
 
-    def record_loss(self, version: int, loss: float, k: int) -> None:
-        """The training loss of the trained update of ``version`` (the mean over its ``k`` gradients)."""
-        self._losses[version] = (float(loss), int(k))
+    def record_loss(self, version: int, loss: float) -> None:
+        """The training loss of the trained update of ``version`` (the mean over its gradients)."""
+        self._losses[version] = float(loss)
 
     def _position(self) -> Dict[str, Any]:
-        position = {self.SIMULATION: self.simulation.state_dict(), self.PENDING: self._pending,
+        position = {self.SIMULATION: self.simulation.state_dict(), self.PENDING: plan_state(self._pending),
                     self.SOURCE: self._loader.state_dict(), self.HELD: dict(self._held), "drawn_in_pass": self._drawn_in_pass}
         if self.adaptive is not None:
             position[self.ADAPTIVE] = {"rule": self.adaptive.state_dict(), "fed": self._fed}
@@ -246,7 +247,7 @@ class UpdateLoader(StopsAtLightningTeardown):
         position = self._state_before_last if (self.length is None and self._state_before_last) else self._position()
         state = {**position, self.SNAPSHOTS: self.store.state_dict(), self.COUNTS: self.counts.state_dict()}
         if self.adaptive is not None:  # every loss recorded since, also those after a saved position's plan
-            state[self.LOSSES] = {version: list(entry) for version, entry in self._losses.items()}
+            state[self.LOSSES] = dict(self._losses)
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -257,9 +258,9 @@ class UpdateLoader(StopsAtLightningTeardown):
         if self.adaptive is not None:
             self.adaptive.load_state_dict(state_dict[self.ADAPTIVE]["rule"])
             self._fed = int(state_dict[self.ADAPTIVE]["fed"])
-            self._losses = {int(v): (float(loss), int(k)) for v, (loss, k) in state_dict.get(self.LOSSES, {}).items()}
+            self._losses = {int(v): float(loss) for v, loss in state_dict.get(self.LOSSES, {}).items()}
         self.simulation.load_state_dict(state_dict[self.SIMULATION])
-        self._pending = state_dict[self.PENDING]
+        self._pending = plan_from_state(state_dict[self.PENDING])
         self._loader.load_state_dict(state_dict[self.SOURCE])
         self.store.load_state_dict(state_dict[self.SNAPSHOTS])
         self._held = {int(l): (int(index), batch) for l, (index, batch) in state_dict.get(self.HELD, {}).items()}
@@ -272,3 +273,29 @@ class UpdateLoader(StopsAtLightningTeardown):
         """Nothing runs in the background here, but Lightning, which sees only this loader, would
         leave the source's threads or persistent worker processes running: stop them as it would."""
         stop_dataloader_workers(self.source)
+
+
+def plan_state(plan: Optional[UpdatePlan]) -> Optional[Dict[str, Any]]:
+    """``plan`` as plain data (a checkpoint loads with ``torch.load(weights_only=True)``)."""
+    if plan is None:
+        return None
+    return {"version": plan.version, "time": plan.time,
+            "gradients": [dataclasses.asdict(g) for g in plan.gradients],
+            "discarded": [dataclasses.asdict(g) for g in plan.discarded],
+            "cancelled": plan.cancelled, "wasted_time": plan.wasted_time, "busy_time": plan.busy_time,
+            "held_versions": sorted(plan.held_versions),
+            "totals": {**dataclasses.asdict(plan.totals), "data_wait_per_learner": list(plan.totals.data_wait_per_learner)}}
+
+
+def plan_from_state(state: Any) -> Optional[UpdatePlan]:
+    """The plan :func:`plan_state` saved (a plan object itself, from a checkpoint saved before it existed)."""
+    if state is None or isinstance(state, UpdatePlan):
+        return state
+    totals = dict(state["totals"])
+    totals["data_wait_per_learner"] = tuple(totals["data_wait_per_learner"])
+    return UpdatePlan(version=int(state["version"]), time=float(state["time"]),
+                      gradients=tuple(GradientPlan(**g) for g in state["gradients"]),
+                      discarded=tuple(GradientPlan(**g) for g in state["discarded"]),
+                      cancelled=int(state["cancelled"]), wasted_time=float(state["wasted_time"]),
+                      busy_time=float(state["busy_time"]), held_versions=frozenset(int(v) for v in state["held_versions"]),
+                      totals=RunTotals(**totals))

@@ -18,6 +18,7 @@ from typing_extensions import override
 
 from lightning_echo import lightning_internals
 from lightning_echo.combinations import find_data_echoing
+from lightning_echo.core.adaptive_k import AdaptiveK
 from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.learner_data import LearnerDataStreams, LearnerEcho
 from lightning_echo.core.progress import SIMULATED, ProgressLedger, StepReport
@@ -46,6 +47,8 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
             see there). An unset ``delay`` is exponential with mean 1.
         learners: P, the number of simulated learners.
         device: the Trainer's one device.
+        adaptive_k: with ``k="auto"``, an :class:`~lightning_echo.core.adaptive_k.AdaptiveK` of
+            your own constants (None: the defaults'); the run's rule is :attr:`adaptive`.
 
     With a ``DataEchoing`` callback (batch echoing) and/or ``data_delay``, each learner also has its
     own loader (:mod:`lightning_echo.core.learner_data`): it waits for its next fresh batch, or
@@ -93,16 +96,17 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
         accelerator: Any = None,
         checkpoint_io: Any = None,
         precision_plugin: Any = None,
+        adaptive_k: Optional[AdaptiveK] = None,
         **setting_fields: Any,
     ) -> None:
-        self._init_stragglers(settings, setting_fields)
+        self._init_stragglers(settings, setting_fields, adaptive_k)
         super().__init__(device=device, accelerator=accelerator, checkpoint_io=checkpoint_io,
                          precision_plugin=precision_plugin)
         self.learners = positive_int("stale.learners", learners)
         self._resolve(self.learners)
         compute_times = self.settings.compute_times
         self.compute_times = compute_times if compute_times is not None else ComputeTimes(DelayDistribution("exponential"))
-        self.adaptive = self.settings.adaptive_k(self.learners)
+        self.adaptive = self._new_adaptive_k(self.learners)
         self.store = SnapshotStore()
         self.counts = LearnerCounts.zeros(self.learners)
         self.echo: Optional[LearnerEcho] = None
@@ -235,7 +239,7 @@ class SimulatedLearnersStrategy(StragglerStrategy, SingleDeviceStrategy):
             self.store.keep(plan.version, params)  # a running learner still reads the version this update overwrites
         mean = None if not losses else losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         if self._loader is not None and self._loader.adaptive is not None:
-            self._loader.record_loss(plan.version, float("nan") if mean is None else float(mean), count)
+            self._loader.record_loss(plan.version, float("nan") if mean is None else float(mean))
         return mean
 
     @override
