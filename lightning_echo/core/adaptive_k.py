@@ -5,7 +5,7 @@ update (:meth:`~lightning_echo.core.schedule.ServerPolicy.set_k`). Its signals:
 
 - **compute times**: each arriving gradient's compute time, per learner (simulated: the schedule's
   draw; processes: from the learner's START to its PUSH), the last ``memory`` per learner;
-- **the training loss** of each update (the mean over its gradients), with the update's K.
+- **the training loss** of each update (the mean over its gradients).
 
 The rule, in two parts.
 
@@ -38,8 +38,8 @@ The rule, in two parts.
    AdaComm (2018): little synchrony while the loss falls, more once it stops falling. The losses
    are averaged over windows of ``window`` updates; when ``patience`` windows in a row are not
    below the best window so far by ``threshold`` (relative; PyTorch's ``ReduceLROnPlateau`` rule),
-   ``level`` goes up by one. K is
-   ``min(cap, base * growth ** level)``. Windows count updates, not gradients: with a fixed step
+   ``level`` goes up by one. K is ``min(cap, base * growth ** level)``. Windows count updates,
+   not gradients: with a fixed step
    size a larger K makes fewer steps per gradient, so a window of gradients would look like a
    plateau right after every raise. A loss that still falls slowly is not a floor: more
    synchrony then costs time per update and steps per sample, and pays only where the noise of
@@ -66,7 +66,7 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from lightning_echo.errors import ConfigError
 from lightning_echo.validation import positive_int
@@ -310,7 +310,3 @@ def _non_negative(key: str, value: Any) -> float:
         raise ConfigError(key, value, "must be a finite number >= 0")
     return float(value)
 
-
-def mean_loss(losses: Sequence[float]) -> float:
-    """The mean of an update's gradients' losses (NaN when there are none)."""
-    return math.fsum(losses) / len(losses) if losses else math.nan
