@@ -17,6 +17,10 @@ p_sync's seed range of p_sync's mean.
 
     python bench/adaptive_k.py [--variants k_async,k_batch_async] [--ks 1,2,4,8] [--seeds 0,1,2]
                                [--out DIR] [--reuse] [extra overrides, e.g. budget.fresh_samples=245760]
+
+Where the noise floor matters (results/adaptive_k.txt, part 2):
+
+    python bench/adaptive_k.py --variants k_async --ks 1,2,4 optimizer.lr=1.0 budget.fresh_samples=491520
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import csv
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -79,7 +84,7 @@ def main() -> None:
     parser.add_argument("--variants", default="k_async,k_batch_async")
     parser.add_argument("--ks", default="1,2,4,8")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=Path("bench_out/adaptive_k"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "lightning_echo_bench" / "adaptive_k")
     parser.add_argument("--reuse", action="store_true", help="keep sweeps already in --out")
     args, extra = parser.parse_known_args()
     started = time.monotonic()
