@@ -3,6 +3,8 @@ written into the run directory as the advisor's trace (:mod:`lightning_echo.advi
 
 from __future__ import annotations
 
+import abc
+
 import csv
 import math
 import os
@@ -443,14 +445,18 @@ class _OpenStep:
     batch_size: int = 0
 
 
-class _Clock:
+class _Clock(abc.ABC):
+    """Where a step's points in time come from: the host's clock, or CUDA events."""
+
     device_events = False
 
+    @abc.abstractmethod
     def stamp(self) -> Any:
-        raise NotImplementedError
+        """A point in time now."""
 
+    @abc.abstractmethod
     def seconds(self, start: Any, end: Any) -> float:
-        raise NotImplementedError
+        """Seconds from ``start`` to ``end``."""
 
     def done(self, stamp: Any) -> bool:
         return True
