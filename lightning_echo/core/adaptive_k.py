@@ -229,12 +229,21 @@ class AdaptiveK:
             self._set_k()
 
     def retire(self, learner: int) -> None:
-        """``learner`` left for good: it is never counted on again."""
+        """``learner`` left: it is not counted on again unless it rejoins."""
         self._check_learner(learner)
         self._retired.add(learner)
         if self.warm or self._all_timed():
             self._end_warmup()  # the speeds left favour another K
         else:
+            self._set_k()
+
+    def rejoin(self, learner: int) -> None:
+        """Retired ``learner`` is back (a new process): counted on again, its old times kept."""
+        self._check_learner(learner)
+        if learner in self._retired:
+            self._retired.discard(learner)
+            if self.warm:
+                self._rechoose_base()
             self._set_k()
 
     def _all_timed(self) -> bool:

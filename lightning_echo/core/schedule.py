@@ -209,9 +209,11 @@ class ServerPolicy:
     :meth:`start_ready` or the next update starts them, reading the version of that moment.
     """
 
-    def __init__(self, spec: VariantSpec) -> None:
+    def __init__(self, spec: VariantSpec, shrink_k: bool = False) -> None:
         self.spec = spec
         self.rules = server_rules(spec)
+        self.shrink_k = shrink_k
+        self._requested_k = self.rules.k
         self.version = 0
         self._running: dict[int, int] = {}
         self._ready: set[int] = set()
@@ -237,6 +239,26 @@ class ServerPolicy:
         _check_k(self.spec.name, self.spec.learners, k)
         if self.update_due:
             raise RuntimeError("an update is due: call apply_update() before changing K")
+        self._requested_k = k
+        self._cap_k()
+
+    @property
+    def live(self) -> int:
+        """Learners not retired."""
+        return self.spec.learners - len(self._retired)
+
+    @property
+    def needs_distinct_learners(self) -> bool:
+        """An update averages K gradients of K different learners (a learner waits for the
+        update after pushing): sync, k_sync, async, k_async."""
+        return not self.rules.restart_at_once
+
+    def _cap_k(self) -> None:
+        """K is the requested K, or with ``shrink_k`` at most the learners alive where an update
+        needs distinct learners (at least 1)."""
+        k = self._requested_k
+        if self.shrink_k and self.needs_distinct_learners:
+            k = max(1, min(k, self.live))
         if k != self.rules.k:
             self.rules = replace(self.rules, k=k)
 
@@ -277,6 +299,21 @@ class ServerPolicy:
         self._retired.add(learner)
         self._running.pop(learner, None)
         self._ready.discard(learner)
+        self._cap_k()
+
+    def rejoin(self, learner: int) -> tuple[int, ...]:
+        """Retired ``learner`` is back (a new process took its place): it starts at the current
+        version, at once unless an update is due (then it waits in :meth:`ready` for the update);
+        returns the learners to start now. With ``shrink_k``, K grows back towards the variant's."""
+        if learner not in self._retired:
+            raise ValueError(f"learner {learner} is not retired (retired: {sorted(self._retired)})")
+        self._retired.discard(learner)
+        self._cap_k()
+        if self.update_due:
+            self._ready.add(learner)
+            return ()
+        self._running[learner] = self.version
+        return (learner,)
 
     def retired(self) -> tuple[int, ...]:
         """Learners that :meth:`retire` removed, in index order."""
@@ -354,7 +391,7 @@ class ServerPolicy:
             "tickets": self._tickets,
             "started": self._started,
             "retired": sorted(self._retired),
-            "k": self.rules.k,
+            "k": self._requested_k,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -370,7 +407,9 @@ class ServerPolicy:
         self._retired = set(state.get("retired", ()))  # absent in states saved before retire() existed
         k = int(state.get("k", self.spec.k))  # absent in states saved before set_k() existed
         _check_k(self.spec.name, self.spec.learners, k)
+        self._requested_k = k
         self.rules = replace(self.rules, k=k)
+        self._cap_k()
 
 
 # -- the simulation --------------------------------------------------------------------------

@@ -6,9 +6,14 @@ The launcher imports torch (and lightning_echo) once and forks the P + 1 ranks f
 Python thread, as a DataLoader forks its workers (spawning them would import everything P + 1
 more times per world: about 5 CPU-seconds each here). It joins every rank until the scenario's
 deadline, kills whatever is left, and writes ``launcher.json`` (exit codes, killed ranks).
-Each rank writes ``rank<r>.json``. Faults come from the scenario: a learner that kills itself
-(SIGKILL) or hangs at its n-th gradient, a server that kills itself at its n-th update, a
-learner that delivers a gradient of a cancelled computation on purpose.
+Each rank writes ``rank<r>.json`` (a restarted process ``rank<r>.<n>.json``, n = 1, 2, ...).
+Faults come from the scenario: a learner that kills itself (SIGKILL) before it joins or at its
+n-th gradient, or hangs at its n-th gradient, a server that kills itself at its n-th update, a
+learner that delivers a gradient of a cancelled computation on purpose. With
+``restart_learners`` / ``restart_server`` (how many times at most) the launcher starts a new
+process in place of one that died, which joins the running server (a learner) or continues
+from the server's last checkpoint (``checkpoint_every`` updates, the server), as a supervisor
+would; every process finds the server at the scenario's address then.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from lightning_echo.stragglers.processes import (
     learner_delays,
     run_learner,
 )
-from lightning_echo.stragglers.processes.transport import SERVER_RANK, learner_index
+from lightning_echo.stragglers.processes.rendezvous import Address
+from lightning_echo.stragglers.processes.transport import SERVER_RANK, join, learner_index
+from lightning_echo.stragglers.processes.transport import serve as serve_learners
 
 ROWS, DIM, BATCH = 64, 5, 8
 
@@ -74,14 +81,26 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+def _checkpoint(out: Path) -> Path:
+    return out / "server_checkpoint.pt"
+
+
+def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor, out: Path,
+            incarnation: int) -> dict[str, Any]:
     spec = variant_spec(scenario["variant"], scenario["learners"], scenario.get("k"),
                         max_delay=scenario.get("max_delay"), stop_stale=scenario.get("stop_stale", False))
     keep = bool(scenario.get("keep_stale_params"))
-    server = ParameterServer(transport, spec, torch.zeros(DIM, dtype=torch.float64), timeout=scenario["timeout"],
-                             keep_stale_params=keep)
+    initial, version = torch.zeros(DIM, dtype=torch.float64), 0
+    if incarnation > 0:  # a restarted server continues from its predecessor's last checkpoint
+        saved = torch.load(_checkpoint(out))
+        initial, version = saved["params"], saved["version"]
+    server = ParameterServer(transport, spec, initial, timeout=scenario["timeout"], keep_stale_params=keep,
+                             shrink_k=scenario.get("shrink_k", False), min_learners=scenario.get("min_learners", 1),
+                             start_wait=scenario.get("start_wait"), rejoin_wait=scenario.get("rejoin_wait", 0.0))
     records = []
-    kill_at = scenario.get("kill_server_at_update")
+    kills = scenario.get("kill_server_at_updates") or [scenario.get("kill_server_at_update")]
+    kill_at = kills[incarnation] if incarnation < len(kills) else None  # counted in this incarnation's updates
+    every = scenario.get("checkpoint_every")
     lr = scenario["lr"]
     history = [server.params.clone()]  # the parameters of every version, to check the stale ones given
     stale_checks = {"checked": 0, "wrong": 0}
@@ -97,8 +116,19 @@ def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.
         server.params.add_(avg, alpha=-lr)
         history.append(server.params.clone())
 
+    def on_update(record: Any) -> None:
+        records.append(dataclasses.asdict(record))
+        if every and record.version % every == 0:  # written whole, then renamed: a kill never leaves half a file
+            partial = _checkpoint(out).with_suffix(".partial")
+            torch.save({"params": server.params.clone(), "version": record.version}, partial)
+            os.replace(partial, _checkpoint(out))
+
     initial = loss(a, y, server.params)
-    report = server.run(apply, max_updates=scenario["updates"], on_update=lambda r: records.append(dataclasses.asdict(r)))
+    if incarnation > 0 or every:
+        report = server.run(apply, should_stop=lambda: server.version >= scenario["updates"], on_update=on_update,
+                            version=version)
+    else:
+        report = server.run(apply, max_updates=scenario["updates"], on_update=on_update)
     return {
         "report": dataclasses.asdict(report),
         "records": records,
@@ -109,9 +139,10 @@ def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.
     }
 
 
-def _learner(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+def _learner(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.Tensor, out: Path,
+             incarnation: int) -> dict[str, Any]:
     learner, learners = learner_index(transport.rank), scenario["learners"]
-    faults = scenario.get("faults", {}).get(str(learner), {})
+    faults = scenario.get("faults", {}).get(str(learner), {}) if incarnation == 0 else {}
     versions: list[int] = []  # the version of every computation begun, in order
 
     def compute(params: torch.Tensor, version: int) -> torch.Tensor:
@@ -129,7 +160,7 @@ def _learner(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch
         delay = learner_delays(times, learner)
     if faults.get("crossing"):
         _deliver_a_cancelled_gradient(transport, learner)
-    report = run_learner(transport, compute, delay)
+    report = run_learner(transport, compute, delay, rejoin_wait=scenario.get("learner_rejoin_wait", 0.0))
     return {"report": dataclasses.asdict(report), "versions": versions}
 
 
@@ -149,21 +180,36 @@ def _deliver_a_cancelled_gradient(transport: Any, learner: int) -> None:
     transport.release(second)
 
 
-def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: Path) -> None:
+def _transport(rank: int, scenario: dict[str, Any], address: Address | None, incarnation: int) -> Any:
+    """The first world connects through the default group; a restarted process joins directly."""
+    if incarnation == 0:
+        return connect(DIM, torch.float64, timeout=scenario["timeout"], address=address)
+    if rank == SERVER_RANK:
+        return serve_learners(DIM, torch.float64, scenario["timeout"], scenario["learners"], address)
+    return join(address, learner_index(rank), DIM, torch.float64, scenario["timeout"], wait=scenario["timeout"])
+
+
+def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: Path,
+               address: Address | None = None, incarnation: int = 0) -> None:
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"rank": rank}
+    result: dict[str, Any] = {"rank": rank, "incarnation": incarnation}
     began = time.monotonic()
+    learner_faults = scenario.get("faults", {}).get(str(rank - 1), {})
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=30))
+        if incarnation == 0:
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=30))
+            if rank != SERVER_RANK and learner_faults.get("kill_before_join"):
+                os.kill(os.getpid(), signal.SIGKILL)
         a, y = least_squares()
-        transport = connect(DIM, torch.float64, timeout=scenario["timeout"])
+        transport = _transport(rank, scenario, address, incarnation)
         role = _server if rank == SERVER_RANK else _learner
-        result.update(role(scenario, transport, a, y), ok=True)
+        result.update(role(scenario, transport, a, y, out, incarnation), ok=True)
     except BaseException as error:  # recorded for the test, which checks the message
         result.update(ok=False, error_type=type(error).__name__, error=str(error), traceback=traceback.format_exc())
     result["seconds"] = time.monotonic() - began
-    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    name = f"rank{rank}.json" if incarnation == 0 else f"rank{rank}.{incarnation}.json"
+    (out / name).write_text(json.dumps(result))
     if dist.is_initialized():
         dist.destroy_process_group()
     sys.stdout.flush()
@@ -171,35 +217,61 @@ def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: 
 
 
 def launch(scenario: dict[str, Any], out: Path) -> None:
-    """Fork the world, wait for it until the scenario's deadline, kill what is left, write launcher.json."""
+    """Fork the world, restart what the scenario restarts, wait for it until the scenario's
+    deadline, kill what is left, write launcher.json."""
     world = scenario["learners"] + 1
     port = _free_port()
+    restarts = {"learner": scenario.get("restart_learners", 0), "server": scenario.get("restart_server", 0)}
+    address = Address("127.0.0.1", _free_port()) if restarts["learner"] or restarts["server"] or scenario.get("fixed_address") else None
     context = multiprocessing.get_context("fork")
-    ranks = [context.Process(target=_rank_main, args=(r, world, port, scenario, out), name=f"rank{r}") for r in range(world)]
+
+    def process(rank: int, incarnation: int) -> Any:
+        return context.Process(target=_rank_main, args=(rank, world, port, scenario, out, address, incarnation),
+                               name=f"rank{rank}.{incarnation}")
+
+    ranks = [process(r, 0) for r in range(world)]
+    incarnations = [0] * world
+    restarted: list[dict[str, Any]] = []
     began = time.monotonic()
-    for process in ranks:
-        process.start()
+    for rank_process in ranks:
+        rank_process.start()
     deadline = began + scenario["deadline"]
     # A learner made to hang sleeps for minutes: once every other rank has ended, it is killed.
     hung = {int(learner) + 1 for learner, fault in scenario.get("faults", {}).items() if "hang_at_gradient" in fault}
     ended_at: dict[int, float] = {}
+    exitcodes: list[list[int]] = [[] for _ in range(world)]  # of every incarnation that ended
     killed = []
     try:
         while len(ended_at) < world and time.monotonic() < deadline:
-            for rank, process in enumerate(ranks):
-                if rank not in ended_at and not process.is_alive():
+            for rank, rank_process in enumerate(ranks):
+                if rank in ended_at or rank_process.is_alive():
+                    continue
+                rank_process.join()
+                exitcodes[rank].append(rank_process.exitcode)
+                who = "server" if rank == SERVER_RANK else "learner"
+                if rank_process.exitcode == -signal.SIGKILL and restarts[who] > 0:
+                    restarts[who] -= 1
+                    incarnations[rank] += 1
+                    ranks[rank] = process(rank, incarnations[rank])
+                    ranks[rank].start()
+                    restarted.append({"rank": rank, "at_s": time.monotonic() - began})
+                else:
                     ended_at[rank] = time.monotonic() - began
             if hung and set(range(world)) - hung <= set(ended_at):
                 deadline = min(deadline, time.monotonic() + 0.5)
             time.sleep(0.02)
     finally:
-        for rank, process in enumerate(ranks):
-            if process.is_alive():
-                process.kill()
+        for rank, rank_process in enumerate(ranks):
+            if rank_process.is_alive():
+                rank_process.kill()
                 killed.append(rank)
-            process.join(timeout=10)
+            rank_process.join(timeout=10)
+            if rank not in ended_at:
+                exitcodes[rank].append(rank_process.exitcode)
     summary = {
-        "exitcodes": [process.exitcode for process in ranks],
+        "exitcodes": [codes[-1] for codes in exitcodes],
+        "all_exitcodes": exitcodes,
+        "restarted": restarted,
         "ended_at": {str(r): t for r, t in ended_at.items()},
         "killed": killed,
         "leftover": [child.pid for child in multiprocessing.active_children()],

@@ -11,6 +11,7 @@ START cancels the work (it is dropped and the new one begins at once), a STOP en
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -30,10 +31,12 @@ from lightning_echo.stragglers.processes.transport import (
     Inbound,
     PeerLost,
     Transport,
+    join,
     learner_index,
 )
 from lightning_echo.validation import non_negative_int
 
+LOG = logging.getLogger("lightning_echo.stragglers.processes")
 ComputeGradient = Callable[[torch.Tensor, int], torch.Tensor]
 SEED_STRIDE = 100_003  # learner i draws with seed * SEED_STRIDE + i: independent streams per learner
 
@@ -51,6 +54,7 @@ class LearnerReport:
     data_wait_s: float = 0.0  # time a Lightning learner waited for its batches (set by the strategy; 0 in run_learner)
     stopped: bool = False  # ended by the server's STOP
     server_failed: bool = False  # ended by the server's ERROR (the run failed there)
+    rejoins: int = 0  # times it joined the server again after losing it (a restarted server)
 
 
 def learner_delays(source: ComputeTimeSource, learner: int, seed: int = 0) -> Callable[[], float]:
@@ -59,6 +63,10 @@ def learner_delays(source: ComputeTimeSource, learner: int, seed: int = 0) -> Ca
     non_negative_int("stale.seed", seed)
     times = source.seeded(seed * SEED_STRIDE + learner)
     return lambda: times.sample(learner)
+
+
+class _ServerLost(ParameterServerError):
+    """The server's channel failed (its process ended, or it took no message in time)."""
 
 
 class _Stop(Exception):
@@ -92,6 +100,10 @@ class LearnerSession:
     transport's timeout, so the server first settles its own timeouts with the other learners) is
     the longest the learner waits for the server. Raises :class:`ParameterServerError` when the
     server is gone, silent for too long, ends the run with an error, or drops this learner.
+
+    ``rejoin_wait`` > 0: when the server's process ends, the learner joins the server at the
+    same address again (a restarted server), waiting up to that many seconds for it; the work
+    in hand is dropped and the learner takes the new server's first START.
     """
 
     def __init__(
@@ -99,10 +111,13 @@ class LearnerSession:
         transport: Transport,
         injected_delay: Optional[Callable[[], float]] = None,
         server_timeout: Optional[float] = None,
+        rejoin_wait: float = 0.0,
     ) -> None:
         self.transport = transport
         self.injected_delay = injected_delay
         self.limit = 2 * transport.timeout if server_timeout is None else float(server_timeout)
+        self.rejoin_wait = float(rejoin_wait)
+        self.last_version = -1  # the newest version this learner read
         self.report = LearnerReport(learner_index(transport.rank))
         self._out = transport.new_message()
         self._held: Optional[Inbound] = None  # a START that cancelled the last work, to be taken next
@@ -133,18 +148,23 @@ class LearnerSession:
             return None
         if self._work is not None:
             raise RuntimeError("deliver() or fail() must follow next_work()")
-        try:
-            held, self._held = self._held, None
-            inbound = held if held is not None else _wait_for_work(self.transport, self.report, self.limit)
-            self._work = _latest(self.transport, self.report, inbound)
-        except _Stop as stop:
-            self._goodbye(stop)
-            return None
-        except ParameterServerError:
-            self._end_after()
-            raise
+        while True:
+            try:
+                held, self._held = self._held, None
+                inbound = held if held is not None else _wait_for_work(self.transport, self.report, self.limit)
+                self._work = _latest(self.transport, self.report, inbound)
+                break
+            except _Stop as stop:
+                self._goodbye(stop)
+                return None
+            except _ServerLost as lost:
+                self._rejoin_or_raise(lost)
+            except ParameterServerError:
+                self._end_after()
+                raise
         self._began = time.monotonic()
         header = self._work.header
+        self.last_version = max(self.last_version, header.version)
         return Work(header.version, header.ticket, self._work.payload, self._began)
 
     def deliver(self, gradient: Optional[torch.Tensor] = None, note: bytes = b"") -> bool:
@@ -177,6 +197,9 @@ class LearnerSession:
             _send(self.transport, self._out, Kind.PUSH, self.learner, header.version, header.ticket, note)
         except _Stop as stop:
             self._goodbye(stop)
+            return False
+        except _ServerLost as lost:
+            self._rejoin_or_raise(lost)
             return False
         except ParameterServerError:
             self._end_after()
@@ -212,6 +235,28 @@ class LearnerSession:
             self._held = None
         self.transport.close(wait=self.transport.timeout if wait is None else wait)
 
+    def _rejoin_or_raise(self, lost: _ServerLost) -> None:
+        """The server is gone: join it again at its address (a restarted server), or raise."""
+        address = self.transport.address
+        if self.rejoin_wait <= 0 or address is None:
+            self._end_after()
+            raise ParameterServerError(str(lost)) from None
+        LOG.warning("learner %d lost the parameter server (%s); joining it again at %s (waiting up to %g s)",
+                    self.learner, lost, address, self.rejoin_wait)
+        old = self.transport
+        if self._held is not None:
+            old.release(self._held)
+            self._held = None
+        old.close(wait=0.0)
+        try:
+            self.transport = join(address, self.learner, old.numel, old.dtype, old.timeout,
+                                  wait=self.rejoin_wait, read_version=self.last_version)
+        except ParameterServerError as error:
+            self._ended = True
+            raise ParameterServerError(f"learner {self.learner} lost the parameter server ({lost}) and could not "
+                                       f"join it again: {error}") from None
+        self.report.rejoins += 1
+
     def _end_after(self) -> None:
         """The server is gone, silent, or ended the run. One that ended it with ERROR still
         listens: say BYE, so that its receiver thread for this learner ends."""
@@ -240,16 +285,17 @@ def run_learner(
     compute_gradient: ComputeGradient,
     injected_delay: Optional[Callable[[], float]] = None,
     server_timeout: Optional[float] = None,
+    rejoin_wait: float = 0.0,
 ) -> LearnerReport:
     """Serve the parameter server until it sends STOP; return what this learner did.
 
     ``params_flat`` given to ``compute_gradient`` is valid only during the call (its buffer is
-    reused); the returned gradient is copied. ``server_timeout``: see :class:`LearnerSession`.
+    reused); the returned gradient is copied. ``server_timeout``, ``rejoin_wait``: see :class:`LearnerSession`.
     Raises :class:`ParameterServerError` when the server is gone, silent for too long, ends the
     run with an error, or drops this learner; if ``compute_gradient`` raises, the server is told
     and the error propagates.
     """
-    session = LearnerSession(transport, injected_delay, server_timeout)
+    session = LearnerSession(transport, injected_delay, server_timeout, rejoin_wait)
     try:
         while (work := session.next_work()) is not None:
             try:
@@ -289,7 +335,7 @@ def _next_message(transport: Transport, learner: int, until: float) -> Optional[
     try:
         return transport.recv_any(timeout=max(0.0, until - time.monotonic()))
     except PeerLost as lost:
-        raise ParameterServerError(f"learner {learner} stops: {lost}") from None
+        raise _ServerLost(f"learner {learner} stops: {lost}") from None
 
 
 def _accept(transport: Transport, report: LearnerReport, inbound: Inbound) -> Inbound:
@@ -316,7 +362,7 @@ def _send(transport: Transport, out: Message, kind: Kind, learner: int, version:
     try:
         transport.send(SERVER_RANK, out, kind, learner, version=version, ticket=ticket, note=note)
     except PeerLost as lost:
-        raise ParameterServerError(f"learner {learner} stops: {lost}") from None
+        raise _ServerLost(f"learner {learner} stops: {lost}") from None
 
 
 def _send_quietly(transport: Transport, out: Message, kind: Kind, learner: int) -> None:

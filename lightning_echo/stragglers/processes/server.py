@@ -46,7 +46,9 @@ from lightning_echo.stragglers.processes.protocol import (
 )
 from lightning_echo.stragglers.processes.transport import (
     Inbound,
+    Joined,
     PeerLost,
+    Refused,
     Transport,
     learner_index,
     learner_rank,
@@ -104,7 +106,11 @@ class ServerReport:
     staleness_counts: dict[int, int] = field(default_factory=dict)
     pushes_per_learner: list[int] = field(default_factory=list)
     used_per_learner: list[int] = field(default_factory=list)
-    lost: dict[int, str] = field(default_factory=dict)  # learner -> why
+    lost: dict[int, str] = field(default_factory=dict)  # learner -> why, for those lost now (a rejoin removes it)
+    losses: int = 0  # learners lost, counting every loss of a learner that came back
+    joins: int = 0  # learners that joined after the start (a restarted learner's process, or a late one)
+    start_version: int = 0  # the version the server started at (a restarted server skips those its predecessor made after its checkpoint)
+    events: list[dict] = field(default_factory=list)  # losses, joins and K changes in order: time_s, version, event, ...
     no_goodbye: list[int] = field(default_factory=list)  # learners that did not answer STOP
     # Per learner, over the gradients used: what each was computed on, as its PUSH said (the Lightning
     # strategy's learners say it, see .fresh; empty lists in the plain loop): gradients on a fresh batch,
@@ -116,6 +122,11 @@ class ServerReport:
     wall_s: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
+
+    @property
+    def live(self) -> int:
+        """Learners not lost now."""
+        return self.learners - len(self.lost)
 
     @property
     def updates_per_s(self) -> float:
@@ -152,6 +163,16 @@ class ParameterServer:
             unresponsive, and to answer STOP.
         adaptive: chooses K before every update (``stale.k=auto``), fed with the arrivals' times
             and the losses :meth:`complete_update` is given.
+        shrink_k: when learners are lost, K drops to the learners alive for the variants whose
+            update needs K distinct learners (sync, k_sync, async, k_async), and grows back as they
+            rejoin; off, sync, k_sync and k_batch_sync stop at the first lost learner and async,
+            k_async when fewer than K are left.
+        min_learners: the run stops when fewer learners than this are alive (and none joins
+            within ``rejoin_wait``).
+        start_wait: seconds :meth:`start` waits for every learner's first join (default
+            ``timeout``); one that has not joined by then is lost until it joins.
+        rejoin_wait: seconds the server waits for a learner to join when too few are left for the
+            next update, before it stops (0: stop at once).
 
     Drive it with :meth:`run`, or step by step: :meth:`start`, then per update
     :meth:`next_update`, change :attr:`params`, :meth:`complete_update`; finally :meth:`stop`
@@ -167,17 +188,30 @@ class ParameterServer:
         keep_stale_params: bool = False,
         timeout: Optional[float] = None,
         adaptive: Optional[AdaptiveK] = None,
+        shrink_k: bool = False,
+        min_learners: int = 1,
+        start_wait: Optional[float] = None,
+        rejoin_wait: float = 0.0,
     ) -> None:
-        if len(transport.peers) != spec.learners:
-            raise ConfigError("stale.learners", spec.learners,
-                              f"must equal the number of learner processes ({len(transport.peers)})")
+        slots = getattr(transport, "learner_slots", spec.learners)
+        if slots != spec.learners:
+            raise ConfigError("stale.learners", spec.learners, f"must equal the number of learner processes ({slots})")
+        positive_int("ps.min_learners", min_learners)
+        if min_learners > spec.learners:
+            raise ConfigError("ps.min_learners", min_learners, f"must be at most the learners ({spec.learners})")
         if params.dim() != 1 or params.numel() != transport.numel or params.dtype != transport.dtype:
             raise ValueError(f"params must be a flat {transport.dtype} tensor of {transport.numel} elements")
         self.transport = transport
         self.spec = spec
-        self.policy = ServerPolicy(spec)
+        self.policy = ServerPolicy(spec, shrink_k=shrink_k)
         self.adaptive = adaptive
         self.timeout = transport.timeout if timeout is None else float(timeout)
+        self.min_learners = min_learners
+        self.start_wait = self.timeout if start_wait is None else float(start_wait)
+        self.rejoin_wait = float(rejoin_wait)
+        self._joined: dict[int, int] = {}  # learners that joined before start(): read version
+        self._started = False
+        self._starved_since: Optional[float] = None
         self.keep_stale_params = keep_stale_params
         self._start_message = transport.new_message()
         self.params = self._start_message.payload  # START sends it without a copy
@@ -207,17 +241,18 @@ class ParameterServer:
         max_updates: Optional[int] = None,
         should_stop: Optional[Callable[[], bool]] = None,
         on_update: Optional[Callable[[UpdateRecord], None]] = None,
+        version: int = 0,
     ) -> ServerReport:
         """Train until ``max_updates`` updates or until ``should_stop()`` (checked before each
         update) is true; ``apply(gradient, staleness, stale_params)`` changes :attr:`params` in
-        place. Stops every learner before returning; on an error, sends ERROR to every learner
+        place. ``version``: see :meth:`start`. Stops every learner before returning; on an error, sends ERROR to every learner
         still there and re-raises."""
         if max_updates is None and should_stop is None:
             raise ConfigError("max_updates", None, "give max_updates or should_stop, or the run never ends")
         if max_updates is not None:
             positive_int("max_updates", max_updates)
         try:
-            self.start()
+            self.start(version)
             while (max_updates is None or self.report.updates < max_updates) and not (should_stop and should_stop()):
                 update = self.next_update()
                 apply(update.gradient, update.staleness, update.stale_params)
@@ -230,12 +265,46 @@ class ParameterServer:
         return self.stop()
 
     def start(self, version: int = 0) -> None:
-        """Send every learner its first START: :attr:`params` at ``version`` (0, or the number of
-        updates a resumed run already made)."""
+        """Wait up to ``start_wait`` for every learner to join, then send each its first START:
+        :attr:`params` at ``version`` (0, or the version a resumed or restarted server continues
+        from). A learner not there by then is lost until it joins. Raises ConfigError when a
+        learner's parameters differ from the server's."""
         self._t0 = time.monotonic()
+        self._wait_for_first_joins()
+        self._started = True
+        newest_read = max(self._joined.values(), default=-1)
+        if newest_read >= version:  # learners of a server that died after its checkpoint: never reuse a version
+            LOG.warning("parameter server: starts at version %d, after the newest a learner read (%d); versions "
+                        "%d..%d of the previous server were lost with it", newest_read + 1, newest_read, version + 1, newest_read)
+            self.report.events.append({"time_s": 0.0, "version": newest_read + 1, "event": "restarted",
+                                       "checkpoint_version": version, "skipped_versions": newest_read - version + 1})
+            version = newest_read + 1
+        self.report.start_version = version
+        self.policy.initial_starts(version)
+        for learner in range(self.spec.learners):
+            if learner not in self._joined:
+                self._lose(learner, f"it did not join within {self.start_wait:g} s of the start")
         self._adapt_k()
-        for learner in self.policy.initial_starts(version):
+        for learner in sorted(self.policy.running()):
             self._start(learner)
+
+    def _wait_for_first_joins(self) -> None:
+        deadline = self._t0 + self.start_wait
+        while len(self._joined) < self.spec.learners:
+            try:
+                event = self.transport.recv_any(timeout=max(0.0, deadline - time.monotonic()))
+            except PeerLost as lost:  # it joined and died before the start
+                self._joined.pop(learner_index(lost.rank), None)
+                continue
+            if event is None:
+                return
+            if isinstance(event, Joined):
+                self._joined[learner_index(event.src)] = event.read_version
+            elif isinstance(event, Refused):
+                self._refused(event)
+            else:
+                self.transport.release(event)
+                raise ProtocolError(f"learner {learner_index(event.src)} sent {event.header.kind.name} before its first START")
 
     def next_update(self) -> PendingUpdate:
         """Receive gradients until the policy makes an update due; return it (not yet applied)."""
@@ -244,14 +313,18 @@ class ParameterServer:
         while not self.policy.update_due:
             self._check_progress_possible()
             try:
-                inbound = self.transport.recv_any(timeout=self._time_to_next_deadline())
+                event = self.transport.recv_any(timeout=self._time_to_next_deadline())
             except PeerLost as lost:
                 self._lose(learner_index(lost.rank), lost.reason)
                 continue
-            if inbound is None:
+            if event is None:
                 self._expire_overdue()
+            elif isinstance(event, Joined):
+                self._on_join(learner_index(event.src))
+            elif isinstance(event, Refused):
+                self._refused(event)
             else:
-                self._handle(inbound)
+                self._handle(event)
         return self._prepare_update()
 
     def complete_update(self, loss: Optional[float] = None) -> UpdateRecord:
@@ -284,6 +357,47 @@ class ParameterServer:
             cancelled=update.cancelled,
             time_s=report.wall_s,
         )
+
+    # -- joins ---------------------------------------------------------------------------------
+    def _on_join(self, learner: int) -> None:
+        """A learner's new process joined: a lost learner comes back, a live one's earlier
+        process is replaced (its running work dropped); either starts at the current version."""
+        report = self.report
+        if learner not in report.lost:  # its earlier process still held the slot (hung, or a duplicate)
+            self.policy.retire(learner)
+            self._event("replaced", learner, reason="a new process joined in its place")
+        else:
+            del report.lost[learner]
+        report.joins += 1
+        k_before = self.policy.k
+        starts = self.policy.rejoin(learner)
+        LOG.warning("parameter server: learner %d (rank %d) joined at version %d; %d of %d learners alive",
+                    learner, learner_rank(learner), self.policy.version, report.live, self.spec.learners)
+        self._event("joined", learner)
+        self._k_changed(k_before)
+        if self.adaptive is not None:
+            self.adaptive.rejoin(learner)
+        self._starved_since = None
+        for other in starts:
+            self._start(other)
+
+    def _refused(self, refused: Refused) -> None:
+        if refused.mismatch and not self._started:
+            raise ConfigError("parameters", f"{self.transport.numel} x {self.transport.dtype} on the server", refused.reason)
+        LOG.warning("parameter server: refused a learner that asked to join as %d: %s", refused.learner, refused.reason)
+        self._event("refused", refused.learner, reason=refused.reason)
+
+    def _event(self, event: str, learner: int, **detail: object) -> None:
+        self.report.events.append({"time_s": round(time.monotonic() - self._t0, 6) if self._t0 else 0.0,
+                                   "version": self.policy.version, "event": event, "learner": learner,
+                                   "live": self.report.live, **detail})
+
+    def _k_changed(self, k_before: int) -> None:
+        if self.policy.k != k_before:
+            LOG.warning("parameter server: %s now averages K=%d gradients per update (was %d): %d learners alive",
+                        self.spec.name, self.policy.k, k_before, self.report.live)
+            self.report.events.append({"time_s": round(time.monotonic() - self._t0, 6), "version": self.policy.version,
+                                       "event": "k", "k": self.policy.k, "live": self.report.live})
 
     # -- arrivals ------------------------------------------------------------------------------
     def _handle(self, inbound: Inbound) -> None:
@@ -376,10 +490,12 @@ class ParameterServer:
     # -- lost learners -------------------------------------------------------------------------
     def _time_to_next_deadline(self) -> float:
         running = self.policy.running()
-        if not running:
-            return self.timeout
-        oldest = min(self._started_at[learner] for learner in running)
-        return max(0.0, oldest + self.timeout - time.monotonic())
+        deadline = time.monotonic() + self.timeout
+        if running:
+            deadline = min(deadline, min(self._started_at[learner] for learner in running) + self.timeout)
+        if self._starved_since is not None:
+            deadline = min(deadline, self._starved_since + self.rejoin_wait)
+        return max(0.0, deadline - time.monotonic())
 
     def _expire_overdue(self) -> None:
         now = time.monotonic()
@@ -392,6 +508,8 @@ class ParameterServer:
         if learner in self.report.lost:
             return
         self.report.lost[learner] = reason
+        self.report.losses += 1
+        self._event("lost", learner, reason=reason)
         LOG.warning("parameter server: learner %d (rank %d) is lost: %s", learner, learner_rank(learner), reason)
         if tell_it:  # a process that is still alive: tell it to end (the server sends it nothing more)
             try:
@@ -399,12 +517,15 @@ class ParameterServer:
                                     version=self.policy.version, ticket=int(StopReason.RETIRED))
             except PeerLost:
                 pass
-        if self.policy.rules.at_update == "cancel_all":
+        if self.policy.rules.at_update == "cancel_all" and not self.policy.shrink_k and self._started:
             raise ParameterServerError(
                 f"learner {learner} (rank {learner_rank(learner)}) is lost: {reason}; "
-                f"{self.spec.name} needs a fresh gradient from its learners at every update and cannot go on"
+                f"{self.spec.name} needs a fresh gradient from its learners at every update and cannot go on "
+                f"(ps.shrink_k=true carries on with the learners left)"
             )
+        k_before = self.policy.k
         self.policy.retire(learner)
+        self._k_changed(k_before)
         if self.adaptive is not None:
             self.adaptive.retire(learner)
             if not self.policy.update_due:
@@ -412,17 +533,30 @@ class ParameterServer:
         self._check_progress_possible()
 
     def _check_progress_possible(self) -> None:
-        # Without restart at once, each running learner delivers at most one gradient before the update.
-        policy = self.policy
-        needed = 1 if policy.rules.restart_at_once else policy.rules.k - len(policy.pending())
-        if policy.update_due or len(policy.running()) >= needed:
+        """Raise when too few learners are left for the next update (or fewer than
+        ``min_learners``) and none joined within ``rejoin_wait``."""
+        if not self._started:
             return
-        live = self.spec.learners - len(self.report.lost)
+        policy = self.policy
+        # Without restart at once, each running learner delivers at most one gradient before the update.
+        needed = 1 if policy.rules.restart_at_once else policy.rules.k - len(policy.pending())
+        live = self.report.live
+        if policy.update_due or (len(policy.running()) >= needed and live >= self.min_learners):
+            self._starved_since = None
+            return
+        now = time.monotonic()
+        if self._starved_since is None:
+            self._starved_since = now
+            if self.rejoin_wait > 0:
+                LOG.warning("parameter server: %d of %d learners alive, too few to go on; waiting up to %g s for one to join",
+                            live, self.spec.learners, self.rejoin_wait)
+        if now - self._starved_since < self.rejoin_wait:
+            return
         lost = "; ".join(f"learner {l}: {why}" for l, why in sorted(self.report.lost.items()))
-        raise ParameterServerError(
-            f"{live} of {self.spec.learners} learners are left, too few for the next {self.spec.name} update "
-            f"(k={policy.k}); lost {lost}"
-        )
+        too_few = (f"fewer than ps.min_learners={self.min_learners}" if live < self.min_learners
+                   else f"too few for the next {self.spec.name} update (k={policy.k})")
+        waited = f" and none joined within {self.rejoin_wait:g} s" if self.rejoin_wait > 0 else ""
+        raise ParameterServerError(f"{live} of {self.spec.learners} learners are left, {too_few}{waited}; lost {lost}")
 
     # -- the end -------------------------------------------------------------------------------
     def stop(self) -> ServerReport:
@@ -466,6 +600,18 @@ class ParameterServer:
                 continue
             if inbound is None:
                 break
+            if isinstance(inbound, Joined):  # joined as the run ends: told at once
+                learner = learner_index(inbound.src)
+                try:
+                    self.transport.send(inbound.src, self._start_message, kind, learner,
+                                        version=self.policy.version, ticket=int(StopReason.DONE))
+                    waiting.add(learner)
+                    report.lost.pop(learner, None)
+                except PeerLost:
+                    pass
+                continue
+            if isinstance(inbound, Refused):
+                continue
             learner, header = learner_index(inbound.src), inbound.header
             arrived = header.kind
             self.transport.release(inbound)

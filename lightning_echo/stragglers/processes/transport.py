@@ -21,17 +21,32 @@ ends a receiver thread whose peer is silent far longer than any loop would wait.
 from __future__ import annotations
 
 import datetime
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 import torch.distributed as dist
 
 from lightning_echo.errors import ConfigError, describe_error
 from lightning_echo.stragglers.processes.protocol import FINAL, Header, Kind, Message, ProtocolError
+from lightning_echo.stragglers.processes.rendezvous import (
+    Address,
+    JoinAcceptor,
+    JoinReply,
+    JoinRequest,
+    dtype_name,
+    host_store,
+    learner_address,
+    next_address_key,
+    open_store,
+    request_join,
+    server_address,
+    wait_until,
+)
 from lightning_echo.validation import positive_float
 
 SERVER_RANK = 0
@@ -68,6 +83,7 @@ class Inbound:
     src: int
     header: Header
     message: Message
+    channel: int = 0
 
     @property
     def payload(self) -> torch.Tensor:
@@ -76,46 +92,90 @@ class Inbound:
 
 
 @dataclass(frozen=True)
+class Joined:
+    """Learner rank ``src`` opened a new channel (it joined, or rejoined after a loss); the
+    newest version it had read before, -1 if none."""
+
+    src: int
+    read_version: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A join the server refused: ``learner`` (the index it asked for) and why; ``mismatch``:
+    its parameters differ from the server's (a configuration error)."""
+
+    learner: int
+    reason: str
+    mismatch: bool
+
+
+@dataclass(frozen=True)
 class _Lost:
     src: int
     reason: str
+    channel: int = 0
+
+
+@dataclass(frozen=True)
+class _Failed:
+    reason: str
+
+
+@dataclass
+class _Channel:
+    group: Any  # a two-rank gloo ProcessGroup
+    ident: int
+    other: int  # the peer's rank inside the two-rank group
+    thread: Optional[threading.Thread] = None
+
+
+Event = Union[Inbound, Joined, Refused]
 
 
 class Transport:
-    """Message channels from this rank to ``peers`` (global rank -> its two-rank process group).
+    """Message channels from this rank to its peers (global rank -> a two-rank gloo group).
 
-    Build it with :func:`connect`. Messages carry ``numel`` elements of ``dtype``; the buffers
-    they arrive in come from a pool and go back with :meth:`release`, so a steady run allocates
-    nothing. :meth:`close` waits briefly for the receiver threads; a thread whose peer never sent
-    its final message stays blocked in gloo until that peer's process ends (or the backstop
-    timeout), as a daemon thread that cannot keep the process alive.
+    Build it with :func:`connect` (the first world), :func:`serve` or :func:`join`. Channels can
+    be added while it runs (:meth:`add_channel`: a learner that joins or rejoins); a newer
+    channel to a peer supersedes the older one, whose messages are then dropped. Messages carry
+    ``numel`` elements of ``dtype``; the buffers they arrive in come from a pool and go back
+    with :meth:`release`, so a steady run allocates nothing. :meth:`close` waits briefly for the
+    receiver threads; a thread whose peer never sent its final message stays blocked in gloo
+    until that peer's process ends (or the backstop timeout), as a daemon thread that cannot
+    keep the process alive.
     """
 
     def __init__(
-        self, rank: int, peers: Mapping[int, dist.ProcessGroup], numel: int, dtype: torch.dtype, timeout: float
+        self, rank: int, peers: Mapping[int, Any], numel: int, dtype: torch.dtype, timeout: float
     ) -> None:
         self.rank = rank
         self.numel = numel
         self.dtype = dtype
         self.timeout = check_timeout(timeout)
-        self._groups = dict(peers)
-        self._inbox: "queue.Queue[Union[Inbound, _Lost]]" = queue.Queue()
+        self._lock = threading.Lock()
+        self._channels: dict[int, _Channel] = {}
+        self._idents = 0
+        self._inbox: "queue.Queue[Union[Inbound, Joined, Refused, _Lost, _Failed]]" = queue.Queue()
         self._free: "queue.SimpleQueue[Message]" = queue.SimpleQueue()
         self.buffers_allocated = 0
         self.bytes_sent = 0
         self.messages_sent = 0
-        self._bytes_received = {peer: 0 for peer in self._groups}
-        self._threads = {
-            peer: threading.Thread(target=self._receive, args=(peer,), name=f"ps-recv-{rank}<-{peer}", daemon=True)
-            for peer in self._groups
-        }
-        for thread in self._threads.values():
-            thread.start()
+        self._bytes_received: dict[int, int] = {}
+        self._retired_threads: list[threading.Thread] = []
+        self._on_close: list[Callable[[], None]] = []
+        self.store: Optional[dist.Store] = None  # the server's store (served here when the server owns it)
+        self.address: Optional[Address] = None  # where a learner found the server (to rejoin it)
+        self.address_owned = False
+        for peer, group in peers.items():
+            self.add_channel(peer, group, announce=False)
 
     @property
     def peers(self) -> tuple[int, ...]:
-        """The global ranks this transport talks to."""
-        return tuple(sorted(self._groups))
+        """The global ranks this transport has a channel to (or had: a lost channel stays listed
+        until a newer one replaces it)."""
+        with self._lock:
+            return tuple(sorted(self._channels))
 
     @property
     def bytes_received(self) -> int:
@@ -126,6 +186,43 @@ class Transport:
         """A message buffer for sending (the caller keeps and reuses it)."""
         return Message(self.numel, self.dtype)
 
+    # -- channels ------------------------------------------------------------------------------
+    def add_channel(self, peer: int, group: Any, read_version: int = -1, announce: bool = True) -> int:
+        """Talk to ``peer`` over ``group`` from now on (its receiver thread starts); an older
+        channel to ``peer`` is superseded. With ``announce``, :meth:`recv_any` returns a
+        :class:`Joined` for it. Returns the channel's number."""
+        with self._lock:
+            self._idents += 1
+            channel = _Channel(group, self._idents, other=1 if self.rank == SERVER_RANK else 0)
+            old = self._channels.get(peer)
+            if old is not None and old.thread is not None:
+                self._retired_threads.append(old.thread)
+            self._channels[peer] = channel
+            self._bytes_received.setdefault(peer, 0)
+            if announce:  # before the thread starts, so Joined comes before the peer's first message
+                self._inbox.put(Joined(peer, read_version))
+            channel.thread = threading.Thread(target=self._receive, args=(peer, channel), daemon=True,
+                                              name=f"ps-recv-{self.rank}<-{peer}#{channel.ident}")
+            channel.thread.start()
+        return channel.ident
+
+    def _current(self, peer: int, ident: int) -> bool:
+        with self._lock:
+            channel = self._channels.get(peer)
+            return channel is not None and channel.ident == ident
+
+    def post_refused(self, request: Any, reply: Any) -> None:
+        """The acceptor refused a join: the server's loop hears of it."""
+        self._inbox.put(Refused(int(request.learner), str(reply.reason), bool(reply.mismatch)))
+
+    def post_failure(self, reason: str) -> None:
+        """Something this transport depends on failed (the join acceptor): :meth:`recv_any` raises."""
+        self._inbox.put(_Failed(reason))
+
+    def on_close(self, action: Callable[[], None]) -> None:
+        """Run ``action`` when the transport closes (stop the acceptor, release the store)."""
+        self._on_close.append(action)
+
     # -- receiving -----------------------------------------------------------------------------
     def _take(self) -> Message:
         try:
@@ -134,34 +231,45 @@ class Transport:
             self.buffers_allocated += 1
             return Message(self.numel, self.dtype)
 
-    def _receive(self, peer: int) -> None:
-        group = self._groups[peer]
+    def _receive(self, peer: int, channel: _Channel) -> None:
         while True:
             message = self._take()
             try:
-                dist.recv(message.buffer, src=peer, group=group)
+                channel.group.recv([message.buffer], channel.other, 0).wait()
                 header = message.header()
             except Exception as error:  # the peer's process ended, the backstop timeout, or garbage
                 self._free.put(message)
                 reason = str(error) if isinstance(error, ProtocolError) else describe_error(error)
-                self._inbox.put(_Lost(peer, reason))
+                self._inbox.put(_Lost(peer, reason, channel.ident))
                 return
             self._bytes_received[peer] += message.wire_bytes(header.kind, header.note)
-            self._inbox.put(Inbound(peer, header, message))
+            self._inbox.put(Inbound(peer, header, message, channel.ident))
             if header.kind in FINAL:
                 return
 
-    def recv_any(self, timeout: Optional[float]) -> Optional[Inbound]:
-        """The next message from any peer, in arrival order; ``None`` if none came within
-        ``timeout`` seconds (0: do not wait). Raises :class:`PeerLost` when a peer's channel
-        failed (after every message that peer delivered before)."""
-        try:
-            item = self._inbox.get(timeout=timeout) if timeout is None or timeout > 0 else self._inbox.get_nowait()
-        except queue.Empty:
-            return None
-        if isinstance(item, _Lost):
-            raise PeerLost(item.src, item.reason)
-        return item
+    def recv_any(self, timeout: Optional[float]) -> Optional[Event]:
+        """The next message or join event from any peer, in arrival order; ``None`` if none came
+        within ``timeout`` seconds (0: do not wait). Raises :class:`PeerLost` when a peer's
+        current channel failed (after every message that peer delivered on it before).
+        Messages of a superseded channel are dropped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = self._inbox.get(timeout=left) if left is None or left > 0 else self._inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if isinstance(item, _Failed):
+                raise ProtocolError(item.reason)
+            if isinstance(item, (Joined, Refused)):
+                return item
+            if not self._current(item.src, item.channel):
+                if isinstance(item, Inbound):
+                    self._free.put(item.message)
+                continue
+            if isinstance(item, _Lost):
+                raise PeerLost(item.src, item.reason)
+            return item
 
     def release(self, inbound: Inbound) -> None:
         """Give a received message's buffer back for reuse (do not read its payload afterwards)."""
@@ -173,14 +281,15 @@ class Transport:
         """Send ``message`` (its payload for START and PUSH, and ``note`` for a PUSH) to rank
         ``dst``; blocks until the peer has taken it. Raises :class:`PeerLost` if it is not taken
         within the timeout."""
-        group = self._groups.get(dst)
-        if group is None:
+        with self._lock:
+            channel = self._channels.get(dst)
+        if channel is None:
             raise ValueError(f"rank {self.rank} has no channel to rank {dst} (peers: {self.peers})")
         wire = message.encode(kind, learner, version, ticket, note)
         started = time.monotonic()
         try:
-            work = dist.isend(wire, dst=dst, group=group)
-            work.wait(timeout=datetime.timedelta(seconds=self.timeout))
+            work = channel.group.send([wire], channel.other, 0)
+            work.wait(datetime.timedelta(seconds=self.timeout))
         except Exception as error:
             raise PeerLost(dst, send_failure(kind, time.monotonic() - started, self.timeout, error)) from error
         self.bytes_sent += wire.numel()
@@ -188,12 +297,18 @@ class Transport:
 
     # -- shutdown ------------------------------------------------------------------------------
     def close(self, wait: float = 1.0) -> tuple[int, ...]:
-        """Wait up to ``wait`` seconds in all for the receiver threads; return the peers whose
-        thread still waits for a final message."""
+        """Stop accepting joins, wait up to ``wait`` seconds in all for the receiver threads;
+        return the peers whose thread still waits for a final message."""
         deadline = time.monotonic() + wait
-        for thread in self._threads.values():
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        return tuple(peer for peer, thread in self._threads.items() if thread.is_alive())
+        for action in self._on_close:
+            action()
+        self._on_close.clear()
+        with self._lock:
+            current = {peer: channel.thread for peer, channel in self._channels.items()}
+        for thread in list(current.values()) + self._retired_threads:
+            if thread is not None:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return tuple(peer for peer, thread in current.items() if thread is not None and thread.is_alive())
 
 
 def send_failure(kind: Kind, waited_s: float, timeout: float, error: BaseException) -> str:
@@ -212,19 +327,87 @@ def check_timeout(timeout: Any, key: str = "ps.timeout") -> float:
     return seconds
 
 
-def _dtype_code(dtype: torch.dtype) -> int:
+def _check_dtype(dtype: torch.dtype) -> None:
     if dtype not in DTYPES:
         raise ConfigError("parameter dtype", str(dtype), "must be one of " + ", ".join(str(d) for d in DTYPES))
-    return DTYPES.index(dtype)
 
 
-def connect(numel: int, dtype: torch.dtype, timeout: float) -> Transport:
-    """Open the server's and learners' channels; every rank of the (initialised) default process
-    group calls it with the same arguments. Rank 0 is the server; rank ``i + 1`` is learner ``i``.
+def serve(numel: int, dtype: torch.dtype, timeout: float, learners: int, address: Address) -> Transport:
+    """The server's transport: host the store at ``address`` and accept learners ``0..learners-1``
+    whenever they join (:class:`~.rendezvous.JoinAcceptor`); each join reaches
+    :meth:`Transport.recv_any` as a :class:`Joined`. A learner whose parameters differ from
+    ``numel`` x ``dtype`` is refused (:class:`Refused` with ``mismatch``)."""
+    check_timeout(timeout)
+    _check_dtype(dtype)
+    store = host_store(address, timeout)
+    transport = _accepting(store, numel, dtype, timeout, learners, owned=True)
+    transport.address = address
+    return transport
 
-    The default group may use any backend (NCCL included): the channels are new gloo groups.
-    Each learner checks with the server that both exchange the same number of elements of the
-    same dtype, and both raise ConfigError if not.
+
+def accept_joins(store: dist.Store, numel: int, dtype: torch.dtype, timeout: float, learners: int) -> Transport:
+    """:func:`serve` over a store someone else hosts (a launcher's)."""
+    check_timeout(timeout)
+    _check_dtype(dtype)
+    return _accepting(store, numel, dtype, timeout, learners, owned=False)
+
+
+def _accepting(store: dist.Store, numel: int, dtype: torch.dtype, timeout: float, learners: int, owned: bool) -> Transport:
+    transport = Transport(SERVER_RANK, {}, numel, dtype, timeout)
+    generation = int(store.add("server", 1))
+    mine = dtype_name(dtype)
+
+    def decide(request: JoinRequest) -> JoinReply:
+        if request.numel != numel or request.dtype != mine:
+            return JoinReply(False, request.learner, generation, mismatch=True, reason=(
+                f"every rank must exchange the same flat parameters; the server has {numel} x {mine}, "
+                f"learner {request.learner} {request.numel} x {request.dtype}"))
+        if not 0 <= request.learner < learners:
+            return JoinReply(False, request.learner, generation,
+                             reason=f"learner index {request.learner} is outside 0..{learners - 1} (stale.learners={learners})")
+        return JoinReply(True, request.learner, generation)
+
+    acceptor = JoinAcceptor(store, transport, decide, generation, BACKSTOP_FACTOR * timeout)
+    transport.store = store  # kept alive (and served, when owned) while the transport is open
+    transport.address_owned = owned
+
+    def stop() -> None:
+        acceptor.close()
+        transport.store = None
+
+    transport.on_close(stop)
+    return transport
+
+
+def join(address: Address, learner: int, numel: int, dtype: torch.dtype, timeout: float,
+         wait: Optional[float] = None, read_version: int = -1) -> Transport:
+    """A learner's transport: join the server whose store is at ``address`` as learner
+    ``learner``, waiting up to ``wait`` seconds (default ``timeout``) for it to answer (it may
+    be starting or restarting). Raises :class:`ConfigError` when the server's parameters differ,
+    :class:`~.protocol.ParameterServerError` when it refuses or is not there in time."""
+    check_timeout(timeout)
+    _check_dtype(dtype)
+    wait = timeout if wait is None else wait
+    deadline = time.monotonic() + wait
+    store = open_store(address, wait)
+    request = JoinRequest(learner, numel, dtype_name(dtype), read_version, os.getpid())
+    _, group = request_join(store, request, wait_until(deadline), BACKSTOP_FACTOR * timeout)
+    transport = Transport(learner_rank(learner), {SERVER_RANK: group}, numel, dtype, timeout)
+    transport.store = store
+    transport.address = address
+    return transport
+
+
+def connect(numel: int, dtype: torch.dtype, timeout: float, address: Optional[Address] = None) -> Transport:
+    """Open the server's and learners' channels in the first world; every rank of the
+    (initialised) default process group calls it with the same arguments. Rank 0 is the server
+    (it hosts the store learners join through, at ``address`` or as :func:`~.rendezvous.server_address`
+    says); rank ``i + 1`` is learner ``i`` and joins it.
+
+    The default group may use any backend (NCCL included): the channels are gloo groups of two
+    built from the server's store, so a learner that dies before it joins fails nothing but its
+    own channel. A learner whose parameters differ from the server's raises ConfigError, and so
+    does the server when it waits for its first learners (:meth:`ParameterServer.start`).
     """
     if not dist.is_initialized():
         raise RuntimeError("torch.distributed is not initialised: call init_process_group first")
@@ -232,35 +415,10 @@ def connect(numel: int, dtype: torch.dtype, timeout: float) -> Transport:
     rank, world = dist.get_rank(), dist.get_world_size()
     if world < 2:
         raise ConfigError("world_size", world, "a parameter server needs at least 2 processes (the server and a learner)")
-    code = _dtype_code(dtype)
-    backstop = datetime.timedelta(seconds=BACKSTOP_FACTOR * timeout)
-    peers: dict[int, dist.ProcessGroup] = {}
-    for other in range(1, world):  # collective: every rank creates every group, in the same order
-        group = dist.new_group([SERVER_RANK, other], timeout=backstop, backend="gloo")
-        if rank == SERVER_RANK:
-            peers[other] = group
-        elif rank == other:
-            peers[SERVER_RANK] = group
-    _handshake(rank, peers, numel, code)
-    return Transport(rank, peers, numel, dtype, timeout)
-
-
-def _handshake(rank: int, peers: Mapping[int, dist.ProcessGroup], numel: int, code: int) -> None:
-    mine = torch.tensor([numel, code], dtype=torch.int64)
-    theirs = torch.empty(2, dtype=torch.int64)
-    mismatched = []
-    for peer, group in sorted(peers.items()):
-        if rank == SERVER_RANK:
-            dist.recv(theirs, src=peer, group=group)
-            dist.send(mine, dst=peer, group=group)
-        else:
-            dist.send(mine, dst=peer, group=group)
-            dist.recv(theirs, src=peer, group=group)
-        if not torch.equal(mine, theirs):
-            mismatched.append((peer, int(theirs[0]), DTYPES[int(theirs[1])] if 0 <= theirs[1] < len(DTYPES) else "?"))
-    if mismatched:
-        peer, other_numel, other_dtype = mismatched[0]
-        raise ConfigError(
-            "parameters", f"{numel} x {DTYPES[code]} on rank {rank}",
-            f"every rank must exchange the same flat parameters; rank {peer} has {other_numel} x {other_dtype}",
-        )
+    _check_dtype(dtype)
+    default_store = dist.distributed_c10d._get_default_store()
+    key = next_address_key()
+    if rank == SERVER_RANK:
+        return serve(numel, dtype, timeout, world - 1, server_address(default_store, address, key))
+    return join(learner_address(default_store, timeout, key) if address is None else address,
+                learner_index(rank), numel, dtype, timeout)

@@ -10,12 +10,8 @@ kills the launcher's whole process group, so no process outlives the tests.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import select
 import signal
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,9 +31,7 @@ from lightning_echo.stragglers.processes import (
 )
 from lightning_echo.stragglers.processes.protocol import HEADER_BYTES
 
-from conftest import SCRIPTS
-
-SCRIPT = SCRIPTS / "ps_world.py"
+from core_worlds import SCRIPT, ok as _ok, run_world, start_launcher, stop_launcher
 _spec = importlib.util.spec_from_file_location("ps_world", SCRIPT)
 ps_world = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ps_world)  # the problem's data and gradients, shared with the ranks
@@ -105,6 +99,42 @@ def test_a_retired_learner_is_never_started_again() -> None:
         policy.retire(3)
 
 
+def test_shrink_k_lowers_k_to_the_live_learners_and_a_rejoin_raises_it_back() -> None:
+    policy = ServerPolicy(variant_spec("sync", 3), shrink_k=True)
+    policy.initial_starts()
+    policy.on_arrival(0)
+    policy.on_arrival(1)
+    assert not policy.update_due
+    policy.retire(2)  # two fresh gradients of the two learners left: the update is due at once
+    assert policy.k == 2 and policy.update_due
+    update = policy.apply_update()
+    assert [g.learner for g in update.gradients] == [0, 1] and update.starts == (0, 1)
+    assert policy.rejoin(2) == (2,) and policy.k == 3 and policy.running() == {0: 1, 1: 1, 2: 1}
+    state = policy.state_dict()
+    copy = ServerPolicy(variant_spec("sync", 3), shrink_k=True)
+    copy.load_state_dict(state)
+    assert copy.k == 3 and copy.retired() == ()
+    with pytest.raises(ValueError, match="learner 2 is not retired"):
+        policy.rejoin(2)
+
+
+def test_without_shrink_k_and_for_batch_variants_k_stays() -> None:
+    fixed = ServerPolicy(variant_spec("k_async", 3, k=3))
+    fixed.initial_starts()
+    fixed.retire(0)
+    assert fixed.k == 3
+    batch = ServerPolicy(variant_spec("k_batch_async", 2, k=4), shrink_k=True)
+    batch.initial_starts()
+    batch.retire(1)
+    assert batch.k == 4  # one learner can still deliver all four
+    rejoined_while_due = ServerPolicy(variant_spec("k_async", 2, k=1))
+    rejoined_while_due.initial_starts()
+    rejoined_while_due.retire(1)
+    rejoined_while_due.on_arrival(0)
+    assert rejoined_while_due.rejoin(1) == () and rejoined_while_due.ready() == (1,)
+    assert rejoined_while_due.apply_update().starts == (0, 1)
+
+
 def test_learner_delays_draw_each_learners_own_stream_with_its_slowdown() -> None:
     source = ComputeTimes(DelayDistribution("exponential"), speeds=[1.0, 4.0])
     first, second = learner_delays(source, 0, seed=3), learner_delays(source, 1, seed=3)
@@ -118,55 +148,12 @@ def test_learner_delays_draw_each_learners_own_stream_with_its_slowdown() -> Non
 # -- worlds of real processes ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    log = (tmp_path_factory.mktemp("ps_launcher") / "launcher.log").open("w")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-        text=True, env=env, start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        process.stdin.close()
+    with (tmp_path_factory.mktemp("ps_launcher") / "launcher.log").open("w") as log:
+        process = start_launcher(log)
         try:
-            process.wait(timeout=30)
+            yield process
         finally:
-            _kill_group(process.pid)
-            process.wait(timeout=10)
-            log.close()
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def run_world(launcher: subprocess.Popen, tmp_path: Path, **scenario: Any) -> dict[str, Any]:
-    """Run one world; return ``{"launcher": ..., 0: server result, i + 1: learner i's result}``."""
-    scenario = {"timeout": 5.0, "deadline": 60.0, "lr": 0.05, **scenario}
-    path, out = tmp_path / "scenario.json", tmp_path / "world"
-    out.mkdir()
-    path.write_text(json.dumps(scenario))
-    launcher.stdin.write(f"{path}\t{out}\n")
-    launcher.stdin.flush()
-    ready, _, _ = select.select([launcher.stdout], [], [], scenario["deadline"] + 120)
-    if not ready:
-        _kill_group(launcher.pid)
-        pytest.fail("the world launcher did not answer: killed")
-    assert launcher.stdout.readline().strip() == "done", "the world launcher died (see launcher.log)"
-    results: dict[Any, Any] = {"launcher": json.loads((out / "launcher.json").read_text())}
-    assert results["launcher"]["leftover"] == [], "a world left processes behind"
-    for rank in range(scenario["learners"] + 1):
-        file = out / f"rank{rank}.json"
-        results[rank] = json.loads(file.read_text()) if file.exists() else None
-    return results
-
-
-def _ok(result: dict[str, Any]) -> dict[str, Any]:
-    assert result is not None and result["ok"], (result or {}).get("traceback")
-    return result
+            stop_launcher(process)
 
 
 @pytest.mark.slow

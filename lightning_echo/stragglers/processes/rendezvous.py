@@ -1,0 +1,282 @@
+"""Where a parameter server's learners find it, and how a learner joins a running server.
+
+The server hosts a small key-value store (a ``TCPStore``, the same kind torch.distributed
+rendezvous on) at an :class:`Address`. A learner that joins, at the start of a run or at any
+time later (restarted after a crash, or started by hand), asks through that store:
+
+1. ``s = add("joins", 1)``; ``set("join/<s>", request)``: its learner index, the number and dtype
+   of the elements it exchanges, the newest version it read (-1 if none), its process id;
+2. the server's :class:`JoinAcceptor` thread, which handles ``join/1, join/2, ...`` in order,
+   checks the request and answers ``join/<s>/reply`` (accepted, or refused with the reason);
+3. both ends build a two-rank gloo process group directly from the store, under the prefix
+   ``channel/<server generation>/<s>/`` (no collective over any default group: neither the other
+   learners nor a default process group take part), and the acceptor hands the channel to the
+   server's :class:`~.transport.Transport`, whose loop sees a :class:`~.transport.Joined` event.
+
+Why a store and a group per join rather than the default process group: a gloo group's members
+are fixed when it is created and every member must take part in creating a new one, so a
+process that was not in the world at ``init_process_group`` can never enter a group that
+includes the others. A two-rank group built from a store needs only its two ends. The store
+outlives no server: a restarted server hosts a new one at the same address, and its generation
+(``add("server", 1)``, starting over in a new store) keeps channel names distinct when the store
+is one that outlives the server (a launcher's).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from lightning_echo.errors import ConfigError, describe_error
+from lightning_echo.stragglers.processes.protocol import ParameterServerError
+
+if TYPE_CHECKING:
+    from lightning_echo.stragglers.processes.transport import Transport
+
+ADDRESS_ENV = "LIGHTNING_ECHO_PS_ADDRESS"  # host:port of the server's store, for processes started later
+ADDRESS_KEY = "lightning_echo/ps_address"  # where rank 0 publishes it in the default group's store
+POLL_S = 0.05  # how often the acceptor looks for a join request (and notices that it should stop)
+
+
+@dataclass(frozen=True)
+class Address:
+    """``host:port`` of a parameter server's store."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: Any, key: str = ADDRESS_ENV) -> "Address":
+        """``HOST:PORT`` (refused in one line naming ``key`` otherwise)."""
+        host, sep, port = str(text).strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(key, text, "must be HOST:PORT with a port in 1..65535")
+        return cls(host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """What a joining learner asks for (``learner`` -1: any free slot)."""
+
+    learner: int
+    numel: int
+    dtype: str
+    read_version: int = -1
+    pid: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "JoinRequest":
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class JoinReply:
+    """The server's answer: the learner index it takes, or why it was refused."""
+
+    accepted: bool
+    learner: int
+    generation: int
+    reason: str = ""
+    mismatch: bool = False  # refused because its parameters differ from the server's (a configuration error)
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "JoinReply":
+        return cls(**json.loads(raw))
+
+
+def _timedelta(seconds: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=seconds)
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port free on this host right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def host_store(address: Address, timeout: float) -> dist.TCPStore:
+    """The server's store at ``address`` (this process serves it; it ends with the process or
+    when the last reference goes)."""
+    try:
+        return dist.TCPStore(address.host, address.port, is_master=True, wait_for_workers=False,
+                             timeout=_timedelta(timeout), use_libuv=True)
+    except Exception as error:
+        raise ParameterServerError(f"the parameter server cannot serve its store at {address}: {describe_error(error)}") from None
+
+
+def open_store(address: Address, wait: float) -> dist.TCPStore:
+    """A client of the store at ``address``, retrying for up to ``wait`` seconds (the server may
+    not be there yet, or may be restarting). Raises :class:`ParameterServerError` after that."""
+    try:
+        return dist.TCPStore(address.host, address.port, is_master=False, timeout=_timedelta(max(wait, 0.1)))
+    except Exception as error:
+        raise ParameterServerError(
+            f"no parameter server answered at {address} within {wait:g} s ({describe_error(error)})") from None
+
+
+def channel_group(store: dist.Store, generation: int, sequence: int, rank: int, timeout: float) -> dist.ProcessGroup:
+    """The two-rank gloo group of join ``sequence`` (server rank 0, learner rank 1)."""
+    prefixed = dist.PrefixStore(f"channel/{generation}/{sequence}/", store)
+    return dist.ProcessGroupGloo(prefixed, rank, 2, _timedelta(timeout))
+
+
+def request_join(store: dist.Store, request: JoinRequest, wait: float, backstop: float) -> tuple[JoinReply, dist.ProcessGroup]:
+    """The learner's side of a join: ask, wait up to ``wait`` seconds for the answer, build the
+    channel. Raises :class:`ConfigError` when the server refuses this learner's parameters and
+    :class:`ParameterServerError` when it refuses otherwise or does not answer in time."""
+    try:
+        sequence = store.add("joins", 1)
+        store.set(f"join/{sequence}", request.encode())
+        store.wait([f"join/{sequence}/reply"], _timedelta(wait))
+        reply = JoinReply.decode(store.get(f"join/{sequence}/reply"))
+    except Exception as error:
+        raise ParameterServerError(
+            f"learner {request.learner} could not join the parameter server within {wait:g} s ({describe_error(error)})") from None
+    if not reply.accepted:
+        if reply.mismatch:
+            raise ConfigError("parameters", f"{request.numel} x {request.dtype} on learner {request.learner}", reply.reason)
+        raise ParameterServerError(f"the parameter server refused learner {request.learner}: {reply.reason}")
+    try:
+        group = channel_group(store, reply.generation, sequence, 1, backstop)
+    except Exception as error:
+        raise ParameterServerError(
+            f"learner {reply.learner} could not open its channel to the parameter server ({describe_error(error)})") from None
+    return reply, group
+
+
+Decide = Callable[[JoinRequest], JoinReply]
+
+
+class JoinAcceptor:
+    """The server's side of joins: a thread that answers every join request in order and hands
+    each accepted learner's new channel to ``transport`` (which tells the server's loop).
+
+    ``decide(request)`` answers a request (from this thread: it must only read shared state);
+    ``generation`` names this server's channels. A learner that dies between its request and
+    building its channel holds the thread for at most ``backstop`` seconds.
+    """
+
+    def __init__(self, store: dist.Store, transport: "Transport", decide: Decide, generation: int,
+                 backstop: float, owned_store: bool = False) -> None:
+        self.store = store
+        self.transport = transport
+        self.decide = decide
+        self.generation = generation
+        self.backstop = backstop
+        self._owned_store = owned_store
+        self._stop = threading.Event()
+        self._next = int(store.add("handled", 0)) + 1  # requests an earlier server of this store answered are done
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="ps-acceptor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                key = f"join/{self._next}"
+                # check() polls without blocking: a store.wait() that times out logs a warning each time
+                if not self.store.check([key]):
+                    self._stop.wait(POLL_S)
+                    continue
+                self._answer(self._next, JoinRequest.decode(self.store.get(key)))
+                self.store.add("handled", 1)
+                self._next += 1
+        except BaseException as error:  # reaches the server's loop through the transport
+            if not self._stop.is_set():
+                self.error = error
+                self.transport.post_failure(f"the join acceptor failed: {describe_error(error)}")
+
+    def _answer(self, sequence: int, request: JoinRequest) -> None:
+        reply = self.decide(request)
+        self.store.set(f"join/{sequence}/reply", reply.encode())
+        if not reply.accepted:
+            self.transport.post_refused(request, reply)
+            return
+        try:
+            group = channel_group(self.store, self.generation, sequence, 0, self.backstop)
+        except Exception as error:  # the learner died before its side was built
+            self.transport.post_refused(request, JoinReply(False, reply.learner, self.generation,
+                                                           f"its channel did not open ({describe_error(error)})"))
+            return
+        self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version)
+
+    def close(self, wait: float = 1.0) -> None:
+        """Stop answering (the thread ends within ``POLL_S``)."""
+        self._stop.set()
+        self._thread.join(timeout=max(wait, POLL_S * 2))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+_connections = [0]  # connect() calls in this process: the same count on every rank of a world
+
+
+def next_address_key() -> str:
+    """The default-store key of this process's next first-world connection (one per fit, so a
+    second fit in the same world never reads the first one's address)."""
+    _connections[0] += 1
+    return f"{ADDRESS_KEY}/{_connections[0]}"
+
+
+def server_address(default_store: Optional[dist.Store], configured: Optional[Address] = None,
+                   key: str = ADDRESS_KEY) -> Address:
+    """The address the server hosts its store at: ``configured``, else ``$LIGHTNING_ECHO_PS_ADDRESS``,
+    else this host's ``MASTER_ADDR`` (or 127.0.0.1) and a free port; published in the default
+    group's store (when there is one) for the learners of the first world."""
+    if configured is None and os.environ.get(ADDRESS_ENV):
+        configured = Address.parse(os.environ[ADDRESS_ENV])
+    if configured is None:
+        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        configured = Address(host, free_port())
+    if default_store is not None:
+        default_store.set(key, str(configured))
+    return configured
+
+
+def learner_address(default_store: Optional[dist.Store], wait: float, key: str = ADDRESS_KEY) -> Address:
+    """Where this learner finds the server: ``$LIGHTNING_ECHO_PS_ADDRESS``, else what rank 0
+    published in the default group's store (waiting up to ``wait`` seconds)."""
+    if os.environ.get(ADDRESS_ENV):
+        return Address.parse(os.environ[ADDRESS_ENV])
+    if default_store is None:
+        raise ConfigError(ADDRESS_ENV, None, "must be HOST:PORT of the parameter server's store for a learner started "
+                          "outside the first world (no default process group to find it in)")
+    try:
+        default_store.wait([key], _timedelta(wait))
+        return Address.parse(default_store.get(key).decode())
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ParameterServerError(f"the parameter server did not publish its address within {wait:g} s "
+                                   f"({describe_error(error)})") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def wait_until(deadline: float) -> float:
+    """Seconds left until ``deadline`` (a ``time.monotonic()`` value), at least 0."""
+    return max(0.0, deadline - time.monotonic())
