@@ -133,16 +133,23 @@ def open_store(address: Address, wait: float) -> dist.TCPStore:
             f"no parameter server answered at {address} within {wait:g} s ({describe_error(error)})") from None
 
 
-def channel_group(store: dist.Store, generation: int, sequence: int, rank: int, timeout: float) -> dist.ProcessGroup:
-    """The two-rank gloo group of join ``sequence`` (server rank 0, learner rank 1)."""
+class JoinRefused(ParameterServerError):
+    """The server answered a join with no (not a configuration mismatch: that is a ConfigError)."""
+
+
+def channel_group(store: dist.Store, generation: int, sequence: int, rank: int, backstop: float) -> dist.ProcessGroup:
+    """The two-rank gloo group of join ``sequence`` (server rank 0, learner rank 1). Both ends
+    must build it within ``backstop`` seconds, and its receives time out after as long (gloo
+    fixes one timeout per group when it is built; ``_set_default_timeout`` does not reach it)."""
     prefixed = dist.PrefixStore(f"channel/{generation}/{sequence}/", store)
-    return dist.ProcessGroupGloo(prefixed, rank, 2, _timedelta(timeout))
+    return dist.ProcessGroupGloo(prefixed, rank, 2, _timedelta(backstop))
 
 
 def request_join(store: dist.Store, request: JoinRequest, wait: float, backstop: float) -> tuple[JoinReply, dist.ProcessGroup]:
     """The learner's side of a join: ask, wait up to ``wait`` seconds for the answer, build the
-    channel. Raises :class:`ConfigError` when the server refuses this learner's parameters and
-    :class:`ParameterServerError` when it refuses otherwise or does not answer in time."""
+    channel. Raises :class:`ConfigError` when the server refuses this learner's parameters,
+    :class:`JoinRefused` when it refuses otherwise, :class:`ParameterServerError` when it does
+    not answer in time or the channel does not open."""
     try:
         sequence = store.add("joins", 1)
         store.set(f"join/{sequence}", request.encode())
@@ -154,7 +161,7 @@ def request_join(store: dist.Store, request: JoinRequest, wait: float, backstop:
     if not reply.accepted:
         if reply.mismatch:
             raise ConfigError("parameters", f"{request.numel} x {request.dtype} on learner {request.learner}", reply.reason)
-        raise ParameterServerError(f"the parameter server refused learner {request.learner}: {reply.reason}")
+        raise JoinRefused(f"the parameter server refused learner {request.learner}: {reply.reason}")
     try:
         group = channel_group(store, reply.generation, sequence, 1, backstop)
     except Exception as error:
@@ -171,18 +178,20 @@ class JoinAcceptor:
     each accepted learner's new channel to ``transport`` (which tells the server's loop).
 
     ``decide(request)`` answers a request (from this thread: it must only read shared state);
-    ``generation`` names this server's channels. A learner that dies between its request and
-    building its channel holds the thread for at most ``backstop`` seconds.
+    ``generation`` names this server's channels. Each accepted channel is built in a thread of
+    its own, so a learner that dies between its request and building its channel delays no
+    other join (its builder gives up after ``backstop``). A request an earlier server of
+    the same store already answered is skipped (its learner retries).
     """
 
     def __init__(self, store: dist.Store, transport: "Transport", decide: Decide, generation: int,
-                 backstop: float, owned_store: bool = False) -> None:
+                 backstop: float) -> None:
         self.store = store
         self.transport = transport
         self.decide = decide
         self.generation = generation
         self.backstop = backstop
-        self._owned_store = owned_store
+        self._builders: list[threading.Thread] = []
         self._stop = threading.Event()
         self._next = int(store.add("handled", 0)) + 1  # requests an earlier server of this store answered are done
         self.error: Optional[BaseException] = None
@@ -206,23 +215,37 @@ class JoinAcceptor:
                 self.transport.post_failure(f"the join acceptor failed: {describe_error(error)}")
 
     def _answer(self, sequence: int, request: JoinRequest) -> None:
+        reply_key = f"join/{sequence}/reply"
+        if self.store.check([reply_key]):
+            return  # a server before this one answered it and died: that learner asks again
         reply = self.decide(request)
-        self.store.set(f"join/{sequence}/reply", reply.encode())
+        self.store.set(reply_key, reply.encode())
         if not reply.accepted:
             self.transport.post_refused(request, reply)
             return
+        builder = threading.Thread(target=self._open, args=(sequence, request, reply), daemon=True,
+                                   name=f"ps-join-{sequence}")
+        self._builders = [b for b in self._builders if b.is_alive()] + [builder]
+        builder.start()
+
+    def _open(self, sequence: int, request: JoinRequest, reply: JoinReply) -> None:
         try:
             group = channel_group(self.store, self.generation, sequence, 0, self.backstop)
         except Exception as error:  # the learner died before its side was built
-            self.transport.post_refused(request, JoinReply(False, reply.learner, self.generation,
-                                                           f"its channel did not open ({describe_error(error)})"))
+            if not self._stop.is_set():
+                self.transport.post_refused(request, JoinReply(False, reply.learner, self.generation,
+                                                               f"its channel did not open ({describe_error(error)})"))
             return
-        self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version)
+        if not self._stop.is_set():
+            self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version)
 
     def close(self, wait: float = 1.0) -> None:
-        """Stop answering (the thread ends within ``POLL_S``)."""
+        """Stop answering (the thread ends within ``POLL_S``; a channel still being built gets
+        ``wait`` seconds)."""
         self._stop.set()
-        self._thread.join(timeout=max(wait, POLL_S * 2))
+        deadline = time.monotonic() + max(wait, POLL_S * 2)
+        for thread in [self._thread, *self._builders]:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     @property
     def alive(self) -> bool:

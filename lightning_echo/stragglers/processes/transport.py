@@ -32,10 +32,11 @@ import torch
 import torch.distributed as dist
 
 from lightning_echo.errors import ConfigError, describe_error
-from lightning_echo.stragglers.processes.protocol import FINAL, Header, Kind, Message, ProtocolError
+from lightning_echo.stragglers.processes.protocol import FINAL, Header, Kind, Message, ParameterServerError, ProtocolError
 from lightning_echo.stragglers.processes.rendezvous import (
     Address,
     JoinAcceptor,
+    JoinRefused,
     JoinReply,
     JoinRequest,
     dtype_name,
@@ -389,9 +390,18 @@ def join(address: Address, learner: int, numel: int, dtype: torch.dtype, timeout
     _check_dtype(dtype)
     wait = timeout if wait is None else wait
     deadline = time.monotonic() + wait
-    store = open_store(address, wait)
     request = JoinRequest(learner, numel, dtype_name(dtype), read_version, os.getpid())
-    _, group = request_join(store, request, wait_until(deadline), BACKSTOP_FACTOR * timeout)
+    while True:  # a server that dies while this learner joins it: ask its successor, until the wait is over
+        try:
+            store = open_store(address, wait_until(deadline))
+            _, group = request_join(store, request, wait_until(deadline), BACKSTOP_FACTOR * timeout)
+            break
+        except JoinRefused:
+            raise
+        except ParameterServerError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
     transport = Transport(learner_rank(learner), {SERVER_RANK: group}, numel, dtype, timeout)
     transport.store = store
     transport.address = address
