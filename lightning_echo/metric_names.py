@@ -77,6 +77,9 @@ class ParameterServer:
     LOSS: Final = "ps/loss"
     GRADIENTS: Final = "ps/gradients"
     LOST_LEARNERS: Final = "ps/lost_learners"
+    LIVE_LEARNERS: Final = "ps/live_learners"  # learners alive now (lost ones that rejoined count again)
+    JOINS: Final = "ps/joins"  # learners that joined after the start, in this segment of the run
+    VERSION: Final = "ps/version"  # the server's version after the update (never reused, across server restarts too)
     CANCELLED_ARRIVED: Final = "ps/cancelled_arrived"
     LEARNER_GRADIENTS_PER_S: Final = "ps/learner_{learner}/gradients_per_s"  # .format(learner=i)
     # gradients used that were computed on a fresh batch, over the run (echoed ones: LearnerData)

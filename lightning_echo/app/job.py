@@ -295,6 +295,15 @@ def _summarise(cfg: DictConfig, run: _Run, record: _RunRecord, output_dir: Path,
     return summary
 
 
+def process_restarts(cfg: DictConfig) -> dict[str, int]:
+    """How often the job starts a parameter server's learners and server again (``ps.restart_*``;
+    none for other runs)."""
+    if (cfg.get("backend") or {}).get("name") != "processes" or "ps" not in cfg:
+        return {}
+    return {"restart_learners": int(cfg.ps.get("restart_learners") or 0),
+            "restart_server": int(cfg.ps.get("restart_server") or 0)}
+
+
 def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name: Optional[str],
                   resume: Optional[ResumePoint], plan: ProcessPlan) -> RunSummary:
     """Train the run in ``processes`` rank processes and record how it ended (see :func:`run_training`)."""
@@ -311,10 +320,13 @@ def _run_in_ranks(cfg: DictConfig, output_dir: Path, group: Optional[str], name:
     spec = RankSpec(config=OmegaConf.to_container(cfg, resolve=True), run_dir=str(output_dir), group=group, name=name,
                     world_size=processes, record_details=details,
                     checkpoint=str(resume.checkpoint) if resumed else None, step=resume.step if resumed else 0,
-                    deciding_ranks=plan.deciding_ranks, deciders_outlive_s=plan.deciders_outlive_s)
+                    deciding_ranks=plan.deciding_ranks, deciders_outlive_s=plan.deciders_outlive_s,
+                    **process_restarts(cfg))
     result = run_ranks(spec)
     written = read_run_record(output_dir)  # rank 0's record, with what it measured (initial_val_loss, ...)
     written.update(ranks=result.progress(), updated_at=time.time())
+    if result.restarts:
+        written.update(restarts=result.restarts)
     zero = result.rank_zero or {}
     if result.interrupted_by is not None:
         checkpoint = last_checkpoint_path(output_dir)

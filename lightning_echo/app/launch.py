@@ -18,7 +18,12 @@ job's config, already resolved, into the job's directory:
   that step, save the checkpoint and record ``interrupted``); a second signal, or ranks that do
   not stop within ``STOP_GRACE_S``, kills them;
 - ranks run in their own sessions (a Ctrl-C in the terminal reaches the job only) and kill
-  themselves when the job's process is gone, so no rank outlives it.
+  themselves when the job's process is gone, so no rank outlives it;
+- in a parameter-server run with ``ps.restart_learners`` / ``ps.restart_server``, the job hosts
+  the server's join store too and starts a new process in place of a learner that ended with an
+  error or a signal (it joins the running server), or of a server killed by a signal (it resumes
+  from the run's last checkpoint and its learners join it again), up to those counts; each
+  restart is a line on stderr and an entry of ``run.json``'s ``restarts``.
 """
 
 from __future__ import annotations
@@ -45,12 +50,14 @@ from lightning_echo.errors import ConfigError
 from lightning_echo.lightning_namespace import ENV_VAR, PACKAGE, pl
 from lightning_echo.protocols import AssignsRankRoles
 from lightning_echo.records import DIVERGED, FAILED, INTERRUPTED
+from lightning_echo.stragglers.processes.rendezvous import JOIN_ENV, RESTARTS_ENV, STORE_ENV
 from lightning_echo.validation import positive_int
 
 # A rank process runs this (with its spec folder as argument); not `-m lightning_echo.app.rank`, which
 # would define the module's classes a second time, in __main__.
 RANK_CODE = "from lightning_echo.app.rank import main; main()"
 SPEC_FILE = "spec.json"
+RESUME_ENV = "LIGHTNING_ECHO_RANK_RESUME"  # "1": a restarted server, which resumes from the run's last checkpoint
 STOP_LINE = b"stop\n"  # what the job writes to a rank's stdin to ask it to stop
 STOP_GRACE_S = 30.0  # how long ranks asked to stop get before they are killed
 FAILURE_GRACE_S = 5.0  # how long the other ranks get to stop by themselves after one failed
@@ -92,6 +99,8 @@ class RankSpec:
     checkpoint: Optional[str] = None
     step: int = 0
     deciding_ranks: Optional[list[int]] = None  # the ranks whose end ends the run (None: all)
+    restart_learners: int = 0  # parameter server: learner processes started again in all, at most
+    restart_server: int = 0  # parameter server: times the server is started again from the last checkpoint
     # How long the deciding ranks may go on once every other rank has failed (None: as long as they
     # like): a parameter server whose learners all gave up on it is frozen or stuck.
     deciders_outlive_s: Optional[float] = None
@@ -152,6 +161,7 @@ class RanksResult:
     ends: list[RankEnd]
     interrupted_by: Optional[int] = None
     deciding: Optional[list[int]] = None  # the ranks that decide how the run ended (None: all)
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # processes started again: rank, when, why
 
     @property
     def rank_zero(self) -> Optional[dict[str, Any]]:
@@ -322,24 +332,69 @@ def rank_environment(world_size: int, store: RendezvousStore, base: Optional[dic
     return env
 
 
+class Restarter:
+    """Starts a rank's process again in a parameter-server run: a learner that ended with an error
+    or a signal (``learners`` times in all at most) joins the running server; a server killed by
+    a signal (``server`` times) resumes from the run's last checkpoint. The new process has no
+    default process group: it finds the server through the join store the job hosts."""
+
+    def __init__(self, start: Any, learners: int, server: int, world_size: int, folder: Path) -> None:
+        self.start = start  # start(rank, extra_env) -> Popen
+        self.left = {"learner": learners, "server": server}
+        self.world_size = world_size
+        self.folder = folder
+        self.began = time.monotonic()
+        self.events: list[dict[str, Any]] = []
+
+    def maybe_restart(self, rank: int, process: subprocess.Popen) -> Optional[subprocess.Popen]:
+        """A new process for ``rank``, whose process ended with a non-zero status, if it may start again."""
+        who = "server" if rank == 0 else "learner"
+        outcome = _read_outcome(self.folder, rank)
+        end = RankEnd(rank, int(process.returncode), False, outcome)
+        if self.left[who] <= 0 or end.status in (DIVERGED, INTERRUPTED):
+            return None
+        if who == "server" and (process.returncode >= 0 or outcome is not None):
+            return None  # a server that failed by itself (its error is the run's) is not started again
+        self.left[who] -= 1
+        outcome_path(self.folder, rank).unlink(missing_ok=True)
+        extra = {JOIN_ENV: "1", **({RESUME_ENV: "1"} if who == "server" else {})}
+        restarted = self.start(rank, extra)
+        event = {"rank": rank, "role": who, "at_s": round(time.monotonic() - self.began, 3),
+                 "ended": end.describe(self.world_size), "restarts_left": self.left[who]}
+        self.events.append(event)
+        print(f"lightning-echo: {event['ended']}; started again ({who} restarts left: {self.left[who]})",
+              file=sys.stderr, flush=True)
+        return restarted
+
+
 def run_ranks(spec: RankSpec) -> RanksResult:
     """Start ``spec.world_size`` rank processes for one run and wait for them (see the module's
-    docstring for failures and signals); every one has ended when this returns."""
+    docstring for failures, signals and restarts); every one has ended when this returns."""
     folder = Path(tempfile.mkdtemp(prefix="lightning-echo-ranks-"))
     spec.write(folder / SPEC_FILE)
     abandoned: set[int] = set()
     store = RendezvousStore()
     env = rank_environment(spec.world_size, store)
+    join_store = RendezvousStore() if spec.restart_learners or spec.restart_server else None
+    if join_store is not None:
+        env.update({STORE_ENV: f"{join_store.HOST}:{join_store.port}", RESTARTS_ENV: "1"})
     processes: list[subprocess.Popen] = []
     killed: set[int] = set()
     interrupted_by = None
+
+    def start(rank: int, extra: Optional[dict[str, str]] = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", RANK_CODE, str(folder)],
+                                env={**env, "LOCAL_RANK": str(rank), **(extra or {})},
+                                stdin=subprocess.PIPE, start_new_session=True)
+
+    restarter = (Restarter(start, spec.restart_learners, spec.restart_server, spec.world_size, folder)
+                 if join_store is not None else None)
     try:
         with SIGNALS.noting():  # signals are acted on between polls, never half-way through a start
             for rank in range(spec.world_size):
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-c", RANK_CODE, str(folder)], env={**env, "LOCAL_RANK": str(rank)},
-                    stdin=subprocess.PIPE, start_new_session=True))
-            interrupted_by, abandoned = _supervise(processes, killed, spec.deciding, folder, spec.deciders_outlive_s)
+                processes.append(start(rank))
+            interrupted_by, abandoned = _supervise(processes, killed, spec.deciding, folder, spec.deciders_outlive_s,
+                                                   restarter)
     finally:
         _kill(processes, killed)
         ends = [RankEnd(rank, int(p.returncode), rank in killed, _read_outcome(folder, rank),
@@ -347,11 +402,14 @@ def run_ranks(spec: RankSpec) -> RanksResult:
                 for rank, p in enumerate(processes)]
         shutil.rmtree(folder, ignore_errors=True)
         store.close()
-    return RanksResult(ends, interrupted_by, spec.deciding_ranks)
+        if join_store is not None:
+            join_store.close()
+    return RanksResult(ends, interrupted_by, spec.deciding_ranks, restarter.events if restarter is not None else [])
 
 
 def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: list[int], folder: Path,
-               deciders_outlive_s: Optional[float] = None) -> tuple[Optional[int], set[int]]:
+               deciders_outlive_s: Optional[float] = None,
+               restarter: Optional[Restarter] = None) -> tuple[Optional[int], set[int]]:
     """Wait for the ranks; ask them to stop on a first signal, kill them on a second, after a
     deciding rank failed, once every deciding rank ended, or when a stop takes too long. A rank
     that does not decide and fails is reported on stderr; once every such rank has failed, the
@@ -363,8 +421,14 @@ def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: li
     abandon_at: Optional[float] = None
     others = [rank for rank in range(len(processes)) if rank not in deciding]
     reported: set[int] = set()
-    while [p.poll() for p in processes].count(None):  # poll every rank, so each one's end is seen
+    while [p.poll() for p in processes].count(None) or restarter is not None:  # poll every rank, so each one's end is seen
         now = time.monotonic()
+        if restarter is not None and deadline is None and not asked:
+            for rank, process in enumerate(processes):
+                if process.returncode not in (None, 0):
+                    processes[rank] = restarter.maybe_restart(rank, process) or process
+        if all(process.returncode is not None for process in processes):
+            break
         if (abandon_at is None and deciders_outlive_s is not None and others
                 and all(processes[rank].returncode not in (None, 0) for rank in others)):
             abandon_at = now + deciders_outlive_s

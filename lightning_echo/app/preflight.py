@@ -128,6 +128,7 @@ def validate_config(cfg: DictConfig) -> None:
     with quiet_lightning():
         trainer = build_trainer(cfg, output_dir=None)
     processes_to_start(cfg, trainer)
+    check_restarts(cfg)
     if isinstance(trainer.strategy, ChecksTrainer):
         trainer.strategy.check_trainer(trainer)
     try:
@@ -135,6 +136,20 @@ def validate_config(cfg: DictConfig) -> None:
     except ConfigError as error:
         raise error.with_prefix("data.") from None
     check_dataset_readable(datamodule)
+
+
+def check_restarts(cfg: DictConfig) -> None:
+    """A parameter-server run's fault settings that depend on others: a server started again
+    needs the run's checkpoints; ``ps.min_learners`` cannot exceed the learners."""
+    if (cfg.get("backend") or {}).get("name") != "processes" or "ps" not in cfg:
+        return
+    learners = int(cfg.stale.learners)
+    if int(cfg.ps.get("min_learners") or 1) > learners:
+        raise ConfigError("ps.min_learners", cfg.ps.min_learners, f"must be at most stale.learners ({learners})")
+    if int(cfg.ps.get("restart_server") or 0) > 0 and not (cfg.get("checkpoint") or {}).get("enabled", False):
+        raise ConfigError("ps.restart_server", cfg.ps.restart_server,
+                          "needs checkpoint.enabled=true: a server started again resumes from the run's last checkpoint "
+                          "(set its period with checkpoint.every_n_steps or every_n_minutes)")
 
 
 def preflight(overrides: Sequence[str], multirun: bool) -> list[list[str]]:

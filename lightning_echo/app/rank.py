@@ -24,8 +24,8 @@ from typing_extensions import override
 from lightning_echo.app.divergence import RunDiverged
 from lightning_echo.app.interrupt import RunInterrupted
 from lightning_echo.app.job import run_training
-from lightning_echo.app.launch import RankRun, RankSpec, SPEC_FILE, outcome_path, watch_launcher
-from lightning_echo.app.resume import ResumePoint
+from lightning_echo.app.launch import RESUME_ENV, RankRun, RankSpec, SPEC_FILE, outcome_path, watch_launcher
+from lightning_echo.app.resume import ResumePoint, resume_point
 from lightning_echo.errors import describe_error
 from lightning_echo.lightning_namespace import import_lightning, pl
 from lightning_echo.records import COMPLETED, DIVERGED, FAILED, INTERRUPTED, write_json
@@ -58,7 +58,11 @@ def run_rank(folder: Path, global_rank: int, stop: threading.Event) -> tuple[int
     spec = RankSpec.read(folder / SPEC_FILE)
     cfg = OmegaConf.create(spec.config)
     resume = ResumePoint(Path(spec.checkpoint), spec.step, spec.record_details) if spec.checkpoint else None
-    rank = RankRun(global_rank, spec.record_details, callbacks=(RankAgreement(stop),))
+    details = spec.record_details
+    if os.environ.get(RESUME_ENV) == "1":  # a server started again: from the run's last checkpoint, if any
+        resume = resume_point(Path(spec.run_dir))
+        details = resume.record()
+    rank = RankRun(global_rank, details, callbacks=(RankAgreement(stop),))
     try:
         summary = run_training(cfg, Path(spec.run_dir), group=spec.group, name=spec.name, resume=resume, rank=rank)
     except RunDiverged as error:

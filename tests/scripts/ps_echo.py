@@ -190,7 +190,8 @@ def scenario_loader_fails(out: Path) -> dict[str, Any]:
     """Learner 1's loader raises at its 7th row, in the auto echo stage's thread: its fit fails with
     the user's error, the server's and learner 0's with ParameterServerError."""
     dataset = Rows(fail_at=7 if rank() == 2 else None)
-    return fit_once(out, "loader_fails", ParameterServerStrategy("sync", timeout=30.0), DataEchoing(factor="auto"), 50,
+    return fit_once(out, "loader_fails", ParameterServerStrategy("sync", timeout=30.0, shrink_k=False),
+                    DataEchoing(factor="auto"), 50,
                     loader(dataset))
 
 

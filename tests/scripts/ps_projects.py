@@ -102,7 +102,7 @@ class BuggyDigitsModule(DigitsLitModule):
 
 
 def scenario_learner_fails(out: Path) -> dict[str, Any]:
-    fit = trainer(out, "learner_fails", ParameterServerStrategy("sync", timeout=30.0), max_epochs=2,
+    fit = trainer(out, "learner_fails", ParameterServerStrategy("sync", timeout=30.0, shrink_k=False), max_epochs=2,
                   enable_checkpointing=False)
     fit.fit(BuggyDigitsModule(), datamodule=DigitsDataModule(batch_size=12))
     return {}

@@ -55,6 +55,10 @@ def process_metrics(record: UpdateRecord, report: ServerReport, carried: Carried
 
     ``ps/updates_per_s`` and each learner's ``ps/learner_<i>/gradients_per_s`` (gradients it
     delivered, used or not) are rates over this segment's wall-clock time since the first START;
+    ``ps/lost_learners`` and ``ps/live_learners`` are the learners lost and alive now, ``ps/joins``
+    the learners that joined since the start (restarted ones; ``stale/k`` is K, lowered while
+    learners are lost with ``shrink_k``), ``ps/version`` the server's version (a restarted server
+    skips the versions its predecessor made after its checkpoint, so it never goes back);
     ``ps/cancelled_arrived`` counts the whole run (gradients of cancelled computations that
     arrived anyway); ``ps/loss`` is the mean training loss of the update's gradients, each at the
     parameters its learner read. Over the gradients used in the whole run (across resumes):
@@ -69,6 +73,9 @@ def process_metrics(record: UpdateRecord, report: ServerReport, carried: Carried
         ParameterServer.LOSS: float(loss),
         ParameterServer.GRADIENTS: float(len(record.staleness)),
         ParameterServer.LOST_LEARNERS: float(len(report.lost)),
+        ParameterServer.LIVE_LEARNERS: float(report.live),
+        ParameterServer.JOINS: float(report.joins),
+        ParameterServer.VERSION: float(record.version),
         ParameterServer.CANCELLED_ARRIVED: float(carried.total(report, "cancelled_arrived")),
     }
     for learner, pushed in enumerate(report.pushes_per_learner):

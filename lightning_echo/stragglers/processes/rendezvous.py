@@ -42,7 +42,10 @@ from lightning_echo.stragglers.processes.protocol import ParameterServerError
 if TYPE_CHECKING:
     from lightning_echo.stragglers.processes.transport import Transport
 
-ADDRESS_ENV = "LIGHTNING_ECHO_PS_ADDRESS"  # host:port of the server's store, for processes started later
+ADDRESS_ENV = "LIGHTNING_ECHO_PS_ADDRESS"  # host:port where the server hosts its store (processes started later find it)
+STORE_ENV = "LIGHTNING_ECHO_PS_STORE"  # host:port of a store a launcher hosts: the server accepts joins through it
+RESTARTS_ENV = "LIGHTNING_ECHO_PS_RESTARTS"  # "1": a launcher restarts lost processes (learners and server wait for each other)
+JOIN_ENV = "LIGHTNING_ECHO_PS_JOIN"  # "1": this process was not in the first world; it joins without a default group
 ADDRESS_KEY = "lightning_echo/ps_address"  # where rank 0 publishes it in the default group's store
 POLL_S = 0.05  # how often the acceptor looks for a join request (and notices that it should stop)
 
@@ -293,6 +296,23 @@ def learner_address(default_store: Optional[dist.Store], wait: float, key: str =
     except Exception as error:
         raise ParameterServerError(f"the parameter server did not publish its address within {wait:g} s "
                                    f"({describe_error(error)})") from None
+
+
+def joins_late() -> bool:
+    """Whether this process was started after the first world formed (a restarted learner or
+    server): it has no default process group and finds the server through the store alone."""
+    return os.environ.get(JOIN_ENV, "") == "1"
+
+
+def launcher_restarts() -> bool:
+    """Whether the launcher starts lost processes again (``$LIGHTNING_ECHO_PS_RESTARTS``)."""
+    return os.environ.get(RESTARTS_ENV, "") == "1"
+
+
+def launcher_store_address() -> Optional[Address]:
+    """The address of a store the launcher hosts (``$LIGHTNING_ECHO_PS_STORE``), if any."""
+    text = os.environ.get(STORE_ENV)
+    return Address.parse(text, STORE_ENV) if text else None
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
@@ -26,6 +27,18 @@ from lightning_echo.stragglers.processes.learner import LearnerSession
 from lightning_echo.stragglers.processes.logged import LoggedValue, mean_over_update
 from lightning_echo.stragglers.processes.server import ParameterServer, PendingUpdate, ServerReport, UpdateRecord
 from lightning_echo.stragglers.processes.transport import Transport
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    """What the server does when learners come and go (see :class:`~.server.ParameterServer`):
+    ``shrink_k`` lowers K to the learners alive; the run stops below ``min_learners`` once no
+    learner joined within ``rejoin_wait`` seconds; learners wait as long for a server that
+    restarts."""
+
+    shrink_k: bool = True
+    min_learners: int = 1
+    rejoin_wait: float = 0.0
 
 
 class ServerRole:
@@ -46,6 +59,7 @@ class ServerRole:
         timeout: float,
         buffers: Sequence[torch.Tensor] = (),
         adaptive: Optional[AdaptiveK] = None,
+        faults: Optional[FaultPolicy] = None,
     ) -> None:
         self.params = list(params)
         self.buffers = list(buffers)
@@ -54,8 +68,10 @@ class ServerRole:
         self.buffer_changes = [torch.empty_like(b) for b in self.buffers]
         initial = torch.zeros(self.exchange.numel, dtype=self.exchange.dtype)
         self.exchange.pack_parameters(self.params, initial, self.buffers)
+        faults = faults or FaultPolicy()
         self.server = ParameterServer(transport, spec, initial, keep_stale_params=keep_stale_params, timeout=timeout,
-                                      adaptive=adaptive)
+                                      adaptive=adaptive, shrink_k=faults.shrink_k, min_learners=faults.min_learners,
+                                      rejoin_wait=faults.rejoin_wait)
         self.update: Optional[PendingUpdate] = None
         self.loss = math.nan
         self.samples = 0.0
@@ -138,12 +154,13 @@ class LearnerRole:
         params: Sequence[torch.Tensor],
         injected_delay: Optional[Callable[[], float]] = None,
         buffers: Sequence[torch.Tensor] = (),
+        rejoin_wait: float = 0.0,
     ) -> None:
         self.params = list(params)
         self.buffers = list(buffers)
         self.exchange = FlatExchange(self.params, self.buffers)
         self._buffers_read = [torch.empty_like(b) for b in self.buffers]  # as the START set them; then the changes
-        self.session = LearnerSession(transport, injected_delay)
+        self.session = LearnerSession(transport, injected_delay, rejoin_wait=rejoin_wait)
         self.working = False
         self._left_out: set[str] = set()
 

@@ -37,12 +37,20 @@ from lightning_echo.stragglers.processes.learner import LearnerReport, learner_d
 from lightning_echo.stragglers.processes.local_metrics import keep_metric_syncs_local
 from lightning_echo.stragglers.processes.logged import StepLogs
 from lightning_echo.stragglers.processes.metrics import CarriedCounts, process_metrics
-from lightning_echo.stragglers.processes.roles import LearnerRole, ServerRole
+from lightning_echo.stragglers.processes.rendezvous import joins_late, launcher_restarts
+from lightning_echo.stragglers.processes.roles import FaultPolicy, LearnerRole, ServerRole
 from lightning_echo.stragglers.processes.server import ServerReport
 from lightning_echo.stragglers.processes.slots import ServerStep, UpdateSlots, server_epoch_length
-from lightning_echo.stragglers.processes.transport import SERVER_RANK, Transport, check_timeout, connect, learner_index
+from lightning_echo.stragglers.processes.transport import (
+    MAX_TIMEOUT_S,
+    SERVER_RANK,
+    Transport,
+    check_timeout,
+    connect,
+    learner_index,
+)
 from lightning_echo.stragglers.settings import StragglerSettings
-from lightning_echo.validation import boolean, positive_int
+from lightning_echo.validation import boolean, non_negative_int, positive_int
 
 DDPStrategy, StrategyRegistry = pl.strategies.DDPStrategy, pl.strategies.StrategyRegistry
 ModelCheckpoint, EarlyStopping, Timer = pl.callbacks.ModelCheckpoint, pl.callbacks.EarlyStopping, pl.callbacks.Timer
@@ -83,6 +91,16 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         process_group_timeout: the default process group's timeout (DDP's ``timeout``).
         adaptive_k: with ``k="auto"``, the server's :class:`~lightning_echo.core.adaptive_k.AdaptiveK`
             with constants of your own (None: the defaults').
+        shrink_k: when learners are lost, the variants whose update needs K distinct learners
+            (sync, k_sync, async, k_async) average the K of those alive, and K grows back as
+            learners rejoin (default); False: sync, k_sync and k_batch_sync stop at the first lost
+            learner, async and k_async when fewer than K are left.
+        min_learners: the run stops (:class:`~lightning_echo.stragglers.processes.ParameterServerError`,
+            one line) when fewer learners are alive and none joins within ``rejoin_wait``.
+        rejoin_wait: seconds the server waits for a learner to join when too few are left, and a
+            learner waits for its server to come back (a restarted server) before it gives up
+            (0: neither waits; None: ``timeout`` under a launcher that restarts lost processes,
+            ``$LIGHTNING_ECHO_PS_RESTARTS=1`` as the command line sets it, else 0).
 
     What differs from DDP while ``fit`` runs:
 
@@ -136,10 +154,15 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     :func:`~lightning_echo.stragglers.processes.metrics.process_metrics` (what each learner's
     gradients were computed on among them); the time axis is wall-clock.
 
-    A learner that dies or stops answering: asynchronous variants carry on while enough learners
-    are left (logged as ``ps/lost_learners`` and a warning); sync, k_sync and k_batch_sync stop
-    with :class:`~lightning_echo.stragglers.processes.ParameterServerError`. The server dying ends every learner
-    with that error. Example (a script; Lightning re-runs it for ranks 1 and 2)::
+    A learner that dies or stops answering is lost (a warning, ``ps/lost_learners``,
+    ``ps/live_learners``, an event in the report): every variant carries on with the learners
+    left (``shrink_k``) while at least ``min_learners`` are alive. A learner process started
+    later with ``LIGHTNING_ECHO_PS_JOIN=1`` and the server's address (``LIGHTNING_ECHO_PS_ADDRESS``
+    or ``LIGHTNING_ECHO_PS_STORE``; the command line's ``ps.restart_learners`` does this) joins the
+    running server and takes its place; a server started so, with the run's checkpoint, takes
+    the old server's learners back (``ps.restart_server``). Without a restart the server dying
+    ends every learner with that error after ``rejoin_wait``. Example (a script; Lightning
+    re-runs it for ranks 1 and 2)::
 
         strategy = ParameterServerStrategy("k_async", k=1, delay={"distribution": "exponential", "scale": 0.01})
         trainer = pl.Trainer(devices=3, accelerator="cpu", strategy=strategy, max_steps=100)
@@ -165,6 +188,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         process_group_backend: Optional[str] = None,
         process_group_timeout: Any = default_pg_timeout,
         adaptive_k: Optional[AdaptiveK] = None,
+        shrink_k: bool = True,
+        min_learners: int = 1,
+        rejoin_wait: Optional[float] = None,
         **setting_fields: Any,
     ) -> None:
         self._init_stragglers(settings, setting_fields, adaptive_k)
@@ -175,6 +201,10 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         )
         self.learners = None if learners is None else positive_int("stale.learners", learners)
         self.timeout = check_timeout(timeout)
+        if rejoin_wait is None:  # wait for each other only where a launcher starts lost processes again
+            rejoin_wait = self.timeout if launcher_restarts() else 0.0
+        self.faults = fault_policy(shrink_k, min_learners, rejoin_wait)
+        self._late = joins_late()  # started after the first world formed: no default process group
         inject = self.settings.compute_times is not None if inject_delays is None else boolean("ps.inject_delays", inject_delays)
         self.injected_delays = self.settings.compute_times if inject else None
         self.server_report: Optional[ServerReport] = None  # rank 0, after fit
@@ -215,8 +245,18 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
     @property
     def _local(self) -> bool:
-        """Whether each process runs on its own now (``fit``, or a server-only evaluation)."""
-        return self._role is not None or self._evaluating
+        """Whether each process runs on its own now (``fit``, a server-only evaluation, or always
+        in a process that joined late: it has no default process group)."""
+        return self._role is not None or self._evaluating or self._late
+
+    @override
+    def setup_distributed(self) -> None:
+        if not self._late:
+            super().setup_distributed()
+            return
+        # A restarted learner or server: the first world's group cannot take it back (gloo groups are
+        # fixed at creation), so it has none; it finds the server through the store (connect()).
+        self.set_world_ranks()
 
     @property
     @override
@@ -289,7 +329,8 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         super().setup(trainer)
         params, buffers = self._exchanged_tensors()
         exchange = FlatExchange(params, buffers)  # refuses parameters of several dtypes
-        transport = connect(exchange.numel, exchange.dtype, timeout=self.timeout)
+        transport = connect(exchange.numel, exchange.dtype, timeout=self.timeout, rank=self.global_rank,
+                            world=self._processes)
         if self.global_rank == SERVER_RANK:
             self._become_server(trainer, transport, params, buffers)
         else:
@@ -360,7 +401,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         """Rank 0: serve the learners; its train loader yields one placeholder per update."""
         assert self.spec is not None and self.rule is not None and self.lightning_module is not None
         self._role = ServerRole(transport, self.spec, params, keep_stale_params=self.rule.needs_distance,
-                                timeout=self.timeout, buffers=buffers, adaptive=self._adaptive_k())
+                                timeout=self.timeout, buffers=buffers, adaptive=self._adaptive_k(), faults=self.faults)
         self._undo.append(lightning_internals.wrap_before_batch_transfer(self.lightning_module, _skip_server_steps))
         self._carried = CarriedCounts.from_totals(self._loaded["totals"]) if self._loaded else CarriedCounts()
         self._state = self._loaded
@@ -410,7 +451,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         delays = self.injected_delays
         learner = learner_index(self.global_rank)
         injected = learner_delays(delays, learner, self.settings.seed) if delays is not None else None
-        role = self._role = LearnerRole(transport, params, injected, buffers=buffers)
+        role = self._role = LearnerRole(transport, params, injected, buffers=buffers, rejoin_wait=self.faults.rejoin_wait)
         self._echo = find_data_echoing(trainer)
         self._data_wait_s, self._step_ended = 0.0, None
         self._undo.append(self._step_logs.install(self.lightning_module, lambda: role.working))
@@ -640,10 +681,22 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         strategy_registry.register(STRATEGY_NAME, cls, description="a parameter server (rank 0) and learner processes")
 
 
-def check_process_settings(timeout: float, inject_delays: bool) -> None:
+def fault_policy(shrink_k: Any, min_learners: Any, rejoin_wait: Any) -> FaultPolicy:
+    """The strategy's fault settings, each refused in one line when out of range."""
+    wait = float(rejoin_wait) if isinstance(rejoin_wait, (int, float)) and not isinstance(rejoin_wait, bool) else None
+    if wait is None or not 0.0 <= wait <= MAX_TIMEOUT_S:
+        raise ConfigError("ps.rejoin_wait", rejoin_wait, f"must be a number of seconds in [0, {MAX_TIMEOUT_S:g}]")
+    return FaultPolicy(boolean("ps.shrink_k", shrink_k), positive_int("ps.min_learners", min_learners), wait)
+
+
+def check_process_settings(timeout: float, inject_delays: bool, shrink_k: bool = True, min_learners: int = 1,
+                           rejoin_wait: Optional[float] = None, restart_learners: int = 0, restart_server: int = 0) -> None:
     """Check a ``ps`` config block (the processes backend's own settings) for any algorithm."""
     check_timeout(timeout)
     boolean("ps.inject_delays", inject_delays)
+    fault_policy(shrink_k, min_learners, 0.0 if rejoin_wait is None else rejoin_wait)
+    non_negative_int("ps.restart_learners", restart_learners)
+    non_negative_int("ps.restart_server", restart_server)
 
 
 def exchanged_buffers(module: torch.nn.Module, dtype: torch.dtype, warn: bool = False) -> list[torch.Tensor]:

@@ -38,9 +38,12 @@ from lightning_echo.stragglers.processes.rendezvous import (
     JoinAcceptor,
     JoinRefused,
     JoinReply,
+    ADDRESS_ENV,
     JoinRequest,
     dtype_name,
     host_store,
+    joins_late,
+    launcher_store_address,
     learner_address,
     next_address_key,
     open_store,
@@ -408,27 +411,48 @@ def join(address: Address, learner: int, numel: int, dtype: torch.dtype, timeout
     return transport
 
 
-def connect(numel: int, dtype: torch.dtype, timeout: float, address: Optional[Address] = None) -> Transport:
-    """Open the server's and learners' channels in the first world; every rank of the
-    (initialised) default process group calls it with the same arguments. Rank 0 is the server
-    (it hosts the store learners join through, at ``address`` or as :func:`~.rendezvous.server_address`
-    says); rank ``i + 1`` is learner ``i`` and joins it.
+def connect(numel: int, dtype: torch.dtype, timeout: float, address: Optional[Address] = None, *,
+            rank: Optional[int] = None, world: Optional[int] = None) -> Transport:
+    """Open this rank's channels; every rank of the world calls it with the same arguments. Rank 0
+    is the server, rank ``i + 1`` learner ``i``, which joins it through the server's store.
+
+    In the first world (the default process group is initialised) rank 0 hosts that store at
+    ``address``, ``$LIGHTNING_ECHO_PS_ADDRESS`` or a free port, and publishes where in the
+    default group's store; with ``$LIGHTNING_ECHO_PS_STORE`` it uses the store a launcher hosts
+    there instead. A process started later (``$LIGHTNING_ECHO_PS_JOIN=1``: a restarted learner,
+    or a restarted server) has no default group: give ``rank`` and ``world`` (P + 1), and the
+    store's address by one of the two variables.
 
     The default group may use any backend (NCCL included): the channels are gloo groups of two
     built from the server's store, so a learner that dies before it joins fails nothing but its
     own channel. A learner whose parameters differ from the server's raises ConfigError, and so
     does the server when it waits for its first learners (:meth:`ParameterServer.start`).
     """
-    if not dist.is_initialized():
-        raise RuntimeError("torch.distributed is not initialised: call init_process_group first")
     check_timeout(timeout)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    _check_dtype(dtype)
+    late = joins_late()
+    if late:
+        if rank is None or world is None:
+            raise ValueError("a process that joins late needs its rank and the world size")
+    else:
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised: call init_process_group first")
+        rank, world = dist.get_rank(), dist.get_world_size()
     if world < 2:
         raise ConfigError("world_size", world, "a parameter server needs at least 2 processes (the server and a learner)")
-    _check_dtype(dtype)
-    default_store = dist.distributed_c10d._get_default_store()
+    default_store = None if late else dist.distributed_c10d._get_default_store()
     key = next_address_key()
+    shared = launcher_store_address()
     if rank == SERVER_RANK:
+        if shared is not None:
+            transport = accept_joins(open_store(shared, timeout), numel, dtype, timeout, world - 1)
+            transport.address = shared
+            return transport
+        if late and address is None and not os.environ.get(ADDRESS_ENV):
+            raise ConfigError(ADDRESS_ENV, None, "must be HOST:PORT for a parameter server started again: its learners "
+                              "look for it where the first one was")
         return serve(numel, dtype, timeout, world - 1, server_address(default_store, address, key))
-    return join(learner_address(default_store, timeout, key) if address is None else address,
-                learner_index(rank), numel, dtype, timeout)
+    where = address or shared or (Address.parse(os.environ[ADDRESS_ENV]) if os.environ.get(ADDRESS_ENV) else None)
+    if where is None:
+        where = learner_address(default_store, timeout, key)
+    return join(where, learner_index(rank), numel, dtype, timeout)

@@ -56,6 +56,13 @@ def test_the_preset_starts_a_server_and_one_process_per_learner() -> None:
     (["algorithm=k_async", "stale.k=0"], "stale.k=0"),
     (["algorithm=async", "+trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches=2 is not allowed: "
                                                                 "must be 1 with the parameter server"),
+    (["algorithm=async", "ps.restart_learners=-1"], "ps.restart_learners=-1 is not allowed"),
+    (["algorithm=async", "ps.rejoin_wait=-2"], "ps.rejoin_wait=-2 is not allowed: must be a number of seconds"),
+    (["algorithm=async", "ps.shrink_k=often"], "ps.shrink_k='often' is not allowed: must be true or false"),
+    (["algorithm=async", "stale.learners=2", "ps.min_learners=3"], "ps.min_learners=3 is not allowed: must be at most "
+                                                                   "stale.learners (2)"),
+    (["algorithm=async", "ps.restart_server=1", "checkpoint.enabled=false"],
+     "ps.restart_server=1 is not allowed: needs checkpoint.enabled=true"),
 ])
 def test_bad_settings_are_refused_in_one_line_before_any_run(
     overrides: list[str], expected: str, capsys: pytest.CaptureFixture, tmp_path: Path
@@ -96,7 +103,7 @@ def test_async_carries_on_without_a_killed_learner_and_the_report_reads_the_run(
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_sync_resumes_on_every_process_and_fails_in_one_line_when_a_learner_dies(
+def test_sync_without_shrink_k_resumes_on_every_process_and_fails_in_one_line_when_a_learner_dies(
     tmp_path: Path, no_leftovers: None
 ) -> None:
     # First the server asks the job to stop, as a scheduler's SIGTERM would (once: the marker);
@@ -105,7 +112,7 @@ def test_sync_resumes_on_every_process_and_fails_in_one_line_when_a_learner_dies
     faults = ["model._target_=rank_faults.ServerStopsThenLearnerDies", "+model.action=sigterm_job", "+model.rank=0",
               "+model.step=6", f"+model.marker={tmp_path / 'stopped'}", "+model.kill_rank=1", "+model.kill_step=14"]
     first = run_cli([*PS, "algorithm=p_sync", "stale.learners=2", "stale.delay.value=0.01", "trainer.max_steps=200",
-                     "ps.timeout=20", *faults], cwd=tmp_path, env_extra=_env(tmp_path))
+                     "ps.timeout=20", "ps.shrink_k=false", *faults], cwd=tmp_path, env_extra=_env(tmp_path))
     assert first.returncode == 143, first.stderr[-3000:]
     run_dir = _only_run_dir(tmp_path)
     assert _record(run_dir)["status"] == "interrupted" and (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -139,3 +146,49 @@ def test_a_frozen_server_ends_the_run_in_one_line_once_its_learners_gave_up(tmp_
                            "(frozen or stuck); it was killed"), line
     record = _record(_only_run_dir(tmp_path))
     assert record["status"] == "failed" and [r["status"] for r in record["ranks"]] == ["killed", "failed", "failed"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_p_sync_goes_on_without_a_killed_learner_and_takes_its_restarted_process_back(
+    tmp_path: Path, no_leftovers: None
+) -> None:
+    # Learner 1 (rank 2) kills itself once (the marker): the job starts it again, it joins the
+    # running server, and p_sync's K, lowered to the learner left, comes back to 2.
+    # 0.1 s per gradient: the run lasts long enough (15 s) for the new process to start and join.
+    result = run_cli([*PS, "algorithm=p_sync", "stale.learners=2", "stale.delay.value=0.1", "trainer.max_steps=150",
+                      "ps.timeout=20", "ps.restart_learners=2",
+                      *_fault("sigkill", rank=2, step=5, marker=tmp_path / "killed")],
+                     cwd=tmp_path, env_extra=_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 2 of 3 was killed by SIGKILL; started again (learner restarts left: 1)" in result.stderr
+    run_dir = _only_run_dir(tmp_path)
+    record = _record(run_dir)
+    assert record["status"] == "completed"
+    assert [(r["rank"], r["role"]) for r in record["restarts"]] == [(2, "learner")]
+    assert [(r["rank"], r["status"]) for r in record["ranks"]] == [(0, "completed"), (1, "completed"), (2, "completed")]
+    rows = _metrics(run_dir)
+    k = _column(rows, "stale/k")
+    assert 1.0 in k and k[-1] == 2.0 and k[0] == 2.0  # one learner's gradient while it was away
+    assert _column(rows, "ps/joins")[-1] == 1.0 and _column(rows, "ps/live_learners")[-1] == 2.0
+    assert _column(rows, "progress/optimizer_steps")[-1] == 150
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_killed_server_is_started_again_from_its_checkpoint_and_its_learners_rejoin(
+    tmp_path: Path, no_leftovers: None
+) -> None:
+    result = run_cli([*PS, "algorithm=async", "stale.learners=2", "stale.delay.value=0.02", "trainer.max_steps=60",
+                      "ps.timeout=20", "ps.restart_server=1", "checkpoint.every_n_steps=10",
+                      *_fault("sigkill", rank=0, step=25, marker=tmp_path / "killed")],
+                     cwd=tmp_path, env_extra=_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 of 3 was killed by SIGKILL; started again (server restarts left: 0)" in result.stderr
+    run_dir = _only_run_dir(tmp_path)
+    record = _record(run_dir)
+    assert record["status"] == "completed" and [(r["rank"], r["role"]) for r in record["restarts"]] == [(0, "server")]
+    assert [resume["step"] for resume in record["resumes"]] == [20]  # from the last checkpoint before the kill
+    steps = _column(_metrics(run_dir), "progress/optimizer_steps")
+    assert steps[-1] == 60 and 20 in steps
+    assert _summary(run_dir)["final_val_loss"] is not None
