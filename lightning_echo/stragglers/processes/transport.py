@@ -1,8 +1,10 @@
 """Channels between the parameter server (rank 0) and its learners (ranks 1..P) on torch.distributed.
 
-Each learner has its own two-rank gloo process group with the server, and each end runs one
-receiver thread per channel that posts a receive for the next message as soon as the last one
-arrived. :meth:`Transport.recv_any` then takes whichever message arrived first, from any peer.
+Each learner has its own two-rank gloo process group with the server, built from the server's
+store when the learner joins (:mod:`.rendezvous`: at the start, or later for a restarted
+learner), and each end runs one receiver thread per channel that posts a receive for the next
+message as soon as the last one arrived. :meth:`Transport.recv_any` then takes whichever message
+(or join) arrived first, from any peer.
 
 Why not gloo's receive-from-any-source on one group (``dist.recv(t, src=None)``): measured with
 torch 2.13, an any-source receive never notices that a peer died (it waits for the full group
