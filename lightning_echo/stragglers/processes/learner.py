@@ -253,8 +253,8 @@ class LearnerSession:
                                   wait=self.rejoin_wait, read_version=self.last_version)
         except ParameterServerError as error:
             self._ended = True
-            raise ParameterServerError(f"learner {self.learner} lost the parameter server ({lost}) and could not "
-                                       f"join it again: {error}") from None
+            raise ParameterServerError(f"learner {self.learner} lost the parameter server and could not join it "
+                                       f"again: {error}") from None
         self.report.rejoins += 1
 
     def _end_after(self) -> None:

@@ -403,9 +403,10 @@ def join(address: Address, learner: int, numel: int, dtype: torch.dtype, timeout
             break
         except JoinRefused:
             raise
-        except ParameterServerError:
+        except ParameterServerError as error:
             if time.monotonic() >= deadline:
-                raise
+                raise ParameterServerError(f"no parameter server took learner {learner} in at {address} within "
+                                           f"{wait:g} s (last attempt: {error})") from None
             time.sleep(0.1)
     transport = Transport(learner_rank(learner), {SERVER_RANK: group}, numel, dtype, timeout)
     transport.store = store

@@ -116,3 +116,16 @@ def test_a_server_killed_twice_restarts_from_its_checkpoint_and_its_learners_rej
         # the versions a learner read never went backwards across the two restarts
         assert result["versions"] == sorted(result["versions"])
     assert last["final_loss"] < 0.05 * last["initial_loss"] or last["final_loss"] < 0.5
+
+
+@pytest.mark.slow
+def test_learners_wait_a_bounded_time_for_a_server_that_does_not_come_back(launcher: subprocess.Popen, tmp_path: Path) -> None:
+    world = run_world(launcher, tmp_path, variant="async", learners=2, updates=100, delays=[0.01, 0.01],
+                      kill_server_at_update=5, fixed_address=True, learner_rejoin_wait=1.5)
+    assert world["launcher"]["killed"] == [] and world["launcher"]["exitcodes"] == [-signal.SIGKILL, 1, 1]
+    for learner in (1, 2):
+        error = world[learner]["error"]
+        assert world[learner]["error_type"] == "ParameterServerError" and "\n" not in error
+        assert error.startswith("learner ") and "lost the parameter server and could not join it again: no parameter server took" in error
+        assert "within 1.5 s" in error
+        assert world[learner]["seconds"] < 30  # gave up after its wait, not at the gloo backstop
