@@ -247,20 +247,28 @@ def _note_quietly(record: "_RunRecord", status: str, **fields: Any) -> None:
         pass
 
 
+def _fault_events(run: Optional[_Run]) -> dict[str, Any]:
+    """``run.json``'s ``faults``: the parameter server's learner losses, joins, K changes and restarts
+    (none for other strategies)."""
+    events = getattr(run.trainer.strategy, "fault_events", None) if run is not None else None
+    return {"faults": events} if events else {}
+
+
 def _ended_early(error: BaseException, record: _RunRecord, output_dir: Path, run: Optional[_Run]) -> BaseException:
     """Record a run that failed or was interrupted; the exception to raise (a RunInterrupted for a signal)."""
     signum = interruption_signal(error)
     if signum is None:
         finish_wandb(exit_code=1)
         try:
-            record.note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+            record.note(FAILED, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
+                        **_fault_events(run))
         except OSError:  # a full disk: the record without its traceback may still fit where the whole did not
             _note_quietly(record, FAILED, error=f"{type(error).__name__}: {error}")
         return error
     interrupted = _interruption(signum, output_dir, run.trainer if run else None, run.last_checkpoint if run else None)
     finish_wandb(exit_code=interrupted.exit_code)
     record.note(INTERRUPTED, error=str(interrupted),
-                checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None)
+                checkpoint=str(interrupted.checkpoint) if interrupted.checkpoint else None, **_fault_events(run))
     return interrupted
 
 
@@ -289,7 +297,7 @@ def _summarise(cfg: DictConfig, run: _Run, record: _RunRecord, output_dir: Path,
     diverged = RunDiverged(divergence, divergence_hint(cfg)) if divergence is not None else None
     if run.trainer.is_global_zero:
         write_json(output_dir / "summary.json", asdict(summary))
-        record.note(summary.status, error=str(diverged) if diverged else None)
+        record.note(summary.status, error=str(diverged) if diverged else None, **_fault_events(run))
     if diverged is not None:
         raise diverged
     return summary

@@ -217,6 +217,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self._loaded: Optional[Dict[str, Any]] = None  # the server state of the checkpoint being resumed
         self._state: Optional[Dict[str, Any]] = None  # the server state a checkpoint saves now
         self._carried = CarriedCounts()
+        self._carried_events: list[dict[str, Any]] = []  # fault events of the run's earlier segments
         self._grads_due = False
         self._batch_samples = 0
         self._echo: Any = None  # a learner's DataEchoing callback: it says what each batch is
@@ -404,6 +405,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
                                 timeout=self.timeout, buffers=buffers, adaptive=self._adaptive_k(), faults=self.faults)
         self._undo.append(lightning_internals.wrap_before_batch_transfer(self.lightning_module, _skip_server_steps))
         self._carried = CarriedCounts.from_totals(self._loaded["totals"]) if self._loaded else CarriedCounts()
+        self._carried_events = list(self._loaded.get("events", [])) if self._loaded else []
         self._state = self._loaded
 
     def _check_resumed_k(self) -> None:
@@ -576,10 +578,18 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
 
     def _server_state(self, role: ServerRole) -> Dict[str, Any]:
         state = {"version": role.server.version, "policy": role.server.policy.state_dict(),
-                 "totals": self._carried.totals(role.report)}
+                 "totals": self._carried.totals(role.report), "events": self.fault_events[-MAX_EVENTS:]}
         if role.server.adaptive is not None:
             state[ADAPTIVE_KEY] = role.server.adaptive.state_dict()
         return state
+
+    @property
+    def fault_events(self) -> list[dict[str, Any]]:
+        """Rank 0: the run's learner losses, joins, K changes and server restarts so far (those of
+        earlier segments from the checkpoint, then this one's), in order; empty elsewhere."""
+        role = self._role
+        report = role.report if isinstance(role, ServerRole) else self.server_report
+        return self._carried_events + (list(report.events) if report is not None else [])
 
     # -- the ranks' jobs (lightning_echo.protocols.AssignsRankRoles) -----------------------------
     @property
@@ -679,6 +689,9 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
     @override
     def register_strategies(cls, strategy_registry: Any) -> None:
         strategy_registry.register(STRATEGY_NAME, cls, description="a parameter server (rank 0) and learner processes")
+
+
+MAX_EVENTS = 10_000  # fault events a checkpoint carries (the newest)
 
 
 def fault_policy(shrink_k: Any, min_learners: Any, rejoin_wait: Any) -> FaultPolicy:

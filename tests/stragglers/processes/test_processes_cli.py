@@ -166,6 +166,8 @@ def test_p_sync_goes_on_without_a_killed_learner_and_takes_its_restarted_process
     record = _record(run_dir)
     assert record["status"] == "completed"
     assert [(r["rank"], r["role"]) for r in record["restarts"]] == [(2, "learner")]
+    faults = [(event["event"], event.get("learner", event.get("k"))) for event in record["faults"]]
+    assert faults == [("lost", 1), ("k", 1), ("joined", 1), ("k", 2)]
     assert [(r["rank"], r["status"]) for r in record["ranks"]] == [(0, "completed"), (1, "completed"), (2, "completed")]
     rows = _metrics(run_dir)
     k = _column(rows, "stale/k")
@@ -189,6 +191,12 @@ def test_a_killed_server_is_started_again_from_its_checkpoint_and_its_learners_r
     record = _record(run_dir)
     assert record["status"] == "completed" and [(r["rank"], r["role"]) for r in record["restarts"]] == [(0, "server")]
     assert [resume["step"] for resume in record["resumes"]] == [20]  # from the last checkpoint before the kill
+    restarted = [event for event in record["faults"] if event["event"] == "restarted"]
+    assert len(restarted) == 1 and restarted[0]["checkpoint_version"] == 20 and restarted[0]["version"] > 25
+    by_step = {int(row["step"]): float(row["ps/version"]) for row in _metrics(run_dir) if row.get("ps/version")}
+    versions = [by_step[step] for step in sorted(by_step)]
+    assert all(a < b for a, b in zip(versions, versions[1:]))  # never back, never reused
+    assert by_step[21] > 25  # the restarted server's first update skipped the lost versions
     steps = _column(_metrics(run_dir), "progress/optimizer_steps")
     assert steps[-1] == 60 and 20 in steps
     assert _summary(run_dir)["final_val_loss"] is not None
