@@ -259,10 +259,12 @@ _connections = [0]  # connect() calls in this process: the same count on every r
 
 
 def next_address_key() -> str:
-    """The default-store key of this process's next first-world connection (one per fit, so a
-    second fit in the same world never reads the first one's address)."""
+    """The default-store key of this process's next first-world connection: one per fit, so a
+    second fit in the same world never reads the first one's address, and one per torchrun
+    attempt (``$TORCHELASTIC_RESTART_COUNT``), since a world torchrun's agent restarted shares the
+    agent's store with the one before and would read its server's address."""
     _connections[0] += 1
-    return f"{ADDRESS_KEY}/{_connections[0]}"
+    return f"{ADDRESS_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_connections[0]}"
 
 
 def server_address(default_store: Optional[dist.Store], configured: Optional[Address] = None,
