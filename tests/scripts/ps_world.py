@@ -11,7 +11,8 @@ Faults come from the scenario: a learner that kills itself (SIGKILL) before it j
 n-th gradient, or hangs at its n-th gradient, a server that kills itself at its n-th update, a
 learner that delivers a gradient of a cancelled computation on purpose. With
 ``restart_learners`` / ``restart_server`` (how many times at most) the launcher starts a new
-process in place of one that died, which joins the running server (a learner) or continues
+process in place of one that died (a learner ``restart_learner_delay`` seconds after its death,
+default at once), which joins the running server (a learner) or continues
 from the server's last checkpoint (``checkpoint_every`` updates, the server), as a supervisor
 would; every process finds the server at the scenario's address then.
 """
@@ -241,9 +242,23 @@ def launch(scenario: dict[str, Any], out: Path) -> None:
     ended_at: dict[int, float] = {}
     exitcodes: list[list[int]] = [[] for _ in range(world)]  # of every incarnation that ended
     killed = []
+    restart_at: dict[int, float] = {}  # a dead learner's restart, ``restart_learner_delay`` s after its death
+    learner_delay = scenario.get("restart_learner_delay", 0.0)
+
+    def restart(rank: int) -> None:
+        incarnations[rank] += 1
+        ranks[rank] = process(rank, incarnations[rank])
+        ranks[rank].start()
+        restarted.append({"rank": rank, "at_s": time.monotonic() - began})
+
     try:
         while len(ended_at) < world and time.monotonic() < deadline:
             for rank, rank_process in enumerate(ranks):
+                if rank in restart_at:
+                    if time.monotonic() >= restart_at[rank]:
+                        del restart_at[rank]
+                        restart(rank)
+                    continue
                 if rank in ended_at or rank_process.is_alive():
                     continue
                 rank_process.join()
@@ -251,10 +266,10 @@ def launch(scenario: dict[str, Any], out: Path) -> None:
                 who = "server" if rank == SERVER_RANK else "learner"
                 if rank_process.exitcode == -signal.SIGKILL and restarts[who] > 0:
                     restarts[who] -= 1
-                    incarnations[rank] += 1
-                    ranks[rank] = process(rank, incarnations[rank])
-                    ranks[rank].start()
-                    restarted.append({"rank": rank, "at_s": time.monotonic() - began})
+                    if who == "learner" and learner_delay > 0:
+                        restart_at[rank] = time.monotonic() + learner_delay
+                    else:
+                        restart(rank)
                 else:
                     ended_at[rank] = time.monotonic() - began
             if hung and set(range(world)) - hung <= set(ended_at):
@@ -266,7 +281,7 @@ def launch(scenario: dict[str, Any], out: Path) -> None:
                 rank_process.kill()
                 killed.append(rank)
             rank_process.join(timeout=10)
-            if rank not in ended_at:
+            if rank not in ended_at and rank not in restart_at:  # one waiting for its restart was counted
                 exitcodes[rank].append(rank_process.exitcode)
     summary = {
         "exitcodes": [codes[-1] for codes in exitcodes],
