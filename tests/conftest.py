@@ -154,3 +154,17 @@ def mnist_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     root = tmp_path_factory.mktemp("data")
     write_mnist_like(root / "mnist", n_train=2000, n_val=200)
     return root, ["--no-verify-checksums"]
+
+
+@pytest.fixture(scope="module")
+def launcher(tmp_path_factory: pytest.TempPathFactory):
+    """The parameter-server core's world launcher (``core_worlds.py``), one per test module: torch
+    is imported once for all its worlds; its whole process group is killed at the end."""
+    from core_worlds import start_launcher, stop_launcher  # it imports this module
+
+    with (tmp_path_factory.mktemp("ps_launcher") / "launcher.log").open("w") as log:
+        process = start_launcher(log)
+        try:
+            yield process
+        finally:
+            stop_launcher(process)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -31,7 +31,7 @@ from lightning_echo.stragglers.processes import (
 )
 from lightning_echo.stragglers.processes.protocol import HEADER_BYTES
 
-from core_worlds import SCRIPT, ok as _ok, run_world, start_launcher, stop_launcher
+from core_worlds import SCRIPT, ok as _ok, run_world
 _spec = importlib.util.spec_from_file_location("ps_world", SCRIPT)
 ps_world = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ps_world)  # the problem's data and gradients, shared with the ranks
@@ -146,16 +146,6 @@ def test_learner_delays_draw_each_learners_own_stream_with_its_slowdown() -> Non
 
 
 # -- worlds of real processes ---------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    with (tmp_path_factory.mktemp("ps_launcher") / "launcher.log").open("w") as log:
-        process = start_launcher(log)
-        try:
-            yield process
-        finally:
-            stop_launcher(process)
-
-
 @pytest.mark.slow
 def test_async_gives_the_staleness_the_schedule_implies(launcher: subprocess.Popen, tmp_path: Path) -> None:
     speeds, updates = [0.06, 0.1481], 30  # seconds per gradient; their ratio is far from an integer

@@ -13,21 +13,11 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from core_worlds import ok, run_world, start_launcher, stop_launcher
-
-
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    with (tmp_path_factory.mktemp("ps_launcher") / "launcher.log").open("w") as log:
-        process = start_launcher(log)
-        try:
-            yield process
-        finally:
-            stop_launcher(process)
+from core_worlds import ok, run_world
 
 
 def _events(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:

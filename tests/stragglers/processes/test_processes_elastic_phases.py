@@ -14,23 +14,13 @@ from __future__ import annotations
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from core_worlds import ok, run_world, start_launcher, stop_launcher
+from core_worlds import ok, run_world
 
 LEARNERS, VICTIM = 4, 1
-
-
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen]:
-    with (tmp_path_factory.mktemp("ps_launcher") / "launcher.log").open("w") as log:
-        process = start_launcher(log)
-        try:
-            yield process
-        finally:
-            stop_launcher(process)
 
 
 def _event(report: dict[str, Any], kind: str) -> dict[str, Any]:
