@@ -13,13 +13,21 @@
    per second and time per update at the server, bytes sent and received per update
    (``ServerReport``, checked to the byte against the message counts), and time per update at P
    over that at P = 1 (falling: the learners' exchanges overlap; flat: the server serialises the
-   updates; growing: sharing costs more than serialising).
+   updates; growing: sharing costs more than serialising). Then the server's transport against the
+   raw link: in each P = 1 world, both ranks also run ``measure_link`` (a plain gloo send/recv
+   ping-pong of the same message, 48-byte header + payload, on a group built from a store of its
+   own) just before and just after the server's run, as many round trips as the run has updates:
+   one update moves one START out and one PUSH in, which is one round trip. Printed: the link's
+   and the server's time per round trip and bytes per second (the server's over its updates after
+   the first, the one-off start-up excluded as the link's warm-up is), and the server's bytes per
+   second as a fraction of the link's (``link_fraction``; goal >= 0.8 at 1e6 elements and above).
 
 Each world is P + 1 processes forked from this one (torch imported once), as in
 ``tests/scripts/ps_world.py``.
 
-    python bench/ps_throughput.py [--rounds 4] [--seconds 10] [--mean-delay 0.1] [--sizes 1e3 1e5 1e6]
-                                  [--quick] [--only {throughput,transport}]
+    python bench/ps_throughput.py [--rounds 4] [--seconds 10] [--mean-delay 0.1] [--sizes 1e3 1e5 1e6 1e7]
+                                  [--transport-rounds 3] [--shared 1 2 4] [--buffer-learner] [--quick]
+                                  [--only {throughput,transport}]
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ import datetime
 import multiprocessing
 import os
 import socket
+import statistics
 import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -42,12 +51,14 @@ from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.runtimes import closed_form_time_per_update
 from lightning_echo.core.schedule import variant_spec
 from lightning_echo.stragglers.processes import (
+    LearnerSession,
     ParameterServer,
     connect,
     learner_delays,
     learner_index,
     run_learner,
 )
+from lightning_echo.stragglers.processes.link import LinkMeasurement, link_fraction, measure_link, message_bytes
 from lightning_echo.stragglers.processes.protocol import HEADER_BYTES
 
 LEARNERS = 4
@@ -231,26 +242,64 @@ def at_time(trace: list[tuple[float, float]], t: float) -> float:
 
 
 # -- 3. transport cost ------------------------------------------------------------------------------
-SHARED_LEARNERS = (1, 2, 4)  # learners sharing the server's link in part 3
+SHARED_LEARNERS = (1, 2, 4)  # learners sharing the server's link in part 3 (--shared)
 
 
-def transport_role(numel: int, updates: int, learners: int) -> Callable[[int], Any]:
+def transport_role(numel: int, updates: int, learners: int, link_port: Optional[int] = None,
+                   buffer_learner: bool = False) -> Callable[[int], Any]:
     """Rank 0 serves async with ``learners`` learners for ``updates`` updates; a learner returns a
-    fixed gradient at once, so the server and the channels are the bottleneck."""
+    fixed gradient at once, so the server and the channels are the bottleneck. With ``link_port``
+    (P = 1), both ranks also time the raw link (``measure_link``, ``updates`` round trips of the
+    same message) before and after the server's run, on a gloo group built from a TCPStore there.
+    ``buffer_learner``: the learner writes its gradient into its PUSH buffer once and delivers it
+    from there (``LearnerSession.deliver()``), instead of ``run_learner`` copying the returned
+    gradient into that buffer at every PUSH (a memory pass of the payload on the round trip)."""
 
     def role(rank: int) -> Any:
+        link_group = None if link_port is None else _link_group(rank, link_port)
+        if link_group is not None:  # untimed: the forked processes' first work (copy-on-write pages, caches)
+            measure_link(link_group, rank, numel, min_seconds=0.05)
+        links = [] if link_group is None else [_link(link_group, rank, numel, updates)]
         transport = connect(numel, torch.float32, timeout=TIMEOUT)
         if rank == 0:
             server = ParameterServer(transport, variant_spec("async", learners), torch.zeros(numel))
-            report = server.run(lambda g, s, p: server.params.add_(g, alpha=-1e-3), max_updates=updates)
-            return {"updates": report.updates, "wall_s": report.wall_s, "sent": report.bytes_sent,
-                    "received": report.bytes_received, "pushes": sum(report.pushes_per_learner),
-                    "unused": report.unused_at_stop, "clean": not report.lost and not report.no_goodbye}
-        gradient = torch.full((numel,), 1e-3)
-        run_learner(transport, lambda params, version: gradient)
-        return None
+            done = []  # time.monotonic() at each update's end (its STARTs sent)
+            report = server.run(lambda g, s, p: server.params.add_(g, alpha=-1e-3), max_updates=updates,
+                                on_update=lambda record: done.append(time.monotonic()))
+            result = {"updates": report.updates, "wall_s": report.wall_s, "sent": report.bytes_sent,
+                      "received": report.bytes_received, "pushes": sum(report.pushes_per_learner),
+                      "unused": report.unused_at_stop, "clean": not report.lost and not report.no_goodbye,
+                      "steady_s": (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else None}
+        elif buffer_learner:
+            session = LearnerSession(transport)
+            session.gradient_buffer.fill_(1e-3)
+            try:
+                while session.next_work() is not None:
+                    session.deliver()
+            finally:
+                session.close()
+            result = {}
+        else:
+            gradient = torch.full((numel,), 1e-3)
+            run_learner(transport, lambda params, version: gradient)
+            result = {}
+        if link_group is not None:
+            links.append(_link(link_group, rank, numel, updates))
+        return result | {"links": links}
 
     return role
+
+
+def _link_group(rank: int, port: int) -> Any:
+    """A two-rank gloo group of its own, built from a store (not registered with torch.distributed)."""
+    timeout = datetime.timedelta(seconds=TIMEOUT)
+    store = dist.TCPStore("127.0.0.1", port, 2, rank == 0, timeout=timeout)
+    return dist.ProcessGroupGloo(dist.PrefixStore("ps-link/", store), rank, 2, timeout)
+
+
+def _link(group: Any, rank: int, numel: int, round_trips: int) -> LinkMeasurement:
+    """``round_trips`` timed round trips of the server's message, whatever they take."""
+    return measure_link(group, rank, numel, round_trips=round_trips, min_seconds=3600.0)
 
 
 def bytes_accounted(numel: int, learners: int, run: dict[str, Any]) -> bool:
@@ -263,27 +312,35 @@ def bytes_accounted(numel: int, learners: int, run: dict[str, Any]) -> bool:
             and run["received"] == run["pushes"] * payload + learners * header)
 
 
-def transport_cost(sizes: list[int], rounds: int) -> None:
+def transport_cost(sizes: list[int], rounds: int, buffer_learner: bool = False,
+                   shared: tuple[int, ...] = SHARED_LEARNERS) -> None:
     print(f"\n== 3. transport cost per update against model size and learners sharing the server's link: "
-          f"P = {', '.join(map(str, SHARED_LEARNERS))} learners, async, no injected delay, each learner returns a "
-          f"fixed gradient at once, float32 (median of {rounds} world(s) per row, P rotated each round; the time "
+          f"P = {', '.join(map(str, shared))} learners, async, no injected delay, each learner returns a "
+          f"fixed gradient at once{' from its PUSH buffer (no copy per PUSH)' if buffer_learner else ''}, float32 "
+          f"(median of {rounds} world(s) per row, P rotated each round; the time "
           f"runs from the first START to the last update). This host has {os.cpu_count()} cores: P = "
-          f"{max(SHARED_LEARNERS)} is {max(SHARED_LEARNERS) + 1} processes on them, so beyond P = "
+          f"{max(shared)} is {max(shared) + 1} processes on them, so beyond P = "
           f"{max((os.cpu_count() or 1) - 1, 1)} the learners time-share cores with the server, which caps what "
           f"can be measured")
+    link_rows: dict[int, list[dict[str, Any]]] = {}
     print(f"{'parameters':>10s} {'P':>2s} {'upd/s':>8s} {'ms/update':>10s} {'x P=1':>6s} {'sent/upd':>10s}"
           f" {'recv/upd':>10s} {f'2(4n+{HEADER_BYTES})':>10s} {'exact':>5s} {'MB/s':>7s} {'updates':>7s}")
     for numel in sizes:
         updates = max(20, min(1000, int(4e8 / (numel * 4 * 2))))
         runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for r in range(rounds):
-            order = SHARED_LEARNERS[r % len(SHARED_LEARNERS):] + SHARED_LEARNERS[:r % len(SHARED_LEARNERS)]
+            order = shared[r % len(shared):] + shared[:r % len(shared)]
             for learners in order:
-                runs[learners].append(run_world(learners, transport_role(numel, updates, learners), deadline_s=120)[0])
+                port = _free_port() if learners == 1 else None
+                out = run_world(learners, transport_role(numel, updates, learners, port, buffer_learner),
+                                deadline_s=180)
+                runs[learners].append(out[0] | {"links_agree": out[0]["links"] == out[1]["links"]})
+        if 1 in runs:
+            link_rows[numel] = runs[1]
         median = {p: sorted(rows, key=lambda run: run["wall_s"] / run["updates"])[len(rows) // 2]
                   for p, rows in runs.items()}
-        alone = median[SHARED_LEARNERS[0]]["wall_s"] / median[SHARED_LEARNERS[0]]["updates"]
-        for learners in SHARED_LEARNERS:
+        alone = median[shared[0]]["wall_s"] / median[shared[0]]["updates"]
+        for learners in shared:
             run = median[learners]
             seconds = run["wall_s"] / run["updates"]
             exact = all(bytes_accounted(numel, learners, each) for each in runs[learners])
@@ -301,6 +358,36 @@ def transport_cost(sizes: list[int], rounds: int) -> None:
           f"gradient (the updates' plus those that arrived after the last update) and P BYEs, to the byte, so the "
           f"bytes per update are 2(4n+{HEADER_BYTES}) plus those START/STOP/BYE overheads spread over the run; MB/s: bytes sent "
           f"and received by rank 0 over the server's wall time")
+    if link_rows:
+        link_table(link_rows)
+
+
+def link_table(rows_by_size: dict[int, list[dict[str, Any]]]) -> None:
+    """The server's transport (P = 1) against the raw link measured in the same worlds."""
+    print(f"\n== 3b. the server's transport against the raw link: P = 1, async, float32; in each world both ranks "
+          f"time measure_link (gloo send/recv ping-pong of the same {HEADER_BYTES}-byte header + payload, as many "
+          f"round trips as the server's updates) just before and just after the server's run")
+    print(f"{'parameters':>10s} {'msg bytes':>10s} {'link ms/rt':>10s} {'link MB/s':>9s} {'server ms/upd':>13s}"
+          f" {'server MB/s':>11s} {'fraction':>8s}  {'per world':>20s} {'agree':>5s}")
+    for numel, rows in rows_by_size.items():
+        size = message_bytes(numel)
+        fractions, link_s, server_s = [], [], []
+        for run in rows:
+            link_rt = statistics.mean(link.round_trip_s for link in run["links"])  # before and after, as one
+            link = LinkMeasurement(size, 1, link_rt)
+            fractions.append(link_fraction(2 * size / run["steady_s"], link))
+            link_s.append(link_rt)
+            server_s.append(run["steady_s"])
+        link_rt, server_rt = statistics.median(link_s), statistics.median(server_s)
+        agree = all(run["links_agree"] for run in rows)
+        print(f"{numel:10.0e} {size:10d} {link_rt * 1e3:10.3f} {2 * size / link_rt / 1e6:9.1f} {server_rt * 1e3:13.3f}"
+              f" {2 * size / server_rt / 1e6:11.1f} {statistics.median(fractions):8.2f}"
+              f"  {' '.join(f'{f:.2f}' for f in fractions):>20s} {'yes' if agree else 'NO':>5s}", flush=True)
+    print("link ms/rt, link MB/s: one round trip of measure_link and the bytes it moves both ways per second (median over "
+          "the worlds of each world's mean of its two measurements); server ms/upd, server MB/s: the server's time "
+          "per update over its updates after the first, and its START + PUSH bytes per second; fraction: "
+          "link_fraction(server bytes/s, link), the median of the worlds' (each world's own pair in 'per world'); "
+          "agree: both ranks returned the same link measurements in every world")
 
 
 def main() -> None:
@@ -308,7 +395,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0, help="wall-clock seconds per training run")
     parser.add_argument("--mean-delay", type=float, default=0.1, help="mean injected delay (s)")
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e3, 1e5, 1e6])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e3, 1e5, 1e6, 1e7])
+    parser.add_argument("--transport-rounds", type=int, default=3,
+                        help="worlds per model size and P in part 3 (its medians are over these)")
+    parser.add_argument("--shared", type=int, nargs="+", default=list(SHARED_LEARNERS),
+                        help="part 3: the numbers of learners sharing the server's link (1 for the raw-link comparison)")
+    parser.add_argument("--buffer-learner", action="store_true",
+                        help="part 3: the learners deliver their fixed gradient from the PUSH buffer (no copy per PUSH)")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s, one world per model size and P")
     parser.add_argument("--only", choices=("throughput", "transport"),
                         help="run only parts 1-2 (throughput) or only part 3 (transport)")
@@ -321,7 +414,8 @@ def main() -> None:
     if args.only != "transport":
         throughput(args.rounds, args.seconds, args.mean_delay)
     if args.only != "throughput":
-        transport_cost([int(s) for s in args.sizes], 1 if args.quick else 3)
+        transport_cost([int(s) for s in args.sizes], 1 if args.quick else args.transport_rounds, args.buffer_learner,
+                       tuple(sorted(set(args.shared))))
     print(f"\n({time.perf_counter() - started:.0f} s in all; load average at the end: {os.getloadavg()[0]:.1f})")
 
 
