@@ -79,6 +79,9 @@ class ParameterServer:
     LOST_LEARNERS: Final = "ps/lost_learners"
     LIVE_LEARNERS: Final = "ps/live_learners"  # learners alive now (lost ones that rejoined count again)
     JOINS: Final = "ps/joins"  # learners that joined after the start, in this segment of the run
+    BYTES_PER_S: Final = "ps/bytes_per_s"  # the server's bytes sent and received per second
+    LINK_BYTES_PER_S: Final = "ps/link_bytes_per_s"  # the raw link, timed at the first learner's join
+    LINK_FRACTION: Final = "ps/link_fraction"  # bytes_per_s / link_bytes_per_s: near 1, the link limits the run
     VERSION: Final = "ps/version"  # the server's version after the update (never reused, across server restarts too)
     CANCELLED_ARRIVED: Final = "ps/cancelled_arrived"
     LEARNER_GRADIENTS_PER_S: Final = "ps/learner_{learner}/gradients_per_s"  # .format(learner=i)

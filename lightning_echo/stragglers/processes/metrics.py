@@ -58,7 +58,9 @@ def process_metrics(record: UpdateRecord, report: ServerReport, carried: Carried
     ``ps/lost_learners`` and ``ps/live_learners`` are the learners lost and alive now, ``ps/joins``
     the learners that joined since the start (restarted ones; ``stale/k`` is K, lowered while
     learners are lost with ``shrink_k``), ``ps/version`` the server's version (a restarted server
-    skips the versions its predecessor made after its checkpoint, so it never goes back);
+    skips the versions its predecessor made after its checkpoint, so it never goes back),
+    ``ps/bytes_per_s`` the server's traffic and, once the first learner's join timed the raw link
+    (``ps/link_bytes_per_s``), ``ps/link_fraction``: near 1, the server's link limits the run;
     ``ps/cancelled_arrived`` counts the whole run (gradients of cancelled computations that
     arrived anyway); ``ps/loss`` is the mean training loss of the update's gradients, each at the
     parameters its learner read. Over the gradients used in the whole run (across resumes):
@@ -76,8 +78,12 @@ def process_metrics(record: UpdateRecord, report: ServerReport, carried: Carried
         ParameterServer.LIVE_LEARNERS: float(report.live),
         ParameterServer.JOINS: float(report.joins),
         ParameterServer.VERSION: float(record.version),
+        ParameterServer.BYTES_PER_S: report.bytes_per_s,
         ParameterServer.CANCELLED_ARRIVED: float(carried.total(report, "cancelled_arrived")),
     }
+    if report.link_bytes_per_s > 0:
+        metrics[ParameterServer.LINK_BYTES_PER_S] = report.link_bytes_per_s
+        metrics[ParameterServer.LINK_FRACTION] = report.link_fraction
     for learner, pushed in enumerate(report.pushes_per_learner):
         metrics[ParameterServer.LEARNER_GRADIENTS_PER_S.format(learner=learner)] = pushed / seconds if seconds > 0 else 0.0
     if not report.fresh_gradients_per_learner:

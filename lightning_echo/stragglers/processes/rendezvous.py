@@ -26,22 +26,25 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 
 from lightning_echo.errors import ConfigError, describe_error
+from lightning_echo.stragglers.processes.link import LinkMeasurement, measure_link
 from lightning_echo.stragglers.processes.protocol import ParameterServerError
 
 if TYPE_CHECKING:
     from lightning_echo.stragglers.processes.transport import Transport
 
+LOG = logging.getLogger("lightning_echo.stragglers.processes")
 ADDRESS_ENV = "LIGHTNING_ECHO_PS_ADDRESS"  # host:port where the server hosts its store (processes started later find it)
 STORE_ENV = "LIGHTNING_ECHO_PS_STORE"  # host:port of a store a launcher hosts: the server accepts joins through it
 RESTARTS_ENV = "LIGHTNING_ECHO_PS_RESTARTS"  # "1": a launcher restarts lost processes (learners and server wait for each other)
@@ -96,6 +99,7 @@ class JoinReply:
     generation: int
     reason: str = ""
     mismatch: bool = False  # refused because its parameters differ from the server's (a configuration error)
+    measure_link: bool = False  # time the raw link with this learner (the first join of each server)
 
     def encode(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -148,6 +152,25 @@ def channel_group(store: dist.Store, generation: int, sequence: int, rank: int, 
     return dist.ProcessGroupGloo(prefixed, rank, 2, _timedelta(backstop))
 
 
+def link_group(store: dist.Store, generation: int, sequence: int, rank: int, backstop: float) -> dist.ProcessGroup:
+    """A second two-rank gloo group of join ``sequence``, only to time the raw link: a failed
+    measurement there never touches the channel."""
+    return dist.ProcessGroupGloo(dist.PrefixStore(f"link/{generation}/{sequence}/", store), rank, 2, _timedelta(backstop))
+
+
+def time_link(store: dist.Store, reply: JoinReply, sequence: int, rank: int, request: JoinRequest,
+              backstop: float) -> Optional[LinkMeasurement]:
+    """Both ends of a join whose reply asks for it: ping-pong messages of the run's size on a
+    group of their own (:func:`~.link.measure_link`, about a quarter of a second); None, with a
+    warning, when that fails (the run does not depend on it)."""
+    try:
+        group = link_group(store, reply.generation, sequence, rank, backstop)
+        return measure_link(group, rank, request.numel, getattr(torch, request.dtype))
+    except Exception as error:
+        LOG.warning("parameter server: the link to learner %d was not measured: %s", request.learner, describe_error(error))
+        return None
+
+
 def request_join(store: dist.Store, request: JoinRequest, wait: float, backstop: float) -> tuple[JoinReply, dist.ProcessGroup]:
     """The learner's side of a join: ask, wait up to ``wait`` seconds for the answer, build the
     channel. Raises :class:`ConfigError` when the server refuses this learner's parameters,
@@ -170,6 +193,8 @@ def request_join(store: dist.Store, request: JoinRequest, wait: float, backstop:
     except Exception as error:
         raise ParameterServerError(
             f"learner {reply.learner} could not open its channel to the parameter server ({describe_error(error)})") from None
+    if reply.measure_link:
+        time_link(store, reply, sequence, 1, request, backstop)
     return reply, group
 
 
@@ -195,6 +220,7 @@ class JoinAcceptor:
         self.generation = generation
         self.backstop = backstop
         self._builders: list[threading.Thread] = []
+        self._link_asked = False
         self._stop = threading.Event()
         self._next = int(store.add("handled", 0)) + 1  # requests an earlier server of this store answered are done
         self.error: Optional[BaseException] = None
@@ -222,6 +248,9 @@ class JoinAcceptor:
         if self.store.check([reply_key]):
             return  # a server before this one answered it and died: that learner asks again
         reply = self.decide(request)
+        if reply.accepted and not self._link_asked:  # the first learner of this server times the link with it
+            self._link_asked = True
+            reply = replace(reply, measure_link=True)
         self.store.set(reply_key, reply.encode())
         if not reply.accepted:
             self.transport.post_refused(request, reply)
@@ -239,6 +268,8 @@ class JoinAcceptor:
                 self.transport.post_refused(request, JoinReply(False, reply.learner, self.generation,
                                                                f"its channel did not open ({describe_error(error)})"))
             return
+        if reply.measure_link and not self._stop.is_set():
+            self.transport.link = time_link(self.store, reply, sequence, 0, request, self.backstop)
         if not self._stop.is_set():
             self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version)
 

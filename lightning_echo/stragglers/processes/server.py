@@ -122,6 +122,7 @@ class ServerReport:
     wall_s: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
+    link_bytes_per_s: float = 0.0  # the raw link to the first learner, timed when it joined (0: not measured)
 
     @property
     def live(self) -> int:
@@ -132,6 +133,17 @@ class ServerReport:
     def updates_per_s(self) -> float:
         """Updates per second of wall-clock time from the first START to the last update."""
         return self.updates / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Bytes the server sent and received per second of wall-clock time."""
+        return (self.bytes_sent + self.bytes_received) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def link_fraction(self) -> float:
+        """:attr:`bytes_per_s` as a fraction of the raw link's (NaN when the link was not measured):
+        near 1, the server's link, not its learners, limits the run."""
+        return self.bytes_per_s / self.link_bytes_per_s if self.link_bytes_per_s > 0 else float("nan")
 
     @property
     def fresh_samples(self) -> int:
@@ -216,7 +228,9 @@ class ParameterServer:
         self._start_message = transport.new_message()
         self.params = self._start_message.payload  # START sends it without a copy
         self.params.copy_(params)
-        self._sum = torch.zeros_like(self.params)
+        # The first accepted gradient's receive buffer sums the update's others (no copy of it: at
+        # 1e6+ parameters a memory pass is a sizeable share of a round trip); released after the update.
+        self._held: Optional[Inbound] = None
         self._accepted_tickets: list[int] = []  # START tickets of the accepted gradients, in arrival order
         self._accepted_notes: list[bytes] = []  # and the notes their PUSHes carried
         self._tickets = [0] * spec.learners
@@ -334,6 +348,7 @@ class ParameterServer:
         if update is None:
             raise RuntimeError("next_update() must come first")
         self._pending_update = None
+        self._release_held()
         report = self.report
         report.updates += 1
         report.gradients_used += len(update.gradients)
@@ -342,6 +357,7 @@ class ParameterServer:
             report.staleness_counts[gradient.staleness] = report.staleness_counts.get(gradient.staleness, 0) + 1
             report.used_per_learner[gradient.learner] += 1
         report.wall_s = time.monotonic() - self._t0
+        self._count_bytes()
         if self.adaptive is not None:
             self.adaptive.observe_update(loss)
             self._adapt_k()
@@ -414,7 +430,8 @@ class ParameterServer:
             else:
                 raise ProtocolError(f"learner {learner} (rank {inbound.src}) sent {header.kind.name}, which only the server sends")
         finally:
-            self.transport.release(inbound)
+            if inbound is not self._held:
+                self.transport.release(inbound)
 
     def _arrival(self, learner: int, inbound: Inbound) -> None:
         header = inbound.header
@@ -431,10 +448,10 @@ class ParameterServer:
             raise ProtocolError(f"learner {learner} pushed a gradient for version {header.version}, "
                                 f"but was started at version {decision.read_version}")
         if decision.accepted:
-            if not self._accepted_tickets:
-                self._sum.copy_(inbound.payload)
+            if self._held is None:
+                self._held = inbound
             else:
-                self._sum.add_(inbound.payload)
+                self._held.payload.add_(inbound.payload)
             self._accepted_tickets.append(header.ticket)
             self._accepted_notes.append(inbound.message.note())
         else:
@@ -446,7 +463,8 @@ class ParameterServer:
         previous = self.policy.version
         decision = self.policy.apply_update(defer_start=True)
         count = len(decision.gradients)
-        gradient = self._sum if count == 1 else self._sum.div_(count)
+        assert self._held is not None
+        gradient = self._held.payload if count == 1 else self._held.payload.div_(count)
         tickets, self._accepted_tickets = tuple(self._accepted_tickets), []
         notes, self._accepted_notes = tuple(self._accepted_notes), []
         stale = None
@@ -625,11 +643,22 @@ class ParameterServer:
                 waiting.discard(learner)
         report.no_goodbye = sorted(waiting)
 
+    def _release_held(self) -> None:
+        if self._held is not None:
+            self.transport.release(self._held)
+            self._held = None
+
+    def _count_bytes(self) -> None:
+        report, transport = self.report, self.transport
+        report.bytes_sent, report.bytes_received = transport.bytes_sent, transport.bytes_received
+        if transport.link is not None:
+            report.link_bytes_per_s = transport.link.bytes_per_s
+
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.report.bytes_sent = self.transport.bytes_sent
-            self.report.bytes_received = self.transport.bytes_received
+            self._release_held()
+            self._count_bytes()
             self.transport.close(wait=1.0)
 
 

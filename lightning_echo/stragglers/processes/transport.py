@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_echo.errors import ConfigError, describe_error
+from lightning_echo.stragglers.processes.link import LinkMeasurement
 from lightning_echo.stragglers.processes.protocol import FINAL, Header, Kind, Message, ParameterServerError, ProtocolError
 from lightning_echo.stragglers.processes.rendezvous import (
     Address,
@@ -173,6 +174,7 @@ class Transport:
         self.store: Optional[dist.Store] = None  # the server's store (served here when the server owns it)
         self.address: Optional[Address] = None  # where a learner found the server (to rejoin it)
         self.address_owned = False
+        self.link: Optional[LinkMeasurement] = None  # the raw link to the first learner, timed when it joined
         for peer, group in peers.items():
             self.add_channel(peer, group, announce=False)
 

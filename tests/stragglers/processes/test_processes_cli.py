@@ -92,6 +92,10 @@ def test_async_carries_on_without_a_killed_learner_and_the_report_reads_the_run(
     rows = _metrics(run_dir)
     assert {int(row["step"]) for row in rows if row.get("ps/updates_per_s")} == set(range(1, 61))
     assert _column(rows, "ps/lost_learners")[-1] == 1.0
+    # the raw link was timed when the first learner joined; the run's traffic is a fraction of it
+    link, fraction = _column(rows, "ps/link_bytes_per_s"), _column(rows, "ps/link_fraction")
+    assert len(set(link)) == 1 and link[0] > 1e6 and 0 < fraction[-1] < 1
+    assert fraction[-1] == pytest.approx(_column(rows, "ps/bytes_per_s")[-1] / link[0])
     assert max(_column(rows, "stale/staleness_max")) >= 1  # three learners: async gradients are stale
     summary = _summary(run_dir)
     assert summary["clock"] == "wall_clock" and summary["simulated_s"] is None
