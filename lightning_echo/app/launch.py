@@ -22,8 +22,9 @@ job's config, already resolved, into the job's directory:
 - in a parameter-server run with ``ps.restart_learners`` / ``ps.restart_server``, the job hosts
   the server's join store too and starts a new process in place of a learner that ended with an
   error or a signal (it joins the running server), or of a server killed by a signal (it resumes
-  from the run's last checkpoint and its learners join it again), up to those counts; each
-  restart is a line on stderr and an entry of ``run.json``'s ``restarts``.
+  from the run's last checkpoint and its learners join it again), up to those counts; a learner
+  the server dropped as alive but silent (it names its pid in the join store) is killed first;
+  each restart is a line on stderr and an entry of ``run.json``'s ``restarts``.
 """
 
 from __future__ import annotations
@@ -314,6 +315,15 @@ class RendezvousStore:
         """What a rank needs to find the store."""
         return {"MASTER_ADDR": self.HOST, "MASTER_PORT": str(self.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
 
+    def take(self, key: str) -> Optional[str]:
+        """The value at ``key``, deleted; None if there is none."""
+        store = self._store
+        if store is None or not store.check([key]):
+            return None
+        value = store.get(key).decode()
+        store.delete_key(key)
+        return value
+
     def close(self) -> None:
         self._store = None
         try:
@@ -338,13 +348,34 @@ class Restarter:
     a signal (``server`` times) resumes from the run's last checkpoint. The new process has no
     default process group: it finds the server through the join store the job hosts."""
 
-    def __init__(self, start: Any, learners: int, server: int, world_size: int, folder: Path) -> None:
+    def __init__(self, start: Any, learners: int, server: int, world_size: int, folder: Path,
+                 store: Optional["RendezvousStore"] = None) -> None:
         self.start = start  # start(rank, extra_env) -> Popen
+        self.store = store  # the join store: where the server names learners that stopped answering
         self.left = {"learner": learners, "server": server}
         self.world_size = world_size
         self.folder = folder
         self.began = time.monotonic()
         self.events: list[dict[str, Any]] = []
+
+    def end_unresponsive(self, processes: list[subprocess.Popen]) -> None:
+        """A learner the server dropped as alive but silent (hung, SIGSTOPped), named in the join
+        store with its pid: kill its process (group), so that it is started again like one that
+        died (only while learner restarts are left; otherwise it is killed when the run ends)."""
+        if self.store is None or self.left["learner"] <= 0:
+            return
+        for rank in range(1, len(processes)):
+            pid = self.store.take(f"unresponsive/{rank - 1}")
+            process = processes[rank]
+            if pid is None or process.pid != int(pid) or process.poll() is not None:
+                continue
+            print(f"lightning-echo: rank {rank} of {self.world_size} stopped answering and the server dropped it; "
+                  "killing it to start it again", file=sys.stderr, flush=True)
+            try:
+                os.killpg(process.pid, signal.SIGKILL) if hasattr(os, "killpg") else process.kill()
+            except ProcessLookupError:
+                pass
+            process.wait()
 
     def maybe_restart(self, rank: int, process: subprocess.Popen) -> Optional[subprocess.Popen]:
         """A new process for ``rank``, whose process ended with a non-zero status, if it may start again."""
@@ -387,7 +418,7 @@ def run_ranks(spec: RankSpec) -> RanksResult:
                                 env={**env, "LOCAL_RANK": str(rank), **(extra or {})},
                                 stdin=subprocess.PIPE, start_new_session=True)
 
-    restarter = (Restarter(start, spec.restart_learners, spec.restart_server, spec.world_size, folder)
+    restarter = (Restarter(start, spec.restart_learners, spec.restart_server, spec.world_size, folder, join_store)
                  if join_store is not None else None)
     try:
         with SIGNALS.noting():  # signals are acted on between polls, never half-way through a start
@@ -424,6 +455,7 @@ def _supervise(processes: list[subprocess.Popen], killed: set[int], deciding: li
     while [p.poll() for p in processes].count(None) or restarter is not None:  # poll every rank, so each one's end is seen
         now = time.monotonic()
         if restarter is not None and deadline is None and not asked:
+            restarter.end_unresponsive(processes)
             for rank, process in enumerate(processes):
                 if process.returncode not in (None, 0):
                     processes[rank] = restarter.maybe_restart(rank, process) or process

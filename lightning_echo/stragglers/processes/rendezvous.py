@@ -271,7 +271,7 @@ class JoinAcceptor:
         if reply.measure_link and not self._stop.is_set():
             self.transport.link = time_link(self.store, reply, sequence, 0, request, self.backstop)
         if not self._stop.is_set():
-            self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version)
+            self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version, pid=request.pid)
 
     def close(self, wait: float = 1.0) -> None:
         """Stop answering (the thread ends within ``POLL_S``; a channel still being built gets

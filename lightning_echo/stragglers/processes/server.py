@@ -521,6 +521,7 @@ class ParameterServer:
             if now - self._started_at[learner] >= self.timeout:
                 self._lose(learner, f"it delivered no gradient within ps.timeout={self.timeout:g} s of its start",
                            tell_it=True)
+                self.transport.report_unresponsive(learner_rank(learner))
 
     def _lose(self, learner: int, reason: str, tell_it: bool = False) -> None:
         if learner in self.report.lost:

@@ -174,6 +174,7 @@ class Transport:
         self.store: Optional[dist.Store] = None  # the server's store (served here when the server owns it)
         self.address: Optional[Address] = None  # where a learner found the server (to rejoin it)
         self.address_owned = False
+        self.pids: dict[int, int] = {}  # peer -> its process id, as it said when it joined
         self.link: Optional[LinkMeasurement] = None  # the raw link to the first learner, timed when it joined
         for peer, group in peers.items():
             self.add_channel(peer, group, announce=False)
@@ -195,11 +196,13 @@ class Transport:
         return Message(self.numel, self.dtype)
 
     # -- channels ------------------------------------------------------------------------------
-    def add_channel(self, peer: int, group: Any, read_version: int = -1, announce: bool = True) -> int:
+    def add_channel(self, peer: int, group: Any, read_version: int = -1, announce: bool = True, pid: int = 0) -> int:
         """Talk to ``peer`` over ``group`` from now on (its receiver thread starts); an older
         channel to ``peer`` is superseded. With ``announce``, :meth:`recv_any` returns a
-        :class:`Joined` for it. Returns the channel's number."""
+        :class:`Joined` for it. ``pid``: the peer's process id, as it said when it joined.
+        Returns the channel's number."""
         with self._lock:
+            self.pids[peer] = pid
             self._idents += 1
             channel = _Channel(group, self._idents, other=1 if self.rank == SERVER_RANK else 0)
             old = self._channels.get(peer)
@@ -218,6 +221,17 @@ class Transport:
         with self._lock:
             channel = self._channels.get(peer)
             return channel is not None and channel.ident == ident
+
+    def report_unresponsive(self, peer: int) -> None:
+        """Tell whoever hosts the store (a launcher that restarts processes) that ``peer``'s process
+        is alive but silent, so that it can end it and start another: key ``unresponsive/<learner>``
+        = its pid. Nothing happens without a store or a known pid."""
+        pid = self.pids.get(peer, 0)
+        if self.store is not None and pid > 0:
+            try:
+                self.store.set(f"unresponsive/{learner_index(peer)}", str(pid))
+            except Exception:  # the store's host is gone: nobody to tell
+                pass
 
     def post_refused(self, request: Any, reply: Any) -> None:
         """The acceptor refused a join: the server's loop hears of it."""

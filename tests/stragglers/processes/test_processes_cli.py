@@ -204,3 +204,23 @@ def test_a_killed_server_is_started_again_from_its_checkpoint_and_its_learners_r
     steps = _column(_metrics(run_dir), "progress/optimizer_steps")
     assert steps[-1] == 60 and 20 in steps
     assert _summary(run_dir)["final_val_loss"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_hung_learner_is_dropped_ended_and_started_again(tmp_path: Path, no_leftovers: None) -> None:
+    # Learner 1 stops itself (SIGSTOP, once): the server drops it after ps.timeout and names it in the
+    # join store; the job kills it and starts a new process, which joins.
+    result = run_cli([*PS, "algorithm=async", "stale.learners=2", "stale.delay.value=0.1", "trainer.max_steps=300",
+                      "ps.timeout=3", "ps.restart_learners=1",
+                      *_fault("freeze", rank=2, step=5, marker=tmp_path / "frozen")],
+                     cwd=tmp_path, env_extra=_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 2 of 3 stopped answering and the server dropped it; killing it to start it again" in result.stderr
+    assert "rank 2 of 3 was killed by SIGKILL; started again (learner restarts left: 0)" in result.stderr
+    record = _record(run_dir := _only_run_dir(tmp_path))
+    assert record["status"] == "completed" and [r["rank"] for r in record["restarts"]] == [2]
+    lost = [event for event in record["faults"] if event["event"] == "lost"]
+    assert len(lost) == 1 and "no gradient within ps.timeout=3 s" in lost[0]["reason"]
+    assert [event["learner"] for event in record["faults"] if event["event"] == "joined"] == [1]
+    assert _column(_metrics(run_dir), "ps/live_learners")[-1] == 2.0
