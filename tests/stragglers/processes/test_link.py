@@ -1,5 +1,5 @@
 """``measure_link``: a raw gloo ping-pong between the two ranks of a group built from a store
-(not registered with torch.distributed), in two forked processes."""
+(not registered with torch.distributed), in two spawned processes."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def _rank(rank: int, port: int, results: Any) -> None:
 @pytest.fixture(scope="module")
 def ranks() -> dict[int, dict[str, Any]]:
     """Both ranks' results of every scenario, from one two-process run."""
-    context = multiprocessing.get_context("fork")
+    # spawn, not fork: this pytest process may hold threads of earlier tests (gloo's, torch's), and a
+    # child forked from it can deadlock on a lock one of them held
+    context = multiprocessing.get_context("spawn")
     results = context.SimpleQueue()
     port = _free_port()
     children = [context.Process(target=_rank, args=(rank, port, results), daemon=True) for rank in (0, 1)]
