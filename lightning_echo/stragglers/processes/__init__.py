@@ -18,17 +18,25 @@ from lightning_echo.stragglers.processes.server import (
     UpdateRecord,
     plain_sgd,
 )
+from lightning_echo.stragglers.processes.link import LinkMeasurement, link_fraction, measure_link
+from lightning_echo.stragglers.processes.rendezvous import Address
 from lightning_echo.stragglers.processes.transport import (
     SERVER_RANK,
+    Joined,
     PeerLost,
     Transport,
     connect,
+    join,
     learner_index,
     learner_rank,
+    serve,
 )
 
 __all__ = [
     "SERVER_RANK",
+    "Address",
+    "Joined",
+    "LinkMeasurement",
     "Kind",
     "LearnerReport",
     "LearnerSession",
@@ -44,9 +52,13 @@ __all__ = [
     "UpdateRecord",
     "Work",
     "connect",
+    "join",
+    "link_fraction",
+    "measure_link",
     "learner_delays",
     "learner_index",
     "learner_rank",
     "plain_sgd",
     "run_learner",
+    "serve",
 ]
