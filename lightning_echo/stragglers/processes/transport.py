@@ -302,11 +302,11 @@ class Transport:
              note: bytes = b"") -> None:
         """Send ``message`` (its payload for START and PUSH, and ``note`` for a PUSH) to rank
         ``dst``; blocks until the peer has taken it. Raises :class:`PeerLost` if it is not taken
-        within the timeout."""
+        within the timeout, or ``dst`` has no channel (it has not joined)."""
         with self._lock:
             channel = self._channels.get(dst)
-        if channel is None:
-            raise ValueError(f"rank {self.rank} has no channel to rank {dst} (peers: {self.peers})")
+        if channel is None:  # it never joined (or not yet): as unreachable as a peer whose process died
+            raise PeerLost(dst, f"it has no channel to rank {self.rank}: it has not joined")
         wire = message.encode(kind, learner, version, ticket, note)
         started = time.monotonic()
         try:
