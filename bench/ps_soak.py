@@ -550,6 +550,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ps-soak-")) if args.keep is None else args.keep
     root.mkdir(parents=True, exist_ok=True)
     began = datetime.datetime.now()
+    code_at_start = code_version()
     report: list[str] = []
     table: list[list[str]] = []
     for algorithm in [a.strip() for a in args.algorithms.split(",") if a.strip()]:
@@ -601,7 +602,9 @@ def main() -> None:
             f"a learner fault every {args.kill_every:g} s (SIGKILL / SIGSTOP + SIGKILL after {args.timeout + 2:g} s), "
             f"server SIGKILL x{args.server_kills}, checkpoint every {args.checkpoint_every} steps; "
             f"host {socket.gethostname()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at the end",
-            f"command: python bench/ps_soak.py {' '.join(sys.argv[1:])}".rstrip(), f"code: {code_version()}",
+            f"command: python bench/ps_soak.py {' '.join(sys.argv[1:])}".rstrip(),
+            f"code: {code_at_start}" + ("" if code_version() == code_at_start else f" at the start, {code_version()} at the end "
+                                        "(processes started meanwhile ran the newer code)"),
             f"runs kept in: {root}", ""]
     text = "\n".join(head + lines + [""] + report) + "\n"
     print("\n" + text)
