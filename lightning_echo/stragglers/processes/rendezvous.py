@@ -261,15 +261,18 @@ class JoinAcceptor:
         builder.start()
 
     def _open(self, sequence: int, request: JoinRequest, reply: JoinReply) -> None:
+        # A store client of its own: a client serialises its calls, so a builder waiting for a
+        # learner that gave up would hold every other join behind it.
+        store = self.store.clone()
         try:
-            group = channel_group(self.store, self.generation, sequence, 0, self.backstop)
+            group = channel_group(store, self.generation, sequence, 0, self.backstop)
         except Exception as error:  # the learner died before its side was built
             if not self._stop.is_set():
                 self.transport.post_refused(request, JoinReply(False, reply.learner, self.generation,
                                                                f"its channel did not open ({describe_error(error)})"))
             return
         if reply.measure_link and not self._stop.is_set():
-            self.transport.link = time_link(self.store, reply, sequence, 0, request, self.backstop)
+            self.transport.link = time_link(store, reply, sequence, 0, request, self.backstop)
         if not self._stop.is_set():
             self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version, pid=request.pid)
 

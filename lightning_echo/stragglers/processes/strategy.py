@@ -99,7 +99,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
             one line) when fewer learners are alive and none joins within ``rejoin_wait``.
         rejoin_wait: seconds the server waits for a learner to join when too few are left, and a
             learner waits for its server to come back (a restarted server) before it gives up
-            (0: neither waits; None: ``timeout`` under a launcher that restarts lost processes,
+            (0: neither waits; None: ``max(timeout, 120 s)`` under a launcher that restarts lost processes,
             ``$LIGHTNING_ECHO_PS_RESTARTS=1`` as the command line sets it, else 0).
 
     What differs from DDP while ``fit`` runs:
@@ -202,7 +202,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         self.learners = None if learners is None else positive_int("stale.learners", learners)
         self.timeout = check_timeout(timeout)
         if rejoin_wait is None:  # wait for each other only where a launcher starts lost processes again
-            rejoin_wait = self.timeout if launcher_restarts() else 0.0
+            rejoin_wait = max(self.timeout, RESTART_WAIT_S) if launcher_restarts() else 0.0
         self.faults = fault_policy(shrink_k, min_learners, rejoin_wait)
         self._late = joins_late()  # started after the first world formed: no default process group
         inject = self.settings.compute_times is not None if inject_delays is None else boolean("ps.inject_delays", inject_delays)
@@ -331,7 +331,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         params, buffers = self._exchanged_tensors()
         exchange = FlatExchange(params, buffers)  # refuses parameters of several dtypes
         transport = connect(exchange.numel, exchange.dtype, timeout=self.timeout, rank=self.global_rank,
-                            world=self._processes)
+                            world=self._processes, wait=max(self.timeout, self.faults.rejoin_wait))
         if self.global_rank == SERVER_RANK:
             self._become_server(trainer, transport, params, buffers)
         else:
@@ -691,6 +691,7 @@ class ParameterServerStrategy(StragglerStrategy, DDPStrategy):
         strategy_registry.register(STRATEGY_NAME, cls, description="a parameter server (rank 0) and learner processes")
 
 
+RESTART_WAIT_S = 120.0  # the least rejoin_wait under restarts: a new server process takes 15-30 s to start on a busy host
 MAX_EVENTS = 10_000  # fault events a checkpoint carries (the newest)
 
 

@@ -431,7 +431,7 @@ def join(address: Address, learner: int, numel: int, dtype: torch.dtype, timeout
 
 
 def connect(numel: int, dtype: torch.dtype, timeout: float, address: Optional[Address] = None, *,
-            rank: Optional[int] = None, world: Optional[int] = None) -> Transport:
+            rank: Optional[int] = None, world: Optional[int] = None, wait: Optional[float] = None) -> Transport:
     """Open this rank's channels; every rank of the world calls it with the same arguments. Rank 0
     is the server, rank ``i + 1`` learner ``i``, which joins it through the server's store.
 
@@ -440,7 +440,8 @@ def connect(numel: int, dtype: torch.dtype, timeout: float, address: Optional[Ad
     default group's store; with ``$LIGHTNING_ECHO_PS_STORE`` it uses the store a launcher hosts
     there instead. A process started later (``$LIGHTNING_ECHO_PS_JOIN=1``: a restarted learner,
     or a restarted server) has no default group: give ``rank`` and ``world`` (P + 1), and the
-    store's address by one of the two variables.
+    store's address by one of the two variables. ``wait``: how long a learner waits for the
+    server to take it in (default ``timeout``; a server may be restarting).
 
     The default group may use any backend (NCCL included): the channels are gloo groups of two
     built from the server's store, so a learner that dies before it joins fails nothing but its
@@ -474,4 +475,4 @@ def connect(numel: int, dtype: torch.dtype, timeout: float, address: Optional[Ad
     where = address or shared or (Address.parse(os.environ[ADDRESS_ENV]) if os.environ.get(ADDRESS_ENV) else None)
     if where is None:
         where = learner_address(default_store, timeout, key)
-    return join(where, learner_index(rank), numel, dtype, timeout)
+    return join(where, learner_index(rank), numel, dtype, timeout, wait=wait)
