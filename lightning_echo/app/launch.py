@@ -20,7 +20,8 @@ job's config, already resolved, into the job's directory:
 - ranks run in their own sessions (a Ctrl-C in the terminal reaches the job only) and kill
   themselves when the job's process is gone, so no rank outlives it;
 - in a parameter-server run with ``ps.restart_learners`` / ``ps.restart_server``, the job hosts
-  the server's join store too and starts a new process in place of a learner that ended with an
+  the server's join store too (every rank then joins through it, none forms a default process
+  group, so a rank killed while starting holds no other) and starts a new process in place of a learner that ended with an
   error or a signal (it joins the running server), or of a server killed by a signal (it resumes
   from the run's last checkpoint and its learners join it again), up to those counts; a learner
   the server dropped as alive but silent (it names its pid in the join store) is killed first;
@@ -423,7 +424,9 @@ def run_ranks(spec: RankSpec) -> RanksResult:
     try:
         with SIGNALS.noting():  # signals are acted on between polls, never half-way through a start
             for rank in range(spec.world_size):
-                processes.append(start(rank))
+                # with restarts no rank forms a default process group: a learner killed while it formed
+                # would hold the others in init_process_group; every rank joins through the job's store
+                processes.append(start(rank, {JOIN_ENV: "1"} if join_store is not None else None))
             interrupted_by, abandoned = _supervise(processes, killed, spec.deciding, folder, spec.deciders_outlive_s,
                                                    restarter)
     finally:
