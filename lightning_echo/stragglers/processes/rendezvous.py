@@ -284,10 +284,6 @@ class JoinAcceptor:
         for thread in [self._thread, *self._builders]:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
 
 _connections = [0]  # connect() calls in this process: the same count on every rank of a world
 

@@ -173,7 +173,6 @@ class Transport:
         self._on_close: list[Callable[[], None]] = []
         self.store: Optional[dist.Store] = None  # the server's store (served here when the server owns it)
         self.address: Optional[Address] = None  # where a learner found the server (to rejoin it)
-        self.address_owned = False
         self.pids: dict[int, int] = {}  # peer -> its process id, as it said when it joined
         self.link: Optional[LinkMeasurement] = None  # the raw link to the first learner, timed when it joined
         for peer, group in peers.items():
@@ -362,7 +361,7 @@ def serve(numel: int, dtype: torch.dtype, timeout: float, learners: int, address
     check_timeout(timeout)
     _check_dtype(dtype)
     store = host_store(address, timeout)
-    transport = _accepting(store, numel, dtype, timeout, learners, owned=True)
+    transport = _accepting(store, numel, dtype, timeout, learners)
     transport.address = address
     return transport
 
@@ -371,10 +370,10 @@ def accept_joins(store: dist.Store, numel: int, dtype: torch.dtype, timeout: flo
     """:func:`serve` over a store someone else hosts (a launcher's)."""
     check_timeout(timeout)
     _check_dtype(dtype)
-    return _accepting(store, numel, dtype, timeout, learners, owned=False)
+    return _accepting(store, numel, dtype, timeout, learners)
 
 
-def _accepting(store: dist.Store, numel: int, dtype: torch.dtype, timeout: float, learners: int, owned: bool) -> Transport:
+def _accepting(store: dist.Store, numel: int, dtype: torch.dtype, timeout: float, learners: int) -> Transport:
     transport = Transport(SERVER_RANK, {}, numel, dtype, timeout)
     generation = int(store.add("server", 1))
     mine = dtype_name(dtype)
@@ -391,7 +390,6 @@ def _accepting(store: dist.Store, numel: int, dtype: torch.dtype, timeout: float
 
     acceptor = JoinAcceptor(store, transport, decide, generation, BACKSTOP_FACTOR * timeout)
     transport.store = store  # kept alive (and served, when owned) while the transport is open
-    transport.address_owned = owned
 
     def stop() -> None:
         acceptor.close()
