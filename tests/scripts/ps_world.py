@@ -8,7 +8,8 @@ more times per world: about 5 CPU-seconds each here). It joins every rank until 
 deadline, kills whatever is left, and writes ``launcher.json`` (exit codes, killed ranks).
 Each rank writes ``rank<r>.json`` (a restarted process ``rank<r>.<n>.json``, n = 1, 2, ...).
 Faults come from the scenario: a learner that kills itself (SIGKILL) before it joins or at its
-n-th gradient, or hangs at its n-th gradient, a server that kills itself at its n-th update, a
+n-th gradient, or hangs at its n-th gradient, a learner that joins ``join_after_s`` late, one
+that fails (ERROR) before its first START, a server that kills itself at its n-th update, a
 learner that delivers a gradient of a cancelled computation on purpose. With
 ``restart_learners`` / ``restart_server`` (how many times at most) the launcher starts a new
 process in place of one that died (a learner ``restart_learner_delay`` seconds after its death,
@@ -39,6 +40,7 @@ from lightning_echo.core.delays import ComputeTimes, DelayDistribution
 from lightning_echo.core.schedule import variant_spec
 from lightning_echo.stragglers.processes import (
     Kind,
+    LearnerSession,
     ParameterServer,
     connect,
     learner_delays,
@@ -155,6 +157,10 @@ def _learner(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch
             time.sleep(600)
         return gradient(a, y, params, batch_rows(learner, count, learners))
 
+    if faults.get("error_before_start"):  # its loader raised before the first START (a user's broken file)
+        LearnerSession(transport).fail()
+        still_open = transport.close(wait=scenario["timeout"])  # ends once the server answered with STOP
+        return {"failed_before_start": True, "still_waiting_for": list(still_open), "versions": versions}
     delay = None
     if scenario.get("delays") is not None:
         times = ComputeTimes(DelayDistribution("constant", value=1.0), speeds=scenario["delays"])
@@ -203,6 +209,7 @@ def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: 
             if rank != SERVER_RANK and learner_faults.get("kill_before_join"):
                 os.kill(os.getpid(), signal.SIGKILL)
         a, y = least_squares()
+        time.sleep(learner_faults.get("join_after_s", 0.0) if incarnation == 0 else 0.0)
         transport = _transport(rank, scenario, address, incarnation)
         role = _server if rank == SERVER_RANK else _learner
         result.update(role(scenario, transport, a, y, out, incarnation), ok=True)

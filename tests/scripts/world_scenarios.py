@@ -53,7 +53,8 @@ def run_scenarios(scenarios: Mapping[str, Scenario], rank: int, grace_s: float =
             outcome = {"rank": rank, **scenarios[name](out)}
         except Exception as error:
             traceback.print_exc()
-            outcome = {"rank": rank, "error_type": type(error).__name__, "error": str(error)}
+            outcome = {"rank": rank, "error_type": type(error).__name__, "error": str(error),
+                       "traceback": traceback.format_exc()}
         outcome["threads_after_fit"] = left_after(other_threads, grace_s)
         outcome["children_after_fit"] = left_after(children, grace_s)
         (out / f"{name}.rank{rank}.json").write_text(json.dumps(outcome))

@@ -56,6 +56,9 @@ from lightning_echo.stragglers.processes.transport import (
 from lightning_echo.validation import positive_int
 
 LOG = logging.getLogger("lightning_echo.stragglers.processes")
+# The final messages a learner sends on its own, and what they mean for the server.
+_ENDED = {Kind.ERROR: "its gradient computation raised an error (see that learner's log)",
+          Kind.BYE: "it ended before the server stopped it"}
 
 ApplyUpdate = Callable[[torch.Tensor, list[int], Optional[list[torch.Tensor]]], None]
 
@@ -222,6 +225,7 @@ class ParameterServer:
         self.start_wait = self.timeout if start_wait is None else float(start_wait)
         self.rejoin_wait = float(rejoin_wait)
         self._joined: dict[int, int] = {}  # learners that joined before start(): read version
+        self._ended_early: dict[int, str] = {}  # learners that ended (ERROR, BYE) before start(): why
         self._started = False
         self._starved_since: Optional[float] = None
         self.keep_stale_params = keep_stale_params
@@ -297,28 +301,39 @@ class ParameterServer:
         self.policy.initial_starts(version)
         for learner in range(self.spec.learners):
             if learner not in self._joined:
-                self._lose(learner, f"it did not join within {self.start_wait:g} s of the start")
+                self._lose(learner, self._ended_early.get(learner, f"it did not join within {self.start_wait:g} s of the start"))
         self._adapt_k()
         for learner in sorted(self.policy.running()):
             self._start(learner)
 
     def _wait_for_first_joins(self) -> None:
+        """Until every learner joined, or ended itself (its loader or step raised while it waited
+        for its first START), or ``start_wait`` ran out."""
         deadline = self._t0 + self.start_wait
-        while len(self._joined) < self.spec.learners:
+        while len(self._joined) + len(self._ended_early) < self.spec.learners:
             try:
                 event = self.transport.recv_any(timeout=max(0.0, deadline - time.monotonic()))
-            except PeerLost as lost:  # it joined and died before the start
+            except PeerLost as lost:  # it joined and died before the start: a restarted process may come
                 self._joined.pop(learner_index(lost.rank), None)
                 continue
             if event is None:
                 return
             if isinstance(event, Joined):
                 self._joined[learner_index(event.src)] = event.read_version
+                self._ended_early.pop(learner_index(event.src), None)
             elif isinstance(event, Refused):
                 self._refused(event)
             else:
-                self.transport.release(event)
-                raise ProtocolError(f"learner {learner_index(event.src)} sent {event.header.kind.name} before its first START")
+                self._ended_before_start(event)
+
+    def _ended_before_start(self, inbound: Inbound) -> None:
+        learner, kind = learner_index(inbound.src), inbound.header.kind
+        self.transport.release(inbound)
+        if kind not in (Kind.ERROR, Kind.BYE):
+            raise ProtocolError(f"learner {learner} sent {kind.name} before its first START")
+        self._joined.pop(learner, None)
+        self._ended_early[learner] = _ENDED[kind]
+        self._tell_to_stop(learner)
 
     def next_update(self) -> PendingUpdate:
         """Receive gradients until the policy makes an update due; return it (not yet applied)."""
@@ -423,10 +438,8 @@ class ParameterServer:
                 return  # a message it sent before it was dropped
             if header.kind == Kind.PUSH:
                 self._arrival(learner, inbound)
-            elif header.kind == Kind.ERROR:  # its final message; told in return, so its receiver thread ends
-                self._lose(learner, "its gradient computation raised an error (see that learner's log)", tell_it=True)
-            elif header.kind == Kind.BYE:
-                self._lose(learner, "it ended before the server stopped it", tell_it=True)
+            elif header.kind in _ENDED:  # its final message; told in return, so its receiver thread ends
+                self._lose(learner, _ENDED[header.kind], tell_it=True)
             else:
                 raise ProtocolError(f"learner {learner} (rank {inbound.src}) sent {header.kind.name}, which only the server sends")
         finally:
@@ -519,9 +532,10 @@ class ParameterServer:
         now = time.monotonic()
         for learner in sorted(self.policy.running()):
             if now - self._started_at[learner] >= self.timeout:
+                # Named first: the STOP below can wait up to the timeout on a process that does not read.
+                self.transport.report_unresponsive(learner_rank(learner))
                 self._lose(learner, f"it delivered no gradient within ps.timeout={self.timeout:g} s of its start",
                            tell_it=True)
-                self.transport.report_unresponsive(learner_rank(learner))
 
     def _lose(self, learner: int, reason: str, tell_it: bool = False) -> None:
         if learner in self.report.lost:
@@ -530,12 +544,8 @@ class ParameterServer:
         self.report.losses += 1
         self._event("lost", learner, reason=reason)
         LOG.warning("parameter server: learner %d (rank %d) is lost: %s", learner, learner_rank(learner), reason)
-        if tell_it:  # a process that is still alive: tell it to end (the server sends it nothing more)
-            try:
-                self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
-                                    version=self.policy.version, ticket=int(StopReason.RETIRED))
-            except PeerLost:
-                pass
+        if tell_it:
+            self._tell_to_stop(learner)
         if self.policy.rules.at_update == "cancel_all" and not self.policy.shrink_k and self._started:
             raise ParameterServerError(
                 f"learner {learner} (rank {learner_rank(learner)}) is lost: {reason}; "
@@ -550,6 +560,14 @@ class ParameterServer:
             if not self.policy.update_due:
                 self._adapt_k()
         self._check_progress_possible()
+
+    def _tell_to_stop(self, learner: int) -> None:
+        """A process that is still alive: tell it to end (the server sends it nothing more)."""
+        try:
+            self.transport.send(learner_rank(learner), self._start_message, Kind.STOP, learner,
+                                version=self.policy.version, ticket=int(StopReason.RETIRED))
+        except PeerLost:
+            pass
 
     def _check_progress_possible(self) -> None:
         """Raise when too few learners are left for the next update (or fewer than

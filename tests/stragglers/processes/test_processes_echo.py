@@ -206,8 +206,8 @@ def test_every_rank_refuses_what_no_rank_can_run_before_the_channels_open(world:
 def test_a_learners_loader_error_reaches_every_process_and_nothing_outlives_any_fit(world: dict[str, Any]) -> None:
     server, first, failing = world["loader_fails"]
     assert failing["error_type"] == "OSError" and "cannot read row" in failing["error"]
-    assert server["error_type"] == "ParameterServerError" and "learner 1 (rank 2) is lost" in server["error"]
-    assert first["error_type"] == "ParameterServerError"
+    assert server["error_type"] == "ParameterServerError" and "learner 1 (rank 2) is lost" in server["error"], server
+    assert first["error_type"] == "ParameterServerError", first
     for scenario in SCENARIOS:  # the echo stages' threads and the DataLoader workers (auto_slow) stopped on every rank
         assert [rank["threads_after_fit"] for rank in world[scenario]] == [[], [], []], scenario
         assert [rank["children_after_fit"] for rank in world[scenario]] == [[], [], []], scenario

@@ -37,6 +37,28 @@ def test_a_learner_killed_before_it_joins_fails_nothing(launcher: subprocess.Pop
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shrink_k", [False, True])
+def test_a_learner_that_fails_before_its_first_start_is_lost_with_its_reason(launcher: subprocess.Popen, tmp_path: Path,
+                                                                              shrink_k: bool) -> None:
+    # learner 0 joins late, so learner 1's ERROR reaches the server while it still waits for joins
+    world = run_world(launcher, tmp_path, variant="sync", learners=3, updates=30, shrink_k=shrink_k, start_wait=60.0,
+                      delays=[0.01, 0.01, 0.01],
+                      faults={"0": {"join_after_s": 1.0}, "1": {"error_before_start": True}})
+    assert world["launcher"]["killed"] == []
+    failing = ok(world[2])
+    assert failing["failed_before_start"] and failing["still_waiting_for"] == []  # the server answered its ERROR
+    reason = "is lost: its gradient computation raised an error"
+    if not shrink_k:  # sync without shrink_k cannot start without it: the run fails in one line that says why
+        assert world[0]["error_type"] == "ParameterServerError" and f"learner 1 (rank 2) {reason}" in world[0]["error"]
+        assert world[1]["error_type"] == world[3]["error_type"] == "ParameterServerError"
+        return
+    report = ok(world[0])["report"]
+    assert report["updates"] == 30 and list(report["lost"]) == ["1"] and "raised an error" in report["lost"]["1"]
+    assert report["used_per_learner"] == [30, 0, 30]  # K = the two learners left, from the first update
+    assert ok(world[1])["report"]["stopped"] and ok(world[3])["report"]["stopped"]
+
+
+@pytest.mark.slow
 def test_a_restarted_learner_joins_the_running_server_and_works(launcher: subprocess.Popen, tmp_path: Path) -> None:
     world = run_world(launcher, tmp_path, variant="k_async", k=2, learners=3, updates=150,
                       delays=[0.01, 0.015, 0.012], restart_learners=1, faults={"1": {"kill_at_gradient": 5}})
