@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -46,7 +47,7 @@ from lightning_echo.stragglers.processes import (
     learner_delays,
     run_learner,
 )
-from lightning_echo.stragglers.processes.rendezvous import Address
+from lightning_echo.stragglers.processes.rendezvous import Address, JoinRequest, open_store
 from lightning_echo.stragglers.processes.transport import SERVER_RANK, join, learner_index
 from lightning_echo.stragglers.processes.transport import serve as serve_learners
 
@@ -133,6 +134,7 @@ def _server(scenario: dict[str, Any], transport: Any, a: torch.Tensor, y: torch.
     else:
         report = server.run(apply, max_updates=scenario["updates"], on_update=on_update)
     return {
+        "threads_after_close": sorted(t.name for t in threading.enumerate() if t is not threading.main_thread()),
         "report": dataclasses.asdict(report),
         "records": records,
         "params": server.params.tolist(),
@@ -196,6 +198,15 @@ def _transport(rank: int, scenario: dict[str, Any], address: Address | None, inc
     return join(address, learner_index(rank), DIM, torch.float64, scenario["timeout"], wait=scenario["timeout"])
 
 
+def _ask_to_join_and_die(address: Address, rank: int, timeout: float) -> None:
+    """A learner that dies after the server accepted its join, before it builds its channel."""
+    store = open_store(address, timeout)
+    sequence = store.add("joins", 1)
+    store.set(f"join/{sequence}", JoinRequest(learner_index(rank), DIM, "float64", pid=os.getpid()).encode())
+    store.wait([f"join/{sequence}/reply"], datetime.timedelta(seconds=timeout))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: Path,
                address: Address | None = None, incarnation: int = 0) -> None:
     torch.set_num_threads(1)
@@ -210,6 +221,8 @@ def _rank_main(rank: int, world: int, port: int, scenario: dict[str, Any], out: 
                 os.kill(os.getpid(), signal.SIGKILL)
         a, y = least_squares()
         time.sleep(learner_faults.get("join_after_s", 0.0) if incarnation == 0 else 0.0)
+        if rank != SERVER_RANK and learner_faults.get("die_after_reply") and incarnation == 0:
+            _ask_to_join_and_die(address, rank, scenario["timeout"])
         transport = _transport(rank, scenario, address, incarnation)
         role = _server if rank == SERVER_RANK else _learner
         result.update(role(scenario, transport, a, y, out, incarnation), ok=True)

@@ -10,7 +10,10 @@ time later (restarted after a crash, or started by hand), asks through that stor
    checks the request and answers ``join/<s>/reply`` (accepted, or refused with the reason);
 3. both ends build a two-rank gloo process group directly from the store, under the prefix
    ``channel/<server generation>/<s>/`` (no collective over any default group: neither the other
-   learners nor a default process group take part), and the acceptor hands the channel to the
+   learners nor a default process group take part): the learner first sets
+   ``ready/channel/<generation>/<s>``, and the server builds its end only once that is there (a
+   thread waiting inside gloo cannot be stopped, so the server never waits there for a learner that
+   died after its request was answered); the acceptor hands the channel to the
    server's :class:`~.transport.Transport`, whose loop sees a :class:`~.transport.Joined` event.
 
 Why a store and a group per join rather than the default process group: a gloo group's members
@@ -152,6 +155,22 @@ def channel_group(store: dist.Store, generation: int, sequence: int, rank: int, 
     return dist.ProcessGroupGloo(prefixed, rank, 2, _timedelta(backstop))
 
 
+def ready_key(kind: str, generation: int, sequence: int) -> str:
+    """Set by the learner just before it builds its end of a ``kind`` group ("channel" or "link"):
+    the server builds its end only then, so no server thread waits inside gloo for a learner that
+    died after its request was answered (a wait there cannot be interrupted)."""
+    return f"ready/{kind}/{generation}/{sequence}"
+
+
+def wait_for_ready(store: dist.Store, key: str, stop: threading.Event, limit: float) -> bool:
+    """Poll ``key`` until it is set (True), or ``stop`` is set or ``limit`` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while not store.check([key]):
+        if stop.wait(POLL_S) or time.monotonic() >= deadline:
+            return False
+    return True
+
+
 def link_group(store: dist.Store, generation: int, sequence: int, rank: int, backstop: float) -> dist.ProcessGroup:
     """A second two-rank gloo group of join ``sequence``, only to time the raw link: a failed
     measurement there never touches the channel."""
@@ -164,6 +183,8 @@ def time_link(store: dist.Store, reply: JoinReply, sequence: int, rank: int, req
     group of their own (:func:`~.link.measure_link`, about a quarter of a second); None, with a
     warning, when that fails (the run does not depend on it)."""
     try:
+        if rank == 1:
+            store.set(ready_key("link", reply.generation, sequence), b"1")
         group = link_group(store, reply.generation, sequence, rank, backstop)
         return measure_link(group, rank, request.numel, getattr(torch, request.dtype))
     except Exception as error:
@@ -189,6 +210,7 @@ def request_join(store: dist.Store, request: JoinRequest, wait: float, backstop:
             raise ConfigError("parameters", f"{request.numel} x {request.dtype} on learner {request.learner}", reply.reason)
         raise JoinRefused(f"the parameter server refused learner {request.learner}: {reply.reason}")
     try:
+        store.set(ready_key("channel", reply.generation, sequence), b"1")
         group = channel_group(store, reply.generation, sequence, 1, backstop)
     except Exception as error:
         raise ParameterServerError(
@@ -265,13 +287,16 @@ class JoinAcceptor:
         # learner that gave up would hold every other join behind it.
         store = self.store.clone()
         try:
+            if not wait_for_ready(store, ready_key("channel", self.generation, sequence), self._stop, self.backstop):
+                raise TimeoutError(f"the learner did not begin building it within {self.backstop:g} s")
             group = channel_group(store, self.generation, sequence, 0, self.backstop)
         except Exception as error:  # the learner died before its side was built
             if not self._stop.is_set():
                 self.transport.post_refused(request, JoinReply(False, reply.learner, self.generation,
                                                                f"its channel did not open ({describe_error(error)})"))
             return
-        if reply.measure_link and not self._stop.is_set():
+        if reply.measure_link and not self._stop.is_set() and wait_for_ready(store, ready_key("link", self.generation, sequence), self._stop,
+                                                 self.backstop):
             self.transport.link = time_link(store, reply, sequence, 0, request, self.backstop)
         if not self._stop.is_set():
             self.transport.add_channel(reply.learner + 1, group, read_version=request.read_version, pid=request.pid)

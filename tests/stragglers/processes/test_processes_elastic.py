@@ -59,6 +59,19 @@ def test_a_learner_that_fails_before_its_first_start_is_lost_with_its_reason(lau
 
 
 @pytest.mark.slow
+def test_a_learner_that_dies_between_its_join_and_its_channel_leaves_no_server_thread(launcher: subprocess.Popen,
+                                                                                       tmp_path: Path) -> None:
+    # accepted, then killed before building its end: the server's builder must not wait in gloo
+    # for it (4 x ps.timeout = 80 s here, far longer than the run)
+    world = run_world(launcher, tmp_path, variant="async", learners=2, updates=30, timeout=20.0, start_wait=1.0,
+                      fixed_address=True, delays=[0.01, 0.01], faults={"1": {"die_after_reply": True}})
+    assert world["launcher"]["exitcodes"] == [0, 0, -signal.SIGKILL] and world["launcher"]["killed"] == []
+    server = ok(world[0])
+    assert server["report"]["updates"] == 30 and list(server["report"]["lost"]) == ["1"]
+    assert server["threads_after_close"] == []
+
+
+@pytest.mark.slow
 def test_a_restarted_learner_joins_the_running_server_and_works(launcher: subprocess.Popen, tmp_path: Path) -> None:
     world = run_world(launcher, tmp_path, variant="k_async", k=2, learners=3, updates=150,
                       delays=[0.01, 0.015, 0.012], restart_learners=1, faults={"1": {"kill_at_gradient": 5}})
