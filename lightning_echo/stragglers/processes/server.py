@@ -418,17 +418,18 @@ class ParameterServer:
         LOG.warning("parameter server: refused a learner that asked to join as %d: %s", refused.learner, refused.reason)
         self._event("refused", refused.learner, reason=refused.reason)
 
-    def _event(self, event: str, learner: int, **detail: object) -> None:
+    def _event(self, event: str, learner: Optional[int] = None, **detail: object) -> None:
+        """Append ``event`` (with ``learner``, when it concerns one) to the report's events."""
+        about = {} if learner is None else {"learner": learner}
         self.report.events.append({"time_s": round(time.monotonic() - self._t0, 6) if self._t0 else 0.0,
-                                   "version": self.policy.version, "event": event, "learner": learner,
+                                   "version": self.policy.version, "event": event, **about,
                                    "live": self.report.live, **detail})
 
     def _k_changed(self, k_before: int) -> None:
         if self.policy.k != k_before:
             LOG.warning("parameter server: %s now averages K=%d gradients per update (was %d): %d learners alive",
                         self.spec.name, self.policy.k, k_before, self.report.live)
-            self.report.events.append({"time_s": round(time.monotonic() - self._t0, 6), "version": self.policy.version,
-                                       "event": "k", "k": self.policy.k, "live": self.report.live})
+            self._event("k", k=self.policy.k)
 
     # -- arrivals ------------------------------------------------------------------------------
     def _handle(self, inbound: Inbound) -> None:
@@ -532,7 +533,7 @@ class ParameterServer:
         now = time.monotonic()
         for learner in sorted(self.policy.running()):
             if now - self._started_at[learner] >= self.timeout:
-                # Named first: the STOP below can wait up to the timeout on a process that does not read.
+                # Named to the launcher first, so that it can end the process as early as possible.
                 self.transport.report_unresponsive(learner_rank(learner))
                 self._lose(learner, f"it delivered no gradient within ps.timeout={self.timeout:g} s of its start",
                            tell_it=True)
