@@ -208,8 +208,8 @@ class ParameterServer:
         start_wait: Optional[float] = None,
         rejoin_wait: float = 0.0,
     ) -> None:
-        slots = getattr(transport, "learner_slots", spec.learners)
-        if slots != spec.learners:
+        slots = transport.learner_slots
+        if slots is not None and slots != spec.learners:
             raise ConfigError("stale.learners", spec.learners, f"must equal the number of learner processes ({slots})")
         positive_int("ps.min_learners", min_learners)
         if min_learners > spec.learners:

@@ -175,6 +175,7 @@ class Transport:
         self.address: Optional[Address] = None  # where a learner found the server (to rejoin it)
         self.pids: dict[int, int] = {}  # peer -> its process id, as it said when it joined
         self.link: Optional[LinkMeasurement] = None  # the raw link to the first learner, timed when it joined
+        self.learner_slots: Optional[int] = None  # the server's: learner indices it accepts (0..slots-1)
         for peer, group in peers.items():
             self.add_channel(peer, group, announce=False)
 
@@ -375,6 +376,7 @@ def accept_joins(store: dist.Store, numel: int, dtype: torch.dtype, timeout: flo
 
 def _accepting(store: dist.Store, numel: int, dtype: torch.dtype, timeout: float, learners: int) -> Transport:
     transport = Transport(SERVER_RANK, {}, numel, dtype, timeout)
+    transport.learner_slots = learners
     generation = int(store.add("server", 1))
     mine = dtype_name(dtype)
 

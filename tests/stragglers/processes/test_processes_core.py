@@ -26,10 +26,13 @@ from lightning_echo.stragglers.processes import (
     Kind,
     Message,
     ParameterLayout,
+    ParameterServer,
     ProtocolError,
     learner_delays,
 )
 from lightning_echo.stragglers.processes.protocol import HEADER_BYTES
+from lightning_echo.stragglers.processes.rendezvous import Address, free_port
+from lightning_echo.stragglers.processes.transport import serve
 
 from core_worlds import SCRIPT, ok as _ok, run_world
 _spec = importlib.util.spec_from_file_location("ps_world", SCRIPT)
@@ -449,6 +452,16 @@ def test_ringmaster_stops_work_that_reaches_the_max_delay(launcher: subprocess.P
     cancelled = sum(p.cancelled for p in plans)
     assert abs(report["computations_cancelled"] - cancelled) <= max(3, cancelled / 5), (report, cancelled)
     _assert_staleness_as_scheduled(records, plans, {0: {0, 1}, 1: {2}, 2: set()})
+
+
+def test_a_server_refuses_a_variant_for_more_learners_than_its_transport_takes() -> None:
+    transport = serve(4, torch.float64, timeout=5.0, learners=2, address=Address("127.0.0.1", free_port()))
+    try:
+        with pytest.raises(ConfigError, match=r"stale.learners=3 is not allowed: must equal the number of learner processes \(2\)"):
+            ParameterServer(transport, variant_spec("async", 3), torch.zeros(4, dtype=torch.float64))
+        assert ParameterServer(transport, variant_spec("async", 2), torch.zeros(4, dtype=torch.float64)).spec.learners == 2
+    finally:
+        transport.close(wait=1.0)
 
 
 def test_a_failed_send_names_its_real_cause() -> None:
